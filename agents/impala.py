@@ -1,0 +1,141 @@
+"""IMPALA: the base actor-critic agent with V-trace (Espeholt et al. 2018, arXiv:1802.01561).
+
+The net is torso -> core -> policy/baseline heads. The actors act with a (possibly stale) copy of the policy,
+the behaviour policy mu; the learner corrects the lag with V-trace (Sec. 4 of the paper):
+
+    loss = pg_loss + baseline_cost * baseline_loss + entropy_cost * entropy_loss      (Sec. 4.2)
+
+with pg_loss = -rho_t log pi(a_t|x_t) (r_t + gamma v_{t+1} - V(x_t)), baseline_loss = 1/2 (v_t - V(x_t))^2 and
+entropy_loss = -H(pi(.|x_t)).
+
+Batch layout (TorchBeast's, time-major [T+1, B]): slot t holds obs_t, and the action, reward and done flags of
+the transition *into* obs_t, plus the behaviour logits that chose that action. Slot 0 repeats the last slot of the
+previous unroll, so the learner sees T transitions and the value of the state after the last one.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from agents.base import AgentConfigBase, AgentDef
+from agents.nets.cores import CoreState, make_core
+from agents.nets.heads import PolicyBaselineHead
+from agents.nets.torsos import make_torso
+from agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
+from agents.ops.vtrace import vtrace_from_logits
+from envs.base import EnvSpec
+
+
+class ImpalaConfig(AgentConfigBase):
+    """Defaults are the IMPALA paper's Atari values (Table G.1) where it gives them."""
+
+    name: Literal["impala"] = "impala"
+    torso: Literal["mlp", "nature_cnn", "impala_resnet", "minatar_cnn"] = Field(
+        "nature_cnn", description="observation encoder; nature_cnn is the paper's 'shallow' net, impala_resnet 'deep'"
+    )
+    hidden_sizes: tuple[int, ...] = Field(
+        (512,), min_length=1, description="MLP layer sizes; the CNN torsos use the last entry as their FC size"
+    )
+    core: Literal["none", "lstm"] = Field("none", description="'lstm': recurrent core fed [features, a_tm1, r_tm1]")
+    lstm_size: int = Field(256, ge=1)
+    discount: float = Field(0.99, gt=0.0, le=1.0)
+    baseline_cost: float = Field(0.5, ge=0.0)
+    entropy_cost: float = Field(0.01, ge=0.0)
+    clip_rho_threshold: float | None = Field(1.0, gt=0.0, description="rho-bar of V-trace; null: no clipping")
+    clip_c_threshold: float | None = Field(1.0, gt=0.0, description="c-bar of V-trace; null: no clipping")
+    clip_pg_rho_threshold: float | None = Field(1.0, gt=0.0, description="clip of rho in the pg advantage")
+    loss_reduction: Literal["sum", "mean"] = Field(
+        "sum",
+        description="'sum' over the T*B batch as the paper's TensorFlow code does, so its learning rate and "
+        "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size",
+    )
+
+
+class ImpalaNet(nn.Module):
+    """torso -> core -> policy/baseline heads, over time-major inputs [T, B, ...]."""
+
+    def __init__(self, spec: EnvSpec, cfg: ImpalaConfig):
+        super().__init__()
+        self.num_actions = spec.num_actions
+        obs_scale = float(spec.extra.get("obs_scale", 1.0))
+        self.torso = make_torso(cfg.torso, spec.obs_shape, obs_scale, tuple(cfg.hidden_sizes))
+        self.core = make_core(cfg.core, self.torso.out_size, spec.num_actions, cfg.lstm_size)
+        self.heads = PolicyBaselineHead(self.core.out_size, spec.num_actions)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
+        return self.core.initial_state(batch_size, device)
+
+    def forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> tuple[dict[str, torch.Tensor], CoreState]:
+        """inputs: obs [T,B,*obs], first [T,B] bool, prev_action [T,B], prev_reward [T,B]."""
+        obs = inputs["obs"]
+        T, B = obs.shape[:2]
+        features = self.torso(obs.reshape(T * B, *obs.shape[2:])).reshape(T, B, -1)
+        core_out, state = self.core(features, inputs["prev_action"], inputs["prev_reward"], inputs["first"], state)
+        return self.heads(core_out), state
+
+
+def make_net(spec: EnvSpec, cfg: ImpalaConfig) -> ImpalaNet:
+    return ImpalaNet(spec, cfg)
+
+
+def vtrace_inputs(cfg: ImpalaConfig, batch: dict[str, torch.Tensor], baseline: torch.Tensor) -> dict:
+    """The per-transition quantities of a [T+1,B] batch, aligned to transitions t = 0..T-1.
+
+    `next_values[t]` is the value of the true successor of transition t: V(obs_{t+1}) normally, the actor's
+    value of the final observation when the episode was truncated there (`truncation_value`), anything when it
+    terminated (the discount is 0 there).
+    """
+    terminated_tp1 = batch["terminated"][1:]
+    truncated_tp1 = batch["truncated"][1:]
+    values_tp1 = baseline[1:].detach()
+    next_values = torch.where(truncated_tp1, batch["truncation_value"][1:], values_tp1)
+    return {
+        "rewards": batch["reward"][1:],
+        "discounts": cfg.discount * (~terminated_tp1).float(),
+        "continues": (~(terminated_tp1 | truncated_tp1)).float(),
+        "next_values": next_values,
+    }
+
+
+def impala_loss(
+    cfg: ImpalaConfig, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The IMPALA loss (Sec. 4.2) on a [T+1, B] batch and the net's outputs on it."""
+    logits_t = outputs["policy_logits"][:-1]  # pi(.|obs_t), t = 0..T-1
+    values_t = outputs["baseline"][:-1]
+    actions_t = batch["action"][1:]  # slot t+1 holds the action taken at obs_t
+    behaviour_logits_t = batch["behaviour_logits"][1:]
+    T, B = actions_t.shape
+    vt = vtrace_from_logits(
+        behaviour_logits=behaviour_logits_t,
+        target_logits=logits_t.detach(),
+        actions=actions_t,
+        values=values_t.detach(),
+        clip_rho_threshold=cfg.clip_rho_threshold,
+        clip_c_threshold=cfg.clip_c_threshold,
+        clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
+        **vtrace_inputs(cfg, batch, outputs["baseline"]),
+    )
+    scale = float(T * B) if cfg.loss_reduction == "sum" else 1.0
+    pg = policy_gradient_loss(logits_t, actions_t, vt.pg_advantages) * scale
+    bl = baseline_loss(vt.vs, values_t) * scale
+    ent = entropy_loss(logits_t) * scale
+    loss = pg + cfg.baseline_cost * bl + cfg.entropy_cost * ent
+    metrics = {
+        "loss/total": loss.detach(),
+        "loss/policy": pg.detach(),
+        "loss/baseline": bl.detach(),
+        "loss/entropy": ent.detach(),
+        "train/entropy": -ent.detach() / scale,
+        "train/rho_mean": vt.log_rhos.exp().mean(),
+        "train/value_mean": values_t.detach().mean(),
+        "train/vs_mean": vt.vs.mean(),
+    }
+    return loss, metrics
+
+
+AGENT = AgentDef(name="impala", config_class=ImpalaConfig, make_net=make_net, loss_fn=impala_loss)

@@ -1,0 +1,85 @@
+"""Cores: what sits between the torso and the heads, shared by every agent.
+
+Every core takes the torso features of a time-major unroll [T, B, F] together with the previous action, the
+previous reward and the episode-start flags, and returns features [T, B, out_size] and its new state. The
+previous action and reward are inputs of the core (Espeholt et al. 2018, Fig. 3; UNREAL, Nav), zeroed where an
+episode starts; the recurrent state is reset to the initial state where an episode starts (`first[t]` is True
+when obs_t is the first observation of an episode, so the reset happens *before* processing obs_t).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CoreState = tuple[torch.Tensor, ...]
+
+
+def core_inputs(
+    features: torch.Tensor, prev_action: torch.Tensor, prev_reward: torch.Tensor, first: torch.Tensor, num_actions: int
+) -> torch.Tensor:
+    """[T,B,F] features + one-hot a_{t-1} + clipped r_{t-1}, both zeroed at episode starts -> [T,B,F+A+1]."""
+    not_first = (~first).unsqueeze(-1).float()  # [T,B,1]
+    onehot = F.one_hot(prev_action.long(), num_actions).float() * not_first
+    reward = prev_reward.float().clamp(-1.0, 1.0).unsqueeze(-1) * not_first
+    return torch.cat([features, onehot, reward], dim=-1)
+
+
+class FeedForwardCore(nn.Module):
+    """No memory: the features pass through unchanged (the feed-forward IMPALA agent)."""
+
+    def __init__(self, input_size: int, num_actions: int, use_prev_action_reward: bool = False):
+        super().__init__()
+        self.num_actions = num_actions
+        self.use_prev = use_prev_action_reward
+        self.out_size = input_size + (num_actions + 1 if use_prev_action_reward else 0)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
+        return ()
+
+    def forward(self, features, prev_action, prev_reward, first, state: CoreState):
+        if self.use_prev:
+            features = core_inputs(features, prev_action, prev_reward, first, self.num_actions)
+        return features, state
+
+
+class LSTMCore(nn.Module):
+    """An LSTM over [features, a_{t-1}, r_{t-1}] that resets its state at episode starts.
+
+    Steps one time step at a time so the reset can happen at any t inside the unroll (as TorchBeast does); the
+    state crosses unroll boundaries through `state`, so an unroll of length T continued from the returned state
+    equals one long unroll.
+    """
+
+    def __init__(self, input_size: int, num_actions: int, hidden_size: int = 256):
+        super().__init__()
+        self.num_actions = num_actions
+        self.hidden_size = hidden_size
+        self.lstm = nn.LSTMCell(input_size + num_actions + 1, hidden_size)
+        self.out_size = hidden_size
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
+        zeros = torch.zeros(batch_size, self.hidden_size, device=device)
+        return (zeros, zeros.clone())
+
+    def forward(self, features, prev_action, prev_reward, first, state: CoreState):
+        x = core_inputs(features, prev_action, prev_reward, first, self.num_actions)  # [T,B,F+A+1]
+        h, c = state
+        outputs = []
+        for t in range(x.shape[0]):
+            keep = (~first[t]).unsqueeze(-1).float()  # [B,1]: 0 where an episode starts at t
+            h, c = self.lstm(x[t], (h * keep, c * keep))
+            outputs.append(h)
+        return torch.stack(outputs), (h, c)
+
+
+CORES = ("none", "lstm")
+
+
+def make_core(kind: str, input_size: int, num_actions: int, hidden_size: int) -> nn.Module:
+    if kind == "none":
+        return FeedForwardCore(input_size, num_actions)
+    if kind == "lstm":
+        return LSTMCore(input_size, num_actions, hidden_size)
+    raise ValueError(f"unknown core {kind!r}; choose one of {', '.join(CORES)}")

@@ -1,0 +1,115 @@
+"""The `decoupled` command line.
+
+    decoupled train CONFIG [section.key=value ...] [--run-dir DIR]
+    decoupled train --resume RUN_DIR [section.key=value ...]
+    decoupled eval RUN_DIR|CHECKPOINT_DIR [--episodes N] [--out DIR] | --policy random --config CONFIG
+    decoupled plot RUN_DIR [--out PNG]
+    decoupled config CONFIG [section.key=value ...]      # print the resolved config, or the errors
+
+Heavy imports (torch, envs) happen inside the subcommands so that a bad config fails within a second or two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from runners.config import ConfigError
+
+    if args.resume is None and args.config is None:
+        print("decoupled train: give a CONFIG file or --resume RUN_DIR", file=sys.stderr)
+        return 2
+    overrides = list(args.overrides)
+    if args.resume is not None and args.config is not None:  # `train --resume DIR k=v`: argparse took k=v as config
+        overrides.insert(0, args.config)
+    try:
+        from runners.train import train_from_files
+
+        result = train_from_files(None if args.resume else args.config, overrides, args.run_dir, args.resume)
+    except ConfigError as e:
+        print(f"decoupled train: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as e:
+        print(f"decoupled train: {e}", file=sys.stderr)
+        return 2
+    return 0 if result["status"] in ("finished", "stopped") else 1
+
+
+def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from runners.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+    except ConfigError as e:
+        print(f"decoupled config: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from runners.config import ConfigError
+    from runners.evaluate import evaluate_command
+
+    try:
+        return evaluate_command(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"decoupled eval: {e}", file=sys.stderr)
+        return 2
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from runners.plot import plot_run
+
+    out = plot_run(args.run_dir, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="decoupled", description="Actor-learner RL agents: train, evaluate, plot.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an agent from a YAML config (or resume a run)")
+    t.add_argument("config", nargs="?", help="YAML config, e.g. configs/impala/catch.yaml")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. runner.total_env_frames=200000")
+    t.add_argument("--run-dir", help="run directory (default: runs/<agent>__<env>__<seed>__<time>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest valid checkpoint")
+    t.set_defaults(func=_train)
+
+    c = sub.add_parser("config", help="validate a config and print it resolved")
+    c.add_argument("config")
+    c.add_argument("overrides", nargs="*")
+    c.set_defaults(func=_config)
+
+    e = sub.add_parser("eval", help="evaluate a run dir, a checkpoint or a random policy")
+    e.add_argument("target", nargs="?", help="run dir or checkpoint dir")
+    e.add_argument("--policy", choices=["checkpoint", "random"], default="checkpoint")
+    e.add_argument("--config", help="config for --policy random (default: the run dir's)")
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--num-envs", type=int, default=None, help="envs run in parallel (default: min(episodes, 8))")
+    e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--greedy", action="store_true", help="act with argmax instead of sampling the policy")
+    e.add_argument("--out", help="output dir for scores.json / scores.csv (default: RUN_DIR/eval)")
+    e.set_defaults(func=_eval)
+
+    pl = sub.add_parser("plot", help="write the learning curve of a run as PNG")
+    pl.add_argument("run_dir")
+    pl.add_argument("--out", help="PNG path (default: RUN_DIR/learning_curve.png)")
+    pl.set_defaults(func=_plot)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("WANDB_SILENT", "true")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

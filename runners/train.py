@@ -1,0 +1,321 @@
+"""`decoupled train`: the training loop, run dirs, checkpoints, resume and stop signals.
+
+The run dir (`runs/<agent>__<env>__<seed>__<time>/`) holds `config.yaml` (resolved), `env_settings.json` (the
+protocol preset and the settings read back from the built env), `metrics.jsonl` (the source of truth),
+`checkpoints/` and W&B's files. `train(..., resume=True)` continues from the newest checkpoint that verifies:
+parameters, optimizer, counters, every RNG, the actor's pending slot and core state, the env snapshot where the
+backend has one (then the resumed run is bit-identical to an uninterrupted one in serial mode on CPU), and the
+W&B run id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents import get_agent
+from envs import make_vec_env
+from runners.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
+from runners.checkpoint import CheckpointManager
+from runners.config import ConfigBase, dump_config, load_config
+from runners.logger import Logger, WandbSink, truncate_metrics
+
+
+def run_name(cfg: ConfigBase) -> str:
+    return f"{cfg.agent_name}__{cfg.env.id}__{cfg.runner.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runner.device=cuda but no CUDA device is visible; use runner.device=auto or cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - libraries (and old env code) still draw from the global RNG
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def make_optimizer(cfg: ConfigBase, params) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum)
+    return torch.optim.Adam(params, lr=o.lr, eps=o.eps)
+
+
+def lr_at(cfg: ConfigBase, env_frames: int) -> float:
+    if cfg.optim.lr_schedule == "constant":
+        return cfg.optim.lr
+    return cfg.optim.lr * max(0.0, 1.0 - env_frames / cfg.runner.total_env_frames)
+
+
+class StopFlag:
+    """SIGINT/SIGTERM ask the loop to stop after the current update, checkpoint and exit 0. A second SIGINT
+    interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this update, writing a checkpoint", flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+class Progress:
+    def __init__(self, total_env_frames: int, every_s: float):
+        self.total, self.every = total_env_frames, every_s
+        self.last_t = time.time()
+        self.last_frames = 0
+        self.recent: deque[float] = deque(maxlen=100)
+
+    def sps(self, env_frames: int) -> float:
+        dt = max(time.time() - self.last_t, 1e-9)
+        return (env_frames - self.last_frames) / dt
+
+    def maybe_print(self, env_frames: int, elapsed: float, force: bool = False) -> None:
+        if not force and time.time() - self.last_t < self.every:
+            return
+        ret = f"{np.mean(self.recent):.2f} (last {len(self.recent)} episodes)" if self.recent else "n/a"
+        pct = 100.0 * env_frames / self.total
+        print(
+            f"frames {env_frames:,}/{self.total:,} ({pct:.0f}%) | {self.sps(env_frames):,.0f} frames/s | "
+            f"return {ret} | {time.strftime('%H:%M:%S', time.gmtime(elapsed))}",
+            flush=True,
+        )
+        self.last_t, self.last_frames = time.time(), env_frames
+
+
+def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any]:
+    """Train `cfg` in `run_dir` (continuing from its newest checkpoint when `resume`). Returns final counters."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    r = cfg.runner
+    agent = get_agent(cfg.agent_name)
+    device = pick_device(r.device)
+    if r.torch_threads:
+        torch.set_num_threads(r.torch_threads)
+    if r.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(r.seed)
+
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep=r.keep_checkpoints)
+    restored = ckpts.load_latest() if resume else None
+    if resume and restored is None:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}: starting the run from the beginning", flush=True)
+
+    env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, r.seed, options=cfg.env.options())
+    settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
+    (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    dump_config(cfg, run_dir / "config.yaml")
+
+    net = agent.make_net(env.spec, cfg.agent).to(device)
+    optimizer = make_optimizer(cfg, net.parameters())
+    learner = Learner(agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates)
+    actor = Actor(env, net, r.unroll_length, device)
+    frames_per_unroll = r.unroll_length * env.num_envs * env.spec.frame_skip
+
+    counters = {"env_frames": 0, "updates": 0, "episodes": 0, "wall_time": 0.0, "actor_restarts": 0}
+    wandb_id = None
+    if restored is not None:
+        state, manifest = restored
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        counters.update(state["counters"])
+        learner.version = int(state["policy_version"])
+        learner.nonfinite_total = int(state.get("nonfinite_total", 0))
+        wandb_id = state.get("wandb_run_id")
+        set_rng_state(state["rng"])
+        if state.get("actor") is not None:
+            actor.set_state(state["actor"])
+        else:  # the backend cannot be snapshotted: new episodes from a seed derived from the resume point
+            counters["actor_restarts"] += 1
+            actor.start(seed=r.seed + 1_000_003 * counters["actor_restarts"])
+        dropped = truncate_metrics(run_dir / "metrics.jsonl", counters["env_frames"])
+        print(
+            f"resumed {run_dir} at {counters['env_frames']:,} env frames from {ckpts.path_for(manifest['env_frames'])}"
+            + (f" ({dropped} metrics records past it moved to metrics.discarded.jsonl)" if dropped else ""),
+            flush=True,
+        )
+    else:
+        actor.start(seed=r.seed)
+
+    wandb = WandbSink(
+        run_dir,
+        cfg.to_dict(),
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=cfg.wandb.group,
+        tags=cfg.wandb.tags,
+        name=run_dir.name,
+        run_id=wandb_id,
+        timeout_s=cfg.wandb.init_timeout_s,
+    )
+    logger = Logger(run_dir, wandb)
+    meta = {"git_sha": git_sha(), "config_digest": cfg.digest(), "agent": cfg.agent_name}
+
+    def checkpoint(with_actor: bool = True) -> Path:
+        if not all(torch.isfinite(p).all() for p in net.parameters()):
+            raise RuntimeError("refusing to write a checkpoint with non-finite parameters")
+        state = {
+            "net": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "counters": dict(counters),
+            "policy_version": learner.version,
+            "nonfinite_total": learner.nonfinite_total,
+            "rng": rng_state(),
+            "actor": actor.get_state() if with_actor else None,
+            "wandb_run_id": wandb.run_id,
+        }
+        return ckpts.save(counters["env_frames"], state, meta)
+
+    progress = Progress(r.total_env_frames, r.progress_every_seconds)
+    t_start = time.time() - counters["wall_time"]
+    last_log_frames = counters["env_frames"]
+    last_ckpt_frames, last_ckpt_time = counters["env_frames"], time.time()
+    acc: dict[str, list[float]] = {}
+    t_act = t_learn = 0.0
+    status = "finished"
+    print(f"training {cfg.agent_name} on {cfg.env.backend}:{cfg.env.id} -> {run_dir}", flush=True)
+    try:
+        with StopFlag() as stop:
+            while counters["env_frames"] < r.total_env_frames and not stop.requested:
+                learner.set_lr(lr_at(cfg, counters["env_frames"]))
+                t0 = time.perf_counter()
+                rollout = actor.unroll(learner.version)
+                t1 = time.perf_counter()
+                metrics = learner.step(rollout)
+                t_act += t1 - t0
+                t_learn += time.perf_counter() - t1
+                counters["env_frames"] += frames_per_unroll
+                counters["updates"] += 1
+                counters["wall_time"] = time.time() - t_start
+                for k, v in metrics.items():
+                    acc.setdefault(k, []).append(v)
+                returns, lengths = actor.stats.drain()
+                counters["episodes"] += len(returns)
+                progress.recent.extend(returns)
+                acc.setdefault("_returns", []).extend(returns)
+                acc.setdefault("_lengths", []).extend(lengths)
+
+                f = counters["env_frames"]
+                done = f >= r.total_env_frames
+                if f - last_log_frames >= r.log_every_env_frames or done:
+                    record = {k: float(np.mean(v)) for k, v in acc.items() if not k.startswith("_") and v}
+                    rets, lens = acc.get("_returns", []), acc.get("_lengths", [])
+                    if rets:
+                        record["train/episode_return"] = float(np.mean(rets))
+                        record["train/episode_frames"] = float(np.mean(lens))
+                    record["train/episodes"] = counters["episodes"]
+                    record["train/updates"] = counters["updates"]
+                    elapsed = t_act + t_learn
+                    record["perf/env_frames_per_s"] = (f - last_log_frames) / max(elapsed, 1e-9)
+                    record["perf/act_fraction"] = t_act / max(elapsed, 1e-9)
+                    record["perf/wall_time_s"] = counters["wall_time"]
+                    logger.write(record, f)
+                    acc.clear()
+                    t_act = t_learn = 0.0
+                    last_log_frames = f
+                progress.maybe_print(f, counters["wall_time"], force=done)
+                if not done and (
+                    f - last_ckpt_frames >= r.checkpoint_every_env_frames
+                    or (r.checkpoint_every_seconds and time.time() - last_ckpt_time >= r.checkpoint_every_seconds)
+                ):
+                    checkpoint()
+                    last_ckpt_frames, last_ckpt_time = f, time.time()
+            if stop.requested:
+                status = "stopped"
+            path = checkpoint()
+            print(f"{status} at {counters['env_frames']:,} env frames; checkpoint {path}", flush=True)
+    except BaseException as e:
+        status = "crashed"
+        # nothing is lost: the learner is consistent as of its last update; the actor's partial unroll is not,
+        # so this checkpoint restarts the envs on resume
+        try:
+            path = checkpoint(with_actor=False)
+            print(
+                f"{type(e).__name__} at {counters['env_frames']:,} env frames; saved {path}. Fix the cause and "
+                f"continue with: decoupled train --resume {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+        except Exception as save_error:  # noqa: BLE001
+            print(f"could not write a checkpoint after the crash: {save_error}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
+        logger.close()
+        env.close()
+    return {**counters, "status": status, "run_dir": str(run_dir), "wandb_mode": wandb.mode}
+
+
+def train_from_files(
+    config_path: str | None, overrides: list[str], run_dir: str | None, resume_dir: str | None
+) -> dict[str, Any]:
+    """The CLI's entry: validate before anything starts, pick the run dir, train."""
+    if resume_dir is not None:
+        run = Path(resume_dir)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not a run dir (no config.yaml); pass the dir `decoupled train` made")
+        cfg = load_config(run / "config.yaml", overrides)
+        return train(cfg, run, resume=True)
+    cfg = load_config(config_path, overrides)
+    run = Path(run_dir) if run_dir else Path(os.environ.get("DECOUPLED_RUNS", "runs")) / run_name(cfg)
+    if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
+        raise FileExistsError(f"{run} already holds checkpoints: continue it with `decoupled train --resume {run}`")
+    return train(cfg, run, resume=False)

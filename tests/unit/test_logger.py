@@ -1,0 +1,79 @@
+import json
+import time
+
+import pytest
+
+from runners.logger import Logger, WandbSink, truncate_metrics
+from runners.wandb_reader import read_run_dir
+
+
+def _sink(tmp_path, mode="offline", timeout=10.0):
+    return WandbSink(tmp_path, {"a": 1}, mode, "t", None, None, (), "run", None, timeout)
+
+
+def test_jsonl_is_written_first_and_flushed(tmp_path):
+    logger = Logger(tmp_path, None)
+    logger.write({"train/x": 1.5, "loss/y": float("nan")}, 320)
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text())  # readable before close
+    assert rec["env_frames"] == 320 and rec["train/x"] == 1.5 and rec["loss/y"] is None
+    logger.close()
+
+
+@pytest.mark.slow
+def test_wandb_online_without_network_falls_back_to_offline_in_bounded_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # a key, so wandb really tries the (unreachable) server
+    t0 = time.time()
+    with pytest.warns(UserWarning, match="online mode failed"):
+        sink = _sink(tmp_path, timeout=5.0)
+    assert time.time() - t0 < 40
+    assert sink.mode == "offline"
+    logger = Logger(tmp_path, sink)
+    logger.write({"train/x": 2.0}, 640)
+    logger.close()
+    (seg,) = read_run_dir(tmp_path)
+    assert seg["history"][-1]["train/x"] == 2.0
+
+
+def test_wandb_init_that_hangs_is_abandoned_and_training_goes_on(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setattr(wandb, "init", lambda *a, **k: time.sleep(60))
+    t0 = time.time()
+    with pytest.warns(UserWarning, match="disabled for this run"):
+        sink = _sink(tmp_path, timeout=1.0)
+    assert time.time() - t0 < 10
+    assert sink.mode == "disabled"
+    logger = Logger(tmp_path, sink)
+    logger.write({"train/x": 1.0}, 10)
+    logger.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/x"] == 1.0
+
+
+def test_wandb_log_errors_do_not_reach_training(tmp_path):
+    sink = _sink(tmp_path)
+    assert sink.mode == "offline"
+
+    def boom(*a, **k):
+        raise RuntimeError("service died")
+
+    sink.run.log = boom
+    logger = Logger(tmp_path, sink)
+    with pytest.warns(UserWarning, match="W&B log failed"):
+        logger.write({"train/x": 1.0}, 10)
+        logger.close()
+    assert (tmp_path / "metrics.jsonl").read_text().strip()
+
+
+def test_disabled_mode_writes_no_wandb_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    sink = _sink(tmp_path)
+    assert sink.mode == "disabled" and sink.run is None
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_truncate_metrics_keeps_records_up_to_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"env_frames": f}) + "\n" for f in (100, 200, 300)) + '{"env_fr')
+    assert truncate_metrics(path, 200) == 2  # the record past 200 and the cut line
+    assert [json.loads(line)["env_frames"] for line in path.read_text().splitlines()] == [100, 200]
