@@ -17,6 +17,7 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
+    from runners.checkpoint import CheckpointError
     from runners.config import ConfigError
 
     if args.resume is None and args.config is None:
@@ -32,7 +33,7 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError) as e:
+    except (FileNotFoundError, FileExistsError, CheckpointError) as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2
     return 0 if result["status"] in ("finished", "stopped") else 1
@@ -53,12 +54,13 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from runners.checkpoint import CheckpointError
     from runners.config import ConfigError
     from runners.evaluate import evaluate_command
 
     try:
         return evaluate_command(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"decoupled eval: {e}", file=sys.stderr)
         return 2
 

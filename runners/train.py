@@ -196,7 +196,7 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
 
     wandb = WandbSink(
         run_dir,
-        cfg.to_dict(),
+        {**cfg.to_dict(), "env_settings": settings},
         mode=cfg.wandb.mode,
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
@@ -207,7 +207,7 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
         timeout_s=cfg.wandb.init_timeout_s,
     )
     logger = Logger(run_dir, wandb)
-    meta = {"git_sha": git_sha(), "config_digest": cfg.digest(), "agent": cfg.agent_name}
+    meta = {"git_sha": git_sha(), "config_digest": cfg.digest(), "agent": cfg.agent_name, "env_settings": settings}
 
     def checkpoint(with_actor: bool = True) -> Path:
         if not all(torch.isfinite(p).all() for p in net.parameters()):

@@ -17,8 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"
 
 
+def _env():
+    # in-process tests start a wandb-core service and export WANDB_SERVICE; a child that inherits it attaches to
+    # the parent's service instead of starting its own, which is not how a user runs the CLI
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "runners.cli", *map(str, args)], capture_output=True, text=True, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "runners.cli", *map(str, args)], capture_output=True, text=True, env=_env(), **kw
+    )
 
 
 @pytest.mark.slow
@@ -35,7 +43,10 @@ def test_sigkill_then_resume_finishes_with_consistent_counts(tmp_path):
         run,
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runners.cli", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "runners.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_env(),
     )
     ckpts = run / "checkpoints"
     deadline = time.time() + 120
@@ -82,6 +93,7 @@ def test_sigint_writes_final_checkpoint_and_exits_zero(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=_env(),
     )
     deadline = time.time() + 60
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
