@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
+from envs.base import EnvCrashedError, EnvSpec, EnvStep, EpisodeTracker, PerEnvVecEnv, VecEnv
 
 # Protocol presets. Keys are what the backends must build; `life_loss_terminal_in_training` only applies in
 # mode="train". Reward clipping is not part of a preset: it is the training-only `clip_rewards` switch (DQN-style
@@ -385,7 +385,7 @@ class EnvpoolAtariVecEnv(VecEnv):
             pool.close()
 
 
-class GymAtariVecEnv(VecEnv):
+class GymAtariVecEnv(PerEnvVecEnv):
     """Atari on gymnasium + ale-py, one env per copy; same protocol semantics as `EnvpoolAtariVecEnv`.
 
     Each copy is `ALE/<Game>-v5` with `frameskip=1` wrapped in gymnasium's `AtariPreprocessing` (no-op starts,
@@ -395,6 +395,7 @@ class GymAtariVecEnv(VecEnv):
     """
 
     backend = "gymnasium"
+    _label = "gymnasium/ale-py"
 
     def __init__(
         self,
@@ -416,13 +417,10 @@ class GymAtariVecEnv(VecEnv):
                 "the 'atari_gym' backend needs ale-py and opencv (gymnasium's AtariPreprocessing imports cv2): "
                 "pip install ale-py opencv-python-headless"
             ) from exc
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(num_envs, seed)
         gym.register_envs(ale_py)
-        self.game = _game_id(env_id)
+        self.game = self._task = _game_id(env_id)
         self.env_id = env_id
-        self.num_envs = num_envs
-        self._seed = int(seed)
         self.resolved = resolve_protocol(protocol, mode, frame_stack, clip_rewards, max_episode_frames)
         r = self.resolved
         self._envs = []
@@ -450,10 +448,9 @@ class GymAtariVecEnv(VecEnv):
         _check_readback("gymnasium", env_id, self._expected(), self._read_back())
         u = self._envs[0].unwrapped
         self.spec = _atari_spec(self.game, r["frame_stack"], int(u.action_space.n), list(u.get_action_meanings()))
+        # Episode lengths count emulator frames (the base class built its tracker before the protocol was known).
         self._tracker = EpisodeTracker(num_envs, frame_skip=r["frame_skip"])
         self._lives = np.zeros(num_envs, np.int64)
-        self._obs: np.ndarray | None = None
-        self._seeded_once = False
 
     def _expected(self) -> dict[str, Any]:
         r = self.resolved
@@ -491,67 +488,29 @@ class GymAtariVecEnv(VecEnv):
             "terminal_on_life_loss": bool(pre.terminal_on_life_loss),
         }
 
-    def _seed_of(self, i: int) -> int:
-        return self._seed + i
+    def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
+        obs, info = self._envs[i].reset(seed=seed)
+        self._lives[i] = info["lives"]
+        return obs
 
-    def _crash(self, what: str, i: int, exc: BaseException) -> EnvCrashedError:
-        return EnvCrashedError(
-            f"gymnasium/ale-py backend: {self.game} env index {i} (seed {self._seed_of(i)}) raised in {what}: {exc!r}"
-        )
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset all copies; the first reset (or one given a seed) seeds env i with `seed + i`."""
-        if seed is not None:
-            self._seed = int(seed)
-        reseed = seed is not None or not self._seeded_once
-        obs = np.empty((self.num_envs, *self.spec.obs_shape), np.uint8)
-        for i, env in enumerate(self._envs):
-            try:
-                obs[i], info = env.reset(seed=self._seed_of(i) if reseed else None)
-            except Exception as exc:
-                raise self._crash("reset", i, exc) from exc
-            self._lives[i] = info["lives"]
-        self._seeded_once = True
-        self._tracker.reset()
-        self._obs = obs
-        return obs.copy()
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._obs is None:
-            raise RuntimeError("GymAtariVecEnv.step called before reset()")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
-        obs = np.empty_like(self._obs)
-        final_obs = np.empty_like(self._obs)
-        raw_reward = np.zeros(self.num_envs, np.float64)
-        terminated = np.zeros(self.num_envs, bool)
-        truncated = np.zeros(self.num_envs, bool)
-        game_over = np.zeros(self.num_envs, bool)
-        life_loss_terminal = self.resolved["life_loss_terminal"]
-        for i, env in enumerate(self._envs):
-            try:
-                o, r, te, tr, info = env.step(int(actions[i]))
-                final_obs[i] = o
-                lives = int(info["lives"])
-                life_lost = lives < self._lives[i]
-                game_over[i] = te or tr
-                if game_over[i]:
-                    o, info = env.reset()  # same-step autoreset
-                    lives = int(info["lives"])
-            except Exception as exc:
-                raise self._crash("step", i, exc) from exc
-            obs[i] = o
-            raw_reward[i] = r
-            terminated[i] = te or (life_loss_terminal and life_lost)
-            truncated[i] = tr
-            self._lives[i] = lives
+    def _step_one(self, i: int, action: int) -> EnvStep:
+        env = self._envs[i]
+        obs, raw, te, tr, info = env.step(action)
+        final_obs = obs
+        lives = int(info["lives"])
+        life_lost = lives < self._lives[i]
+        game_over = te or tr
+        if game_over:
+            obs, info = env.reset()  # same-step autoreset
+            lives = int(info["lives"])
+        self._lives[i] = lives
         # sign() == clip to [-1, 1] for Atari's integer rewards, and is what envpool's reward_clip computes.
-        reward = np.sign(raw_reward) if self.resolved["reward_clip"] else raw_reward
-        out: dict[str, Any] = {"final_obs": final_obs, "lives": self._lives.copy()}
-        out.update(self._tracker.update(raw_reward, game_over))
-        self._obs = obs
-        return obs.copy(), reward.astype(np.float32), terminated, truncated, out
+        reward = np.sign(raw) if self.resolved["reward_clip"] else raw
+        terminated = te or (self.resolved["life_loss_terminal"] and life_lost)
+        return EnvStep(obs, final_obs, reward, raw, terminated, tr, game_over)
+
+    def _step_info(self) -> dict[str, Any]:
+        return {"lives": self._lives.copy()}
 
     def render_rgb(self, i: int) -> np.ndarray:
         """The current RGB screen [210, 160, 3] uint8 of env i (for eval videos)."""
@@ -592,7 +551,3 @@ class GymAtariVecEnv(VecEnv):
             "ale_py_version": version("ale-py"),
             "gymnasium_version": version("gymnasium"),
         }
-
-    def close(self) -> None:
-        for env in getattr(self, "_envs", []):
-            env.close()

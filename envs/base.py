@@ -17,7 +17,7 @@ Pixel observations are uint8 and stay uint8 until the torso; vector observations
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -113,3 +113,152 @@ class EpisodeTracker:
 
 class EnvCrashedError(RuntimeError):
     """An env raised inside reset/step. The message names the backend, the env index and its seed."""
+
+
+class EnvStep(NamedTuple):
+    """What one copy's step returns to `PerEnvVecEnv.step` (see `PerEnvVecEnv._step_one`)."""
+
+    obs: np.ndarray  # the obs the agent sees next: the next episode's first obs when the episode ended
+    final_obs: np.ndarray  # the obs the action led to (the last one of the episode when it ended)
+    reward: float  # the training reward returned to the agent (clipped where the protocol says so)
+    raw_reward: float  # the unclipped reward, summed into the episode statistics
+    terminated: bool
+    truncated: bool
+    game_over: bool  # closes the episode statistics (for Atari with life loss as terminal: game over only)
+
+
+class PerEnvVecEnv(VecEnv):
+    """A `VecEnv` over one python env object per copy, stepped in a python loop.
+
+    The classic-control, MinAtar and gymnasium-Atari backends all work this way; this class owns what they share so
+    that it is written once: the seeding rule (env i gets `seed + i`; the first reset always seeds, later resets
+    without a seed continue each env's RNG), the checks on `step`, the same-step autoreset bookkeeping (obs /
+    final_obs / reward / terminated / truncated arrays), the episode statistics and the `EnvCrashedError` that
+    names the backend, the task, the env index and its seed. A subclass builds its envs into `_envs` (closed by
+    `close`), sets `spec`, `_label` and `_task`, and implements two hooks for one copy: `_reset_one` and `_step_one`
+    (plus `_step_info` for extra `info` entries). Backends that can be snapshotted build their `get_state` /
+    `set_state` on `_snapshot`, `_check_snapshot` and `_restore`, so every snapshot has the same layout.
+    """
+
+    #: How crash messages name the backend ("classic", "minatar", "gymnasium/ale-py").
+    _label: ClassVar[str]
+    #: How crash messages name the task (an env id or a game); set by the subclass.
+    _task: str
+
+    def __init__(self, num_envs: int, seed: int, frame_skip: int = 1):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.num_envs = num_envs
+        self._seed = int(seed)
+        self._tracker = EpisodeTracker(num_envs, frame_skip=frame_skip)
+        self._obs: np.ndarray | None = None
+        self._seeded_once = False
+
+    # ------------------------------------------------------------------ hooks
+    def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
+        """Reset env i, re-seeding it with `seed` unless that is None; return its first obs."""
+        raise NotImplementedError
+
+    def _step_one(self, i: int, action: int) -> EnvStep:
+        """Step env i with `action`, resetting it in the same step when its episode ends."""
+        raise NotImplementedError
+
+    def _step_info(self) -> dict[str, Any]:
+        """Backend entries of `info`, read after all copies have stepped (placed after `final_obs`)."""
+        return {}
+
+    # ------------------------------------------------------------------ contract
+    def _seed_of(self, i: int) -> int:
+        return self._seed + i
+
+    def _crash(self, what: str, i: int, exc: BaseException) -> EnvCrashedError:
+        return EnvCrashedError(
+            f"{self._label} backend: {self._task} env index {i} (seed {self._seed_of(i)}) raised in {what}: {exc!r}"
+        )
+
+    def _require_reset(self, what: str) -> None:
+        if self._obs is None:
+            raise RuntimeError(f"{type(self).__name__}.{what} called before reset()")
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Reset all copies. The first reset always seeds (with the constructor's seed unless `seed` is given),
+        so two envs built with one seed produce one stream; later `reset()` calls continue each env's RNG."""
+        if seed is not None:
+            self._seed = int(seed)
+        reseed = seed is not None or not self._seeded_once
+        obs = np.empty((self.num_envs, *self.spec.obs_shape), self.spec.obs_dtype)
+        for i in range(self.num_envs):
+            try:
+                obs[i] = self._reset_one(i, self._seed_of(i) if reseed else None)
+            except Exception as exc:
+                raise self._crash("reset", i, exc) from exc
+        self._seeded_once = True
+        self._tracker.reset()
+        self._obs = obs
+        return obs.copy()
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self._require_reset("step")
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        obs = np.empty_like(self._obs)
+        final_obs = np.empty_like(self._obs)
+        reward = np.zeros(self.num_envs, np.float32)
+        raw_reward = np.zeros(self.num_envs, np.float64)
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        game_over = np.zeros(self.num_envs, bool)
+        for i in range(self.num_envs):
+            try:
+                s = self._step_one(i, int(actions[i]))
+            except Exception as exc:
+                raise self._crash("step", i, exc) from exc
+            obs[i] = s.obs
+            final_obs[i] = s.final_obs
+            reward[i] = s.reward
+            raw_reward[i] = s.raw_reward
+            terminated[i] = s.terminated
+            truncated[i] = s.truncated
+            game_over[i] = s.game_over
+        info: dict[str, Any] = {"final_obs": final_obs, **self._step_info()}
+        info.update(self._tracker.update(raw_reward, game_over))
+        self._obs = obs
+        return obs.copy(), reward, terminated, truncated, info
+
+    # ------------------------------------------------------------------ snapshots (for backends that have them)
+    def _snapshot(self, key: str, envs: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        """The layout every backend's snapshot shares: the backend and the task it is for (the attribute `key`
+        names), the seed, backend entries (`extra`), the current obs, the episode statistics and one entry per
+        env. Call `_require_reset("get_state")` first."""
+        return {
+            "backend": self._label,
+            key: getattr(self, key),
+            "num_envs": self.num_envs,
+            "seed": self._seed,
+            **extra,
+            "obs": self._obs.copy(),
+            "tracker": self._tracker.get_state(),
+            "envs": envs,
+        }
+
+    def _check_snapshot(self, state: dict[str, Any], key: str) -> None:
+        """Refuse a snapshot taken from another backend, task or number of envs (see `_snapshot`)."""
+        task = getattr(self, key)
+        if state.get("backend") != self._label or state.get(key) != task:
+            raise ValueError(f"snapshot is for {state.get('backend')}/{state.get(key)}, not {self._label}/{task}")
+        if int(state["num_envs"]) != self.num_envs or len(state["envs"]) != self.num_envs:
+            raise ValueError(f"snapshot has {state['num_envs']} envs, this env has {self.num_envs}")
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Restore what `_snapshot` saved besides the envs themselves and the backend entries."""
+        self._seed = int(state["seed"])
+        self._seeded_once = True
+        self._obs = np.array(state["obs"], dtype=self.spec.obs_dtype)
+        self._tracker.set_state(state["tracker"])
+
+    def close(self) -> None:
+        for env in getattr(self, "_envs", []):
+            close = getattr(env, "close", None)  # MinAtar's `Environment` has nothing to close
+            if close is not None:
+                close()

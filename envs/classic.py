@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
+from envs.base import EnvSpec, EnvStep, PerEnvVecEnv
 
 # Attributes of `env.unwrapped`, beyond `state`, that some classic-control tasks carry between steps
 # (CartPole counts the steps taken after termination to warn about stepping a finished episode).
@@ -39,17 +39,17 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class ClassicVecEnv(VecEnv):
+class ClassicVecEnv(PerEnvVecEnv):
     """`num_envs` copies of a gymnasium classic-control task with a Discrete action space; float32 obs."""
+
+    _label = "classic"
 
     def __init__(self, env_id: str, num_envs: int, seed: int, max_episode_steps: int | None = None):
         import gymnasium as gym
 
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(num_envs, seed)
         self.env_id = env_id
-        self.num_envs = num_envs
-        self._seed = int(seed)
+        self._task = env_id
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
         self._envs = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
         space = self._envs[0].action_space
@@ -71,63 +71,20 @@ class ClassicVecEnv(VecEnv):
             frame_skip=1,
             extra={"obs_scale": 1.0},
         )
-        self._tracker = EpisodeTracker(num_envs, frame_skip=1)
-        self._obs: np.ndarray | None = None
-        self._seeded_once = False
 
-    # ------------------------------------------------------------------ contract
-    def _seed_of(self, i: int) -> int:
-        return self._seed + i
+    # ------------------------------------------------------------------ per-env hooks
+    def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
+        obs, _ = self._envs[i].reset(seed=seed)
+        return obs
 
-    def _crash(self, what: str, i: int, exc: BaseException) -> EnvCrashedError:
-        return EnvCrashedError(
-            f"classic backend: {self.env_id} env index {i} (seed {self._seed_of(i)}) raised in {what}: {exc!r}"
-        )
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset all copies. The first reset always seeds (with the constructor's seed unless `seed` is given),
-        so two envs built with one seed produce one stream; later `reset()` calls continue each env's RNG."""
-        if seed is not None:
-            self._seed = int(seed)
-        reseed = seed is not None or not self._seeded_once
-        obs = np.empty((self.num_envs, *self.spec.obs_shape), np.float32)
-        for i, env in enumerate(self._envs):
-            try:
-                obs[i], _ = env.reset(seed=self._seed_of(i) if reseed else None)
-            except Exception as exc:
-                raise self._crash("reset", i, exc) from exc
-        self._seeded_once = True
-        self._tracker.reset()
-        self._obs = obs
-        return obs.copy()
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._obs is None:
-            raise RuntimeError("ClassicVecEnv.step called before reset()")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
-        obs = np.empty_like(self._obs)
-        final_obs = np.empty_like(self._obs)
-        reward = np.zeros(self.num_envs, np.float32)
-        terminated = np.zeros(self.num_envs, bool)
-        truncated = np.zeros(self.num_envs, bool)
-        for i, env in enumerate(self._envs):
-            try:
-                o, r, te, tr, _ = env.step(int(actions[i]))
-                final_obs[i] = o
-                if te or tr:
-                    o, _ = env.reset()  # same-step autoreset: obs[i] starts the next episode
-            except Exception as exc:
-                raise self._crash("step", i, exc) from exc
-            obs[i] = o
-            reward[i] = r
-            terminated[i] = te
-            truncated[i] = tr
-        info: dict[str, Any] = {"final_obs": final_obs}
-        info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated))
-        self._obs = obs
-        return obs.copy(), reward, terminated, truncated, info
+    def _step_one(self, i: int, action: int) -> EnvStep:
+        env = self._envs[i]
+        final_obs, r, te, tr, _ = env.step(action)
+        obs = final_obs
+        if te or tr:
+            obs, _ = env.reset()  # same-step autoreset: obs starts the next episode
+        r = np.float32(r)  # the episode statistics sum the float32 reward the agent gets
+        return EnvStep(obs, final_obs, r, r, te, tr, te or tr)
 
     def settings(self) -> dict[str, Any]:
         """Read back from the built envs: the TimeLimit actually wrapped around them and their spaces."""
@@ -151,8 +108,7 @@ class ClassicVecEnv(VecEnv):
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically: each env's physical state, its RNG, its TimeLimit
         counter, the current obs and the episode statistics. Plain python values and numpy arrays only."""
-        if self._obs is None:
-            raise RuntimeError("ClassicVecEnv.get_state called before reset()")
+        self._require_reset("get_state")
         envs = []
         for env in self._envs:
             u = env.unwrapped
@@ -167,21 +123,10 @@ class ClassicVecEnv(VecEnv):
             limit = _find_time_limit(env)
             entry["elapsed_steps"] = None if limit is None else int(limit._elapsed_steps)
             envs.append(entry)
-        return {
-            "backend": "classic",
-            "env_id": self.env_id,
-            "num_envs": self.num_envs,
-            "seed": self._seed,
-            "obs": self._obs.copy(),
-            "tracker": self._tracker.get_state(),
-            "envs": envs,
-        }
+        return self._snapshot("env_id", envs)
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("backend") != "classic" or state.get("env_id") != self.env_id:
-            raise ValueError(f"snapshot is for {state.get('backend')}/{state.get('env_id')}, not classic/{self.env_id}")
-        if int(state["num_envs"]) != self.num_envs or len(state["envs"]) != self.num_envs:
-            raise ValueError(f"snapshot has {state['num_envs']} envs, this env has {self.num_envs}")
+        self._check_snapshot(state, "env_id")
         for env, entry in zip(self._envs, state["envs"]):
             env.reset()  # satisfies OrderEnforcing and creates the attributes we then overwrite
             u = env.unwrapped
@@ -193,11 +138,4 @@ class ClassicVecEnv(VecEnv):
             limit = _find_time_limit(env)
             if limit is not None and entry["elapsed_steps"] is not None:
                 limit._elapsed_steps = int(entry["elapsed_steps"])
-        self._seed = int(state["seed"])
-        self._seeded_once = True
-        self._obs = np.array(state["obs"], dtype=np.float32)
-        self._tracker.set_state(state["tracker"])
-
-    def close(self) -> None:
-        for env in getattr(self, "_envs", []):
-            env.close()
+        self._restore(state)

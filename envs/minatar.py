@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
+from envs.base import EnvSpec, EnvStep, PerEnvVecEnv
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
 # MinAtar's full action set, in its order (minatar/environments/*.py `action_map`).
@@ -54,8 +54,10 @@ def _to_plain(value: Any) -> Any:
     raise TypeError(f"cannot snapshot a MinAtar attribute of type {type(value).__name__}")
 
 
-class MinAtarVecEnv(VecEnv):
+class MinAtarVecEnv(PerEnvVecEnv):
     """`num_envs` copies of one MinAtar game; obs uint8 [C, 10, 10]; minimal action set."""
+
+    _label = "minatar"
 
     def __init__(
         self,
@@ -68,16 +70,13 @@ class MinAtarVecEnv(VecEnv):
     ):
         import minatar
 
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(num_envs, seed)
         if not 0.0 <= sticky_action_prob <= 1.0:
             raise ValueError(f"sticky_action_prob must be in [0, 1], got {sticky_action_prob}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
-        self.game = canonical_game(env_id)
+        self.game = self._task = canonical_game(env_id)
         self.env_id = env_id
-        self.num_envs = num_envs
-        self._seed = int(seed)
         self._max_episode_steps = max_episode_steps
         self._envs = [
             minatar.Environment(self.game, sticky_action_prob=sticky_action_prob, difficulty_ramping=difficulty_ramping)
@@ -96,76 +95,32 @@ class MinAtarVecEnv(VecEnv):
                 "action_meanings": [_ACTION_MEANINGS[a] for a in self._action_set],
             },
         )
-        self._tracker = EpisodeTracker(num_envs, frame_skip=1)
-        self._steps = np.zeros(num_envs, np.int64)
-        self._obs: np.ndarray | None = None
-        self._seeded_once = False
-
-    def _seed_of(self, i: int) -> int:
-        return self._seed + i
-
-    def _crash(self, what: str, i: int, exc: BaseException) -> EnvCrashedError:
-        return EnvCrashedError(
-            f"minatar backend: {self.game} env index {i} (seed {self._seed_of(i)}) raised in {what}: {exc!r}"
-        )
+        self._steps = np.zeros(num_envs, np.int64)  # agent steps into each env's episode, for max_episode_steps
 
     def _observe(self, i: int) -> np.ndarray:
         return np.ascontiguousarray(self._envs[i].state().transpose(2, 0, 1), dtype=np.uint8)
 
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset all copies; the first reset (or one given a seed) seeds env i with `seed + i`."""
+    def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
+        env = self._envs[i]
         if seed is not None:
-            self._seed = int(seed)
-        reseed = seed is not None or not self._seeded_once
-        obs = np.empty((self.num_envs, *self.spec.obs_shape), np.uint8)
-        for i, env in enumerate(self._envs):
-            try:
-                if reseed:
-                    env.seed(self._seed_of(i))
-                    env.last_action = 0
-                env.reset()
-            except Exception as exc:
-                raise self._crash("reset", i, exc) from exc
-            obs[i] = self._observe(i)
-        self._seeded_once = True
-        self._steps[:] = 0
-        self._tracker.reset()
-        self._obs = obs
-        return obs.copy()
+            env.seed(seed)
+            env.last_action = 0
+        env.reset()
+        self._steps[i] = 0
+        return self._observe(i)
 
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._obs is None:
-            raise RuntimeError("MinAtarVecEnv.step called before reset()")
-        actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
-        obs = np.empty_like(self._obs)
-        final_obs = np.empty_like(self._obs)
-        reward = np.zeros(self.num_envs, np.float32)
-        terminated = np.zeros(self.num_envs, bool)
-        truncated = np.zeros(self.num_envs, bool)
-        self._steps += 1
-        for i, env in enumerate(self._envs):
-            try:
-                r, done = env.act(int(self._action_set[int(actions[i])]))
-                final_obs[i] = self._observe(i)
-                terminated[i] = bool(done)
-                truncated[i] = (
-                    not done and self._max_episode_steps is not None and self._steps[i] >= self._max_episode_steps
-                )
-                if terminated[i] or truncated[i]:
-                    env.reset()  # same-step autoreset
-                    self._steps[i] = 0
-                    obs[i] = self._observe(i)
-                else:
-                    obs[i] = final_obs[i]
-            except Exception as exc:
-                raise self._crash("step", i, exc) from exc
-            reward[i] = r
-        info: dict[str, Any] = {"final_obs": final_obs}
-        info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated))
-        self._obs = obs
-        return obs.copy(), reward, terminated, truncated, info
+    def _step_one(self, i: int, action: int) -> EnvStep:
+        env = self._envs[i]
+        self._steps[i] += 1
+        r, done = env.act(int(self._action_set[action]))
+        final_obs = obs = self._observe(i)
+        terminated = bool(done)
+        truncated = not done and self._max_episode_steps is not None and self._steps[i] >= self._max_episode_steps
+        if terminated or truncated:
+            env.reset()  # same-step autoreset
+            self._steps[i] = 0
+            obs = self._observe(i)
+        return EnvStep(obs, final_obs, r, r, terminated, truncated, terminated or truncated)
 
     def settings(self) -> dict[str, Any]:
         """Read back from the built `minatar.Environment` objects. Breakout and Freeway have no difficulty ramp,
@@ -193,8 +148,7 @@ class MinAtarVecEnv(VecEnv):
     def get_state(self) -> dict[str, Any]:
         """A snapshot of every game's attributes, its RNG and the sticky last action. MinAtar games keep their
         state in plain attributes (ints, bools, small arrays, lists of lists), so this is exact."""
-        if self._obs is None:
-            raise RuntimeError("MinAtarVecEnv.get_state called before reset()")
+        self._require_reset("get_state")
         envs = []
         for env in self._envs:
             rng = env.random.get_state()  # ('MT19937', keys uint32[624], pos, has_gauss, cached_gaussian)
@@ -205,22 +159,10 @@ class MinAtarVecEnv(VecEnv):
                     "last_action": int(env.last_action),
                 }
             )
-        return {
-            "backend": "minatar",
-            "game": self.game,
-            "num_envs": self.num_envs,
-            "seed": self._seed,
-            "steps": self._steps.copy(),
-            "obs": self._obs.copy(),
-            "tracker": self._tracker.get_state(),
-            "envs": envs,
-        }
+        return self._snapshot("game", envs, steps=self._steps.copy())
 
     def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("backend") != "minatar" or state.get("game") != self.game:
-            raise ValueError(f"snapshot is for {state.get('backend')}/{state.get('game')}, not minatar/{self.game}")
-        if int(state["num_envs"]) != self.num_envs:
-            raise ValueError(f"snapshot has {state['num_envs']} envs, this env has {self.num_envs}")
+        self._check_snapshot(state, "game")
         for env, entry in zip(self._envs, state["envs"]):
             rng = np.random.RandomState()
             kind, keys, pos, has_gauss, cached = entry["rng"]
@@ -230,8 +172,5 @@ class MinAtarVecEnv(VecEnv):
             for k, v in entry["game"].items():
                 setattr(env.env, k, _to_plain(v))
             env.last_action = int(entry["last_action"])
-        self._seed = int(state["seed"])
-        self._seeded_once = True
         self._steps[:] = np.asarray(state["steps"])
-        self._obs = np.array(state["obs"], dtype=np.uint8)
-        self._tracker.set_state(state["tracker"])
+        self._restore(state)

@@ -117,8 +117,8 @@ class StopFlag:
 
 
 class Progress:
-    def __init__(self, total_env_frames: int, every_s: float):
-        self.total, self.every = total_env_frames, every_s
+    def __init__(self, total_env_frames: int, every_s: float, frame_skip: int = 1):
+        self.total, self.every, self.frame_skip = total_env_frames, every_s, frame_skip
         self.last_t = time.time()
         self.last_frames = 0
         self.recent: deque[float] = deque(maxlen=100)
@@ -132,8 +132,10 @@ class Progress:
             return
         ret = f"{np.mean(self.recent):.2f} (last {len(self.recent)} episodes)" if self.recent else "n/a"
         pct = 100.0 * env_frames / self.total
+        fps = self.sps(env_frames)
+        rate = f"{fps:,.0f} frames/s" + (f" ({fps / self.frame_skip:,.0f} steps/s)" if self.frame_skip > 1 else "")
         print(
-            f"frames {env_frames:,}/{self.total:,} ({pct:.0f}%) | {self.sps(env_frames):,.0f} frames/s | "
+            f"frames {env_frames:,}/{self.total:,} ({pct:.0f}%) | {rate} | "
             f"return {ret} | {time.strftime('%H:%M:%S', time.gmtime(elapsed))}",
             flush=True,
         )
@@ -224,7 +226,7 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
         }
         return ckpts.save(counters["env_frames"], state, meta)
 
-    progress = Progress(r.total_env_frames, r.progress_every_seconds)
+    progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)
     t_start = time.time() - counters["wall_time"]
     last_log_frames = counters["env_frames"]
     last_ckpt_frames, last_ckpt_time = counters["env_frames"], time.time()
