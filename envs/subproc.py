@@ -1,0 +1,313 @@
+"""Gymnasium envs in worker processes behind the vectorised env contract.
+
+For envs whose step costs a millisecond or more (the 3D labyrinth, which drives a game engine), one process per
+env lets the copies run on all cores while the actor waits. Each worker builds its env from an importable factory
+(`"package.module:callable"` + kwargs), so nothing unpicklable crosses the process boundary, and does the
+same-step autoreset itself. Dict observations are split: `obs_key` is the observation the agent's torso sees
+(transposed to channels-first when `channels_first`), every other key rides in `info["extras"][key]` as a
+[B, ...] array, with the finished episode's last values in `info["final_extras"]`.
+
+A worker that dies (segfault, OOM kill, engine crash) is reported with its env index and seed, and restarted
+with a new seed derived from the old one: the env's episode is cut there (`truncated=True`, the last observation
+it sent as `final_obs`, `info["restarted"][i]=True`). After `max_restarts` restarts of one env the error is
+raised as `EnvCrashedError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import multiprocessing as mp
+import os
+import traceback
+import warnings
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
+
+
+def resolve_factory(path: str) -> Callable[..., Any]:
+    """`"module.sub:callable"` -> the callable."""
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ValueError(f"env factory must look like 'package.module:callable', got {path!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _split(obs: Any, obs_key: str | None, channels_first: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    if obs_key is None:
+        main, extras = np.asarray(obs), {}
+    else:
+        main = np.asarray(obs[obs_key])
+        extras = {k: np.asarray(v) for k, v in obs.items() if k != obs_key}
+    if channels_first and main.ndim == 3:
+        main = np.ascontiguousarray(main.transpose(2, 0, 1))
+    return main, extras
+
+
+def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str | None, channels_first: bool) -> None:
+    """Worker loop: ('reset', seed) | ('step', action) | ('spaces', None) | ('call', (name, args)) | ('close', None)."""
+    env = None
+    try:
+        env = resolve_factory(factory)(**kwargs)
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "step":
+                obs, reward, terminated, truncated, info = env.step(arg)
+                final = None
+                if terminated or truncated:
+                    final = _split(obs, obs_key, channels_first)
+                    obs, _ = env.reset()
+                main, extras = _split(obs, obs_key, channels_first)
+                conn.send(("ok", (main, extras, float(reward), bool(terminated), bool(truncated), final)))
+            elif cmd == "reset":
+                obs, _ = env.reset(seed=arg)
+                conn.send(("ok", _split(obs, obs_key, channels_first)))
+            elif cmd == "spaces":
+                conn.send(("ok", (env.observation_space, env.action_space)))
+            elif cmd == "call":
+                name, args = arg
+                conn.send(("ok", getattr(env, name)(*args)))
+            elif cmd == "close":
+                break
+    except (KeyboardInterrupt, EOFError):
+        pass
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which decides
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        except (BrokenPipeError, OSError):
+            pass
+    finally:
+        if env is not None:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - engines may crash on close; never fail the worker's exit
+                pass
+        conn.close()
+
+
+class ProcessVecEnv(VecEnv):
+    """`num_envs` copies of `factory(**kwargs)` (a gymnasium env), one per worker process."""
+
+    def __init__(
+        self,
+        factory: str,
+        num_envs: int,
+        seed: int,
+        kwargs: dict[str, Any] | None = None,
+        obs_key: str | None = None,
+        channels_first: bool = True,
+        name: str | None = None,
+        frame_skip: int = 1,
+        obs_scale: float = 1.0 / 255,
+        max_restarts: int = 3,
+        context: str = "forkserver",
+    ):
+        self.factory, self.kwargs, self.obs_key, self.channels_first = (
+            factory,
+            dict(kwargs or {}),
+            obs_key,
+            channels_first,
+        )
+        self.num_envs, self._seed, self.max_restarts = num_envs, int(seed), max_restarts
+        self._ctx = mp.get_context(context)
+        self._owner_pid = os.getpid()
+        self._procs: list[Any] = [None] * num_envs
+        self._conns: list[Connection | None] = [None] * num_envs
+        self.restarts = np.zeros(num_envs, np.int64)
+        self._seeds = np.array([self._seed + i for i in range(num_envs)], np.int64)
+        for i in range(num_envs):
+            self._start(i)
+        obs_space, action_space = self._call_one(0, "spaces", None)
+        self.observation_space, self.action_space = obs_space, action_space
+        main_space = obs_space[obs_key] if obs_key is not None else obs_space
+        shape = tuple(main_space.shape)
+        if channels_first and len(shape) == 3:
+            shape = (shape[2], shape[0], shape[1])
+        if not hasattr(action_space, "n"):
+            self.close()
+            raise ValueError(f"{factory} has action space {action_space}; the platform needs Discrete actions")
+        self.spec = EnvSpec(
+            name=name or factory,
+            obs_shape=shape,
+            obs_dtype=np.dtype(main_space.dtype),
+            num_actions=int(action_space.n),
+            frame_skip=frame_skip,
+            extra={"obs_scale": obs_scale if np.dtype(main_space.dtype) == np.uint8 else 1.0},
+        )
+        self._tracker = EpisodeTracker(num_envs, frame_skip)
+        self._last: list[tuple[np.ndarray, dict[str, np.ndarray]] | None] = [None] * num_envs
+
+    # ------------------------------------------------------------------------------------ processes
+    def _start(self, i: int) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=_worker,
+            args=(child, self.factory, self.kwargs, self.obs_key, self.channels_first),
+            name=f"env-worker-{i}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        self._procs[i], self._conns[i] = proc, parent
+
+    def _recv(self, i: int, what: str) -> Any:
+        conn = self._conns[i]
+        try:
+            status, payload = conn.recv()
+        except (EOFError, ConnectionResetError, OSError) as e:
+            code = self._procs[i].exitcode if self._procs[i] is not None else None
+            raise _WorkerDied(f"env worker {i} died during {what} (exit code {code}): {e!r}") from e
+        if status == "error":
+            raise EnvCrashedError(
+                f"{self.spec.name if hasattr(self, 'spec') else self.factory}: env index {i} "
+                f"(seed {int(self._seeds[i])}) raised in {what}:\n{payload}"
+            )
+        return payload
+
+    def _call_one(self, i: int, cmd: str, arg: Any) -> Any:
+        try:
+            self._conns[i].send((cmd, arg))
+        except (BrokenPipeError, OSError) as e:
+            raise _WorkerDied(f"env worker {i} is gone: {e!r}") from e
+        return self._recv(i, cmd)
+
+    def _restart(self, i: int, why: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        self.restarts[i] += 1
+        old_seed = int(self._seeds[i])
+        if self.restarts[i] > self.max_restarts:
+            raise EnvCrashedError(
+                f"{self.spec.name}: env index {i} (seed {old_seed}) died {int(self.restarts[i])} times; last: {why}"
+            )
+        self._seeds[i] = old_seed + 7919 * self.num_envs  # a new episode stream, not a replay of the crash
+        warnings.warn(
+            f"{self.spec.name}: env index {i} (seed {old_seed}) died ({why}); restarted with seed "
+            f"{int(self._seeds[i])} ({int(self.restarts[i])}/{self.max_restarts})",
+            stacklevel=3,
+        )
+        self._kill(i)
+        self._start(i)
+        return self._call_one(i, "reset", int(self._seeds[i]))
+
+    def _kill(self, i: int) -> None:
+        proc, conn = self._procs[i], self._conns[i]
+        if conn is not None:
+            conn.close()
+        if proc is not None and proc.is_alive():
+            proc.kill()
+        if proc is not None:
+            proc.join(5)
+
+    # ------------------------------------------------------------------------------------ contract
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is not None:
+            self._seed = int(seed)
+            self._seeds = np.array([self._seed + i for i in range(self.num_envs)], np.int64)
+        for i, conn in enumerate(self._conns):
+            conn.send(("reset", int(self._seeds[i])))
+        for i in range(self.num_envs):
+            self._last[i] = self._recv(i, "reset")
+        self._tracker.reset()
+        return np.stack([m for m, _ in self._last])
+
+    def step(self, actions: np.ndarray):
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        if any(last is None for last in self._last):
+            raise RuntimeError("ProcessVecEnv.step called before reset()")
+        B = self.num_envs
+        reward = np.zeros(B, np.float32)
+        terminated = np.zeros(B, bool)
+        truncated = np.zeros(B, bool)
+        restarted = np.zeros(B, bool)
+        finals: list[tuple[np.ndarray, dict[str, np.ndarray]]] = list(self._last)
+        sent = np.zeros(B, bool)
+        for i in range(B):
+            try:
+                self._conns[i].send(("step", int(actions[i])))
+                sent[i] = True
+            except (BrokenPipeError, OSError):
+                pass
+        for i in range(B):
+            try:
+                if not sent[i]:
+                    raise _WorkerDied(f"env worker {i} is gone")
+                main, extras, r, te, tr, final = self._recv(i, "step")
+            except _WorkerDied as e:
+                self._last[i] = self._restart(i, str(e))
+                truncated[i] = restarted[i] = True
+                continue
+            reward[i], terminated[i], truncated[i] = r, te, tr
+            if final is not None:
+                finals[i] = final
+            else:
+                finals[i] = (main, extras)
+            self._last[i] = (main, extras)
+        obs = np.stack([m for m, _ in self._last])
+        info: dict[str, Any] = {
+            "final_obs": np.stack([m for m, _ in finals]),
+            "extras": _stack_extras([e for _, e in self._last]),
+            "final_extras": _stack_extras([e for _, e in finals]),
+            "restarted": restarted,
+        }
+        info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated))
+        return obs, reward, terminated, truncated, info
+
+    def call(self, i: int, method: str, *args: Any) -> Any:
+        """Call `method(*args)` on env i in its worker (e.g. a renderer's map data) and return the result."""
+        return self._call_one(i, "call", (method, args))
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            **super().settings(),
+            "factory": self.factory,
+            "kwargs": self.kwargs,
+            "seeds": [int(s) for s in self._seeds],
+            "restarts": [int(r) for r in self.restarts],
+            "worker_pids": [p.pid for p in self._procs if p is not None],
+        }
+
+    def worker_pid(self, i: int) -> int:
+        return self._procs[i].pid
+
+    def close(self) -> None:
+        for conn in self._conns:
+            if conn is None:
+                continue
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for i, proc in enumerate(self._procs):
+            if proc is None:
+                continue
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+            if self._conns[i] is not None:
+                self._conns[i].close()
+        self._procs = [None] * self.num_envs
+        self._conns = [None] * self.num_envs
+
+    def __del__(self) -> None:
+        owner = os.getpid() == getattr(self, "_owner_pid", None)
+        if owner and any(p is not None for p in getattr(self, "_procs", [])):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class _WorkerDied(RuntimeError):
+    pass
+
+
+def _stack_extras(extras: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if not extras or not extras[0]:
+        return {}
+    return {k: np.stack([e[k] for e in extras]) for k in extras[0]}
