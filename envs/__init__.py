@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
 
-BACKENDS = ("catch", "classic", "minatar", "atari", "atari_gym")
+BACKENDS = ("catch", "classic", "minatar", "atari", "atari_gym", "labyrinth")
 
 __all__ = ["BACKENDS", "EnvCrashedError", "EnvSpec", "EpisodeTracker", "VecEnv", "make_vec_env"]
 
@@ -51,4 +51,20 @@ def make_vec_env(
         from envs.atari import GymAtariVecEnv
 
         return GymAtariVecEnv(env_id, num_envs, seed, mode=mode, **options)
+    if backend == "labyrinth":
+        from envs.subproc import ProcessVecEnv
+
+        frame_skip = int(options.get("frame_skip", 4))
+        max_restarts = int(options.pop("max_restarts", 3))
+        return ProcessVecEnv(
+            "envs.labyrinth:LabyrinthEnv",
+            num_envs,
+            seed,
+            kwargs={"task": env_id, **options},
+            obs_key="rgb",
+            channels_first=True,
+            name=f"labyrinth/{env_id}",
+            frame_skip=frame_skip,
+            max_restarts=max_restarts,
+        )
     raise ValueError(f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -3,9 +3,11 @@
 For envs whose step costs a millisecond or more (the 3D labyrinth, which drives a game engine), one process per
 env lets the copies run on all cores while the actor waits. Each worker builds its env from an importable factory
 (`"package.module:callable"` + kwargs), so nothing unpicklable crosses the process boundary, and does the
-same-step autoreset itself. Dict observations are split: `obs_key` is the observation the agent's torso sees
-(transposed to channels-first when `channels_first`), every other key rides in `info["extras"][key]` as a
-[B, ...] array, with the finished episode's last values in `info["final_extras"]`.
+same-step autoreset itself. The numeric entries of each env's step `info` come back stacked in
+`info["env_info"][key]` (e.g. the labyrinth's `respawned`, `goal_found`). Dict observations are split: `obs_key`
+is the observation the agent's torso sees (transposed to channels-first when `channels_first`), every other key
+rides in `info["extras"][key]` as a [B, ...] array, with the finished episode's last values in
+`info["final_extras"]`.
 
 A worker that dies (segfault, OOM kill, engine crash) is reported with its env index and seed, and restarted
 with a new seed derived from the old one: the env's episode is cut there (`truncated=True`, the last observation
@@ -48,10 +50,25 @@ def _split(obs: Any, obs_key: str | None, channels_first: bool) -> tuple[np.ndar
     return main, extras
 
 
+def _plain_info(info: dict[str, Any]) -> dict[str, Any]:
+    """The numeric entries of a gymnasium `info` (numbers, bools, small arrays): what can be stacked over envs."""
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (bool, int, float, np.number, np.bool_)) or (isinstance(v, np.ndarray) and v.dtype != object):
+            out[k] = np.asarray(v)
+        elif isinstance(v, tuple) and all(isinstance(x, (int, float, np.number)) for x in v):
+            out[k] = np.asarray(v)
+    return out
+
+
 def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str | None, channels_first: bool) -> None:
     """Worker loop: ('reset', seed) | ('step', action) | ('spaces', None) | ('call', (name, args)) | ('close', None)."""
     env = None
     try:
+        # Own process group: the parent can kill the worker together with anything it started (a game engine keeps
+        # the pipe open after the worker dies, so only killing the group ends both), and a Ctrl-C in the terminal
+        # reaches only the parent, which then closes the workers in order.
+        os.setsid()
         env = resolve_factory(factory)(**kwargs)
         while True:
             cmd, arg = conn.recv()
@@ -62,7 +79,8 @@ def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str
                     final = _split(obs, obs_key, channels_first)
                     obs, _ = env.reset()
                 main, extras = _split(obs, obs_key, channels_first)
-                conn.send(("ok", (main, extras, float(reward), bool(terminated), bool(truncated), final)))
+                step = (main, extras, float(reward), bool(terminated), bool(truncated), final, _plain_info(info))
+                conn.send(("ok", step))
             elif cmd == "reset":
                 obs, _ = env.reset(seed=arg)
                 conn.send(("ok", _split(obs, obs_key, channels_first)))
@@ -104,6 +122,7 @@ class ProcessVecEnv(VecEnv):
         frame_skip: int = 1,
         obs_scale: float = 1.0 / 255,
         max_restarts: int = 3,
+        step_timeout_s: float = 120.0,
         context: str = "forkserver",
     ):
         self.factory, self.kwargs, self.obs_key, self.channels_first = (
@@ -113,6 +132,7 @@ class ProcessVecEnv(VecEnv):
             channels_first,
         )
         self.num_envs, self._seed, self.max_restarts = num_envs, int(seed), max_restarts
+        self.step_timeout_s = step_timeout_s
         self._ctx = mp.get_context(context)
         self._owner_pid = os.getpid()
         self._procs: list[Any] = [None] * num_envs
@@ -121,7 +141,11 @@ class ProcessVecEnv(VecEnv):
         self._seeds = np.array([self._seed + i for i in range(num_envs)], np.int64)
         for i in range(num_envs):
             self._start(i)
-        obs_space, action_space = self._call_one(0, "spaces", None)
+        try:
+            obs_space, action_space = self._call_one(0, "spaces", None)
+        except _WorkerDied as e:
+            self.close()
+            raise EnvCrashedError(f"{name or factory}: env worker 0 (seed {self._seed}) failed to start: {e}") from e
         self.observation_space, self.action_space = obs_space, action_space
         main_space = obs_space[obs_key] if obs_key is not None else obs_space
         shape = tuple(main_space.shape)
@@ -155,7 +179,16 @@ class ProcessVecEnv(VecEnv):
         self._procs[i], self._conns[i] = proc, parent
 
     def _recv(self, i: int, what: str) -> Any:
-        conn = self._conns[i]
+        conn, proc = self._conns[i], self._procs[i]
+        waited = 0.0
+        # poll rather than block: a dead worker's pipe may stay open (its engine process inherited it), and a hung
+        # env must not hang the learner
+        while not conn.poll(0.5):
+            waited += 0.5
+            if not proc.is_alive():
+                raise _WorkerDied(f"env worker {i} died during {what} (exit code {proc.exitcode})")
+            if waited >= self.step_timeout_s:
+                raise _WorkerDied(f"env worker {i} did not answer {what} within {self.step_timeout_s:.0f}s")
         try:
             status, payload = conn.recv()
         except (EOFError, ConnectionResetError, OSError) as e:
@@ -196,10 +229,8 @@ class ProcessVecEnv(VecEnv):
         proc, conn = self._procs[i], self._conns[i]
         if conn is not None:
             conn.close()
-        if proc is not None and proc.is_alive():
-            proc.kill()
         if proc is not None:
-            proc.join(5)
+            _kill_group(proc)
 
     # ------------------------------------------------------------------------------------ contract
     def reset(self, seed: int | None = None) -> np.ndarray:
@@ -225,6 +256,7 @@ class ProcessVecEnv(VecEnv):
         truncated = np.zeros(B, bool)
         restarted = np.zeros(B, bool)
         finals: list[tuple[np.ndarray, dict[str, np.ndarray]]] = list(self._last)
+        infos: list[dict[str, np.ndarray]] = [{} for _ in range(B)]
         sent = np.zeros(B, bool)
         for i in range(B):
             try:
@@ -236,12 +268,13 @@ class ProcessVecEnv(VecEnv):
             try:
                 if not sent[i]:
                     raise _WorkerDied(f"env worker {i} is gone")
-                main, extras, r, te, tr, final = self._recv(i, "step")
+                main, extras, r, te, tr, final, env_info = self._recv(i, "step")
             except _WorkerDied as e:
                 self._last[i] = self._restart(i, str(e))
                 truncated[i] = restarted[i] = True
                 continue
             reward[i], terminated[i], truncated[i] = r, te, tr
+            infos[i] = env_info
             if final is not None:
                 finals[i] = final
             else:
@@ -253,6 +286,7 @@ class ProcessVecEnv(VecEnv):
             "extras": _stack_extras([e for _, e in self._last]),
             "final_extras": _stack_extras([e for _, e in finals]),
             "restarted": restarted,
+            "env_info": _stack_common(infos),
         }
         info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated))
         return obs, reward, terminated, truncated, info
@@ -286,9 +320,7 @@ class ProcessVecEnv(VecEnv):
             if proc is None:
                 continue
             proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
+            _kill_group(proc)  # whatever the worker left behind (an engine that outlived it)
             if self._conns[i] is not None:
                 self._conns[i].close()
         self._procs = [None] * self.num_envs
@@ -305,6 +337,26 @@ class ProcessVecEnv(VecEnv):
 
 class _WorkerDied(RuntimeError):
     pass
+
+
+def _kill_group(proc: Any) -> None:
+    """SIGKILL the worker's process group (the worker made itself its leader) and reap the worker."""
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+    proc.join(5)
+
+
+def _stack_common(infos: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack the keys every env reported with one shape (a restarted env reports none this step: then none are)."""
+    keys = set(infos[0]).intersection(*infos[1:]) if infos else set()
+    out = {}
+    for k in sorted(keys):
+        values = [np.asarray(x[k]) for x in infos]
+        if len({v.shape for v in values}) == 1:
+            out[k] = np.stack(values)
+    return out
 
 
 def _stack_extras(extras: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -4,6 +4,8 @@
     decoupled train --resume RUN_DIR [section.key=value ...]
     decoupled eval RUN_DIR|CHECKPOINT_DIR [--episodes N] [--out DIR] | --policy random --config CONFIG
     decoupled plot RUN_DIR [--out PNG]
+    decoupled bench labyrinth [--num-envs 4] [--seconds 10]      # speed benchmarks, JSON lines
+    decoupled render TASK [--steps N] [--seed S] [--run RUN_DIR] [--out DIR]   # a labyrinth episode as PNGs
     decoupled config CONFIG [section.key=value ...]      # print the resolved config, or the errors
 
 Heavy imports (torch, envs) happen inside the subcommands so that a bad config fails within a second or two.
@@ -73,6 +75,16 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    from runners.render import render_command
+
+    try:
+        return render_command(args)
+    except (ImportError, ValueError, FileNotFoundError) as e:
+        print(f"decoupled render: {e}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decoupled", description="Actor-learner RL agents: train, evaluate, plot.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -104,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir")
     pl.add_argument("--out", help="PNG path (default: RUN_DIR/learning_curve.png)")
     pl.set_defaults(func=_plot)
+
+    r = sub.add_parser("render", help="play a labyrinth episode and write a top-down map and an RGB/depth strip")
+    r.add_argument("task", help="labyrinth task, e.g. nav_maze_static_01")
+    r.add_argument("--steps", type=int, default=300, help="agent steps to play (default 300)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--run", help="a run dir whose policy acts (default: uniform random actions)")
+    r.add_argument("--out", default="runs/render", help="output dir (default runs/render)")
+    r.set_defaults(func=_render)
+
+    from runners.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 

@@ -92,10 +92,34 @@ class AtariEnvConfig(_EnvBase):
         }
 
 
+class LabyrinthEnvConfig(_EnvBase):
+    backend: Literal["labyrinth"]
+    id: str = Field(
+        pattern=r"^(nav_maze_static_0[123]|nav_maze_random_goal_0[123]|random_maze_0[123]|random_maze)$",
+        description="a 3D maze task of envs/labyrinth.py, e.g. nav_maze_static_01",
+    )
+    num_envs: int = Field(4, ge=1, le=64, description="one worker process per env")
+    frame_skip: int = Field(4, ge=1, le=16)
+    obs_size: tuple[int, int] = (84, 84)
+    resolution: Literal["RES_160X120", "RES_320X240"] = Field(
+        "RES_160X120", description="engine render size; depth saturates at ~4.5 cells (160x120), ~9 (320x240)"
+    )
+    max_restarts: int = Field(3, ge=0, description="restarts of a dead env worker before the run stops")
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "frame_skip": self.frame_skip,
+            "obs_size": self.obs_size,
+            "resolution": self.resolution,
+            "max_restarts": self.max_restarts,
+        }
+
+
 EnvConfig = Annotated[
-    CatchEnvConfig | ClassicEnvConfig | MinAtarEnvConfig | AtariEnvConfig, Field(discriminator="backend")
+    CatchEnvConfig | ClassicEnvConfig | MinAtarEnvConfig | AtariEnvConfig | LabyrinthEnvConfig,
+    Field(discriminator="backend"),
 ]
-_ENV_TAGS = {"catch", "classic", "minatar", "atari", "atari_gym"}
+_ENV_TAGS = {"catch", "classic", "minatar", "atari", "atari_gym", "labyrinth"}
 
 
 # ----------------------------------------------------------------------------------------------- other sections

@@ -1,0 +1,141 @@
+"""`decoupled render`: look at a labyrinth episode.
+
+Plays one labyrinth episode (a random policy, or a trained run's policy) and writes two PNGs:
+
+* `<task>_map.png`: the maze from above (walls, goal, apples), with the agent's trajectory; a respawn after the
+  goal breaks the line and is marked, so a person can check the maze, the goal and where the agent went;
+* `<task>_strip.png`: RGB frames above their depth maps at evenly spaced steps of the episode.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, **env_kwargs: Any) -> dict[str, Any]:
+    """Play `steps` agent steps of `task` and record what the plots need."""
+    import torch
+
+    from envs.labyrinth import LabyrinthEnv
+
+    env = LabyrinthEnv(task, **env_kwargs)
+    net, state = None, None
+    if run_dir is not None:
+        from runners.evaluate import load_policy
+
+        _, net, _ = load_policy(Path(run_dir))
+        state = net.initial_state(1)
+    rng = np.random.default_rng(seed)
+    try:
+        obs, info = env.reset(seed=seed)
+        top = env.top_down_map()
+        positions, respawns, frames, depths, rewards = [obs["position"].copy()], [False], [], [], []
+        prev_action, prev_reward, first = 0, 0.0, True
+        for _ in range(steps):
+            if net is None:
+                action = int(rng.integers(env.action_space.n))
+            else:
+                with torch.no_grad():
+                    inputs = {
+                        "obs": torch.from_numpy(obs["rgb"].transpose(2, 0, 1)[None, None].copy()),
+                        "first": torch.tensor([[first]]),
+                        "prev_action": torch.tensor([[prev_action]]),
+                        "prev_reward": torch.tensor([[prev_reward]], dtype=torch.float32),
+                    }
+                    out, state = net(inputs, state)
+                    action = int(torch.multinomial(torch.softmax(out["policy_logits"][0, 0], -1), 1))
+            frames.append(obs["rgb"])
+            depths.append(obs["depth"])
+            obs, reward, terminated, truncated, info = env.step(action)
+            prev_action, prev_reward, first = action, float(reward), False
+            rewards.append(float(reward))
+            positions.append(obs["position"].copy())
+            respawns.append(bool(info["respawned"]))
+            if terminated or truncated:
+                break
+        return {
+            "task": task,
+            "top": top,
+            "positions": np.asarray(positions),
+            "respawned": np.asarray(respawns),
+            "rgb": frames,
+            "depth": depths,
+            "rewards": np.asarray(rewards),
+            "goals": int(info.get("episode_goals", 0)),
+            "apples": int(info.get("episode_apples", 0)),
+            "max_depth": float(env.max_depth),
+        }
+    finally:
+        env.close()
+
+
+def draw_map(ep: dict[str, Any], path: Path) -> Path:
+    top = ep["top"]
+    cell = top.cell_size
+    fig, ax = plt.subplots(figsize=(7, 7 * top.walls.shape[0] / max(top.walls.shape[1], 1) + 0.6))
+    ax.imshow(top.walls, cmap="Greys", origin="upper", extent=(0, top.walls.shape[1], top.walls.shape[0], 0))
+    if len(top.apple_cells):
+        ax.scatter(top.apple_cells[:, 1] + 0.5, top.apple_cells[:, 0] + 0.5, s=30, c="tab:green", label="apples")
+    gr, gc = top.goal_cell
+    ax.scatter([gc + 0.5], [gr + 0.5], s=220, marker="*", c="gold", edgecolors="k", zorder=5, label="goal")
+    cols = ep["positions"][:, 0] / cell
+    rows = -ep["positions"][:, 1] / cell
+    breaks = np.flatnonzero(ep["respawned"])
+    segments = np.split(np.arange(len(cols)), breaks)
+    for k, seg in enumerate(segments):
+        if len(seg):
+            ax.plot(cols[seg], rows[seg], lw=1.2, c="tab:red", alpha=0.9, label="trajectory" if k == 0 else None)
+    ax.scatter([cols[0]], [rows[0]], s=60, c="tab:blue", zorder=6, label="start")
+    if len(breaks):
+        ax.scatter(cols[breaks], rows[breaks], s=40, marker="x", c="tab:blue", zorder=6, label="respawn")
+    ax.scatter([cols[-1]], [rows[-1]], s=60, marker="s", c="tab:purple", zorder=6, label="end")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ret = ep["rewards"].sum()
+    ax.set_title(
+        f"{ep['task']}: {len(ep['rewards'])} steps, return {ret:.0f} ({ep['goals']} goals, {ep['apples']} apples)",
+        fontsize=9,
+    )
+    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_strip(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
+    n = len(ep["rgb"])
+    idx = np.unique(np.linspace(0, n - 1, min(count, n)).astype(int))
+    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.6), squeeze=False)
+    for j, t in enumerate(idx):
+        axes[0, j].imshow(ep["rgb"][t])
+        axes[0, j].set_title(f"step {t}", fontsize=8)
+        axes[1, j].imshow(ep["depth"][t], cmap="viridis", vmin=0.0, vmax=ep["max_depth"])
+        for a in axes[:, j]:
+            a.set_xticks([])
+            a.set_yticks([])
+    axes[0, 0].set_ylabel("RGB", fontsize=8)
+    axes[1, 0].set_ylabel("depth", fontsize=8)
+    fig.suptitle(f"{ep['task']}: RGB and depth (map units, 0-{ep['max_depth']:.0f})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_command(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ep = play_episode(args.task, args.steps, args.seed, args.run)
+    m = draw_map(ep, out / f"{args.task}_map.png")
+    s = draw_strip(ep, out / f"{args.task}_strip.png")
+    print(f"{args.task}: {len(ep['rewards'])} steps, return {ep['rewards'].sum():.0f}; wrote {m} and {s}")
+    return 0

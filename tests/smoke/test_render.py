@@ -1,0 +1,49 @@
+"""`decoupled render`: a labyrinth episode as a top-down map and an RGB/depth strip."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vizdoom")
+
+
+def test_render_writes_map_and_strip(tmp_path):
+    from PIL import Image
+
+    out = subprocess.run(
+        [sys.executable, "-m", "runners.cli", "render", "nav_maze_static_01", "--steps", "60", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    for name in ["nav_maze_static_01_map.png", "nav_maze_static_01_strip.png"]:
+        img = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        assert img.shape[0] > 200 and img.shape[1] > 400
+        assert img.std() > 20  # a picture, not a blank canvas
+
+
+def test_map_shows_walls_goal_and_trajectory(tmp_path):
+    from runners.render import draw_map, play_episode
+
+    ep = play_episode("nav_maze_static_01", 40, seed=1)
+    assert len(ep["rgb"]) == 40 and ep["positions"].shape == (41, 2)
+    top = ep["top"]
+    assert top.walls.any() and not top.walls[top.goal_cell]
+    # the trajectory stays inside the maze's floor cells
+    rows = (-ep["positions"][:, 1] // top.cell_size).astype(int)
+    cols = (ep["positions"][:, 0] // top.cell_size).astype(int)
+    assert not top.walls[rows, cols].any()
+    assert draw_map(ep, tmp_path / "m.png").stat().st_size > 5000
+
+
+def test_render_unknown_task_is_a_clear_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "runners.cli", "render", "nav_maze_nope", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "unknown labyrinth task" in out.stderr
