@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import multiprocessing as mp
 import os
+import shutil
 import traceback
 import warnings
 from collections.abc import Callable
@@ -89,6 +90,9 @@ def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str
             elif cmd == "call":
                 name, args = arg
                 conn.send(("ok", getattr(env, name)(*args)))
+            elif cmd == "work_dir":  # a scratch dir the env keeps (the labyrinth's engine files), to clean after a kill
+                work_dir = getattr(getattr(env, "unwrapped", env), "work_dir", None)
+                conn.send(("ok", work_dir if isinstance(work_dir, str) else None))
             elif cmd == "close":
                 break
     except (KeyboardInterrupt, EOFError):
@@ -137,15 +141,21 @@ class ProcessVecEnv(VecEnv):
         self._owner_pid = os.getpid()
         self._procs: list[Any] = [None] * num_envs
         self._conns: list[Connection | None] = [None] * num_envs
+        self._work_dirs: list[str | None] = [None] * num_envs
         self.restarts = np.zeros(num_envs, np.int64)
         self._seeds = np.array([self._seed + i for i in range(num_envs)], np.int64)
         for i in range(num_envs):
             self._start(i)
         try:
+            for i in range(num_envs):  # after all started: the workers build their envs in parallel
+                self._remember_work_dir(i)
             obs_space, action_space = self._call_one(0, "spaces", None)
         except _WorkerDied as e:
             self.close()
-            raise EnvCrashedError(f"{name or factory}: env worker 0 (seed {self._seed}) failed to start: {e}") from e
+            raise EnvCrashedError(f"{name or factory}: an env worker (seed {self._seed}+i) failed to start: {e}") from e
+        except EnvCrashedError:
+            self.close()
+            raise
         self.observation_space, self.action_space = obs_space, action_space
         main_space = obs_space[obs_key] if obs_key is not None else obs_space
         shape = tuple(main_space.shape)
@@ -223,7 +233,11 @@ class ProcessVecEnv(VecEnv):
         )
         self._kill(i)
         self._start(i)
+        self._remember_work_dir(i)
         return self._call_one(i, "reset", int(self._seeds[i]))
+
+    def _remember_work_dir(self, i: int) -> None:
+        self._work_dirs[i] = self._call_one(i, "work_dir", None)
 
     def _kill(self, i: int) -> None:
         proc, conn = self._procs[i], self._conns[i]
@@ -231,6 +245,9 @@ class ProcessVecEnv(VecEnv):
             conn.close()
         if proc is not None:
             _kill_group(proc)
+        if self._work_dirs[i] is not None:  # a killed env could not clean up after itself
+            shutil.rmtree(self._work_dirs[i], ignore_errors=True)
+            self._work_dirs[i] = None
 
     # ------------------------------------------------------------------------------------ contract
     def reset(self, seed: int | None = None) -> np.ndarray:

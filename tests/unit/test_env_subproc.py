@@ -82,3 +82,11 @@ def test_env_exception_names_index_and_seed():
             env.step(np.array([7]))  # CartPole rejects action 7
     finally:
         env.close()
+
+
+def test_env_that_cannot_be_built_is_a_clear_error_and_leaves_no_workers():
+    import multiprocessing
+
+    with pytest.raises(EnvCrashedError, match="NoSuchEnv"):
+        ProcessVecEnv("gymnasium:make", 2, seed=0, kwargs={"id": "NoSuchEnv-v0"}, channels_first=False)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("env-worker")]

@@ -55,10 +55,13 @@ def test_seeded_streams_are_identical():
 
 def test_dead_worker_is_restarted_with_a_report(venv):
     venv.reset()
+    work_dir = venv._work_dirs[0]
+    assert work_dir is not None and os.path.isdir(work_dir)
     os.kill(venv.worker_pid(0), signal.SIGKILL)
     with pytest.warns(UserWarning, match=r"env index 0 \(seed 3\) died"):
         obs, _, _, truncated, info = venv.step(np.array([2, 2]))
     assert truncated[0] and info["restarted"][0] and obs.shape == (2, 3, 84, 84)
+    assert not os.path.exists(work_dir)  # the killed env's engine files are cleaned up
     venv.step(np.array([2, 2]))
 
 
