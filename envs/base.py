@@ -86,17 +86,23 @@ class EpisodeTracker:
         self.returns = np.zeros(num_envs, np.float64)
         self.frames = np.zeros(num_envs, np.int64)
 
-    def update(self, raw_reward: np.ndarray, game_over: np.ndarray) -> dict[str, np.ndarray]:
+    def update(
+        self, raw_reward: np.ndarray, game_over: np.ndarray, discard: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """`discard[i]`: env i's game was cut short (its worker died): start over without reporting a score."""
         self.returns += raw_reward
         self.frames += self.frame_skip
         done = np.asarray(game_over, bool).copy()
+        if discard is not None:
+            done &= ~np.asarray(discard, bool)
         out = {
             "episode_done": done,
             "episode_return": np.where(done, self.returns, np.nan),
             "episode_frames": np.where(done, self.frames, 0),
         }
-        self.returns[done] = 0.0
-        self.frames[done] = 0
+        reset = done if discard is None else done | np.asarray(discard, bool)
+        self.returns[reset] = 0.0
+        self.frames[reset] = 0
         return out
 
     def reset(self) -> None:

@@ -9,10 +9,11 @@ is the observation the agent's torso sees (transposed to channels-first when `ch
 rides in `info["extras"][key]` as a [B, ...] array, with the finished episode's last values in
 `info["final_extras"]`.
 
-A worker that dies (segfault, OOM kill, engine crash) is reported with its env index and seed, and restarted
-with a new seed derived from the old one: the env's episode is cut there (`truncated=True`, the last observation
-it sent as `final_obs`, `info["restarted"][i]=True`). After `max_restarts` restarts of one env the error is
-raised as `EnvCrashedError`.
+A worker that dies (segfault, OOM kill), hangs past `step_timeout_s` or raises (an engine crash surfaces as a
+Python error) is reported with its env index and seed, and restarted with a new seed derived from the old one:
+the env's episode is cut there (`truncated=True`, the last observation it sent as `final_obs`,
+`info["restarted"][i]=True`, and no episode score reported for it). After `max_restarts` restarts of one env the
+failure is raised as `EnvCrashedError` with the last reason (the traceback, for an error).
 """
 
 from __future__ import annotations
@@ -153,9 +154,6 @@ class ProcessVecEnv(VecEnv):
         except _WorkerDied as e:
             self.close()
             raise EnvCrashedError(f"{name or factory}: an env worker (seed {self._seed}+i) failed to start: {e}") from e
-        except EnvCrashedError:
-            self.close()
-            raise
         self.observation_space, self.action_space = obs_space, action_space
         main_space = obs_space[obs_key] if obs_key is not None else obs_space
         shape = tuple(main_space.shape)
@@ -189,6 +187,8 @@ class ProcessVecEnv(VecEnv):
         self._procs[i], self._conns[i] = proc, parent
 
     def _recv(self, i: int, what: str) -> Any:
+        """One reply of worker i. A dead, hung or failed worker raises `_WorkerDied` with the reason (after an
+        error the worker has exited anyway); the caller decides whether to restart it."""
         conn, proc = self._conns[i], self._procs[i]
         waited = 0.0
         # poll rather than block: a dead worker's pipe may stay open (its engine process inherited it), and a hung
@@ -196,45 +196,70 @@ class ProcessVecEnv(VecEnv):
         while not conn.poll(0.5):
             waited += 0.5
             if not proc.is_alive():
-                raise _WorkerDied(f"env worker {i} died during {what} (exit code {proc.exitcode})")
+                raise _WorkerDied(f"died during {what} (exit code {proc.exitcode})")
             if waited >= self.step_timeout_s:
-                raise _WorkerDied(f"env worker {i} did not answer {what} within {self.step_timeout_s:.0f}s")
+                raise _WorkerDied(f"did not answer {what} within {self.step_timeout_s:.0f}s")
         try:
             status, payload = conn.recv()
         except (EOFError, ConnectionResetError, OSError) as e:
-            code = self._procs[i].exitcode if self._procs[i] is not None else None
-            raise _WorkerDied(f"env worker {i} died during {what} (exit code {code}): {e!r}") from e
+            raise _WorkerDied(f"died during {what} (exit code {proc.exitcode}): {e!r}") from e
         if status == "error":
-            raise EnvCrashedError(
-                f"{self.spec.name if hasattr(self, 'spec') else self.factory}: env index {i} "
-                f"(seed {int(self._seeds[i])}) raised in {what}:\n{payload}"
-            )
+            raise _WorkerDied(f"raised in {what}:\n{payload}")
         return payload
 
     def _call_one(self, i: int, cmd: str, arg: Any) -> Any:
+        self._send(i, cmd, arg)
+        return self._recv(i, cmd)
+
+    def _send(self, i: int, cmd: str, arg: Any) -> None:
         try:
             self._conns[i].send((cmd, arg))
         except (BrokenPipeError, OSError) as e:
-            raise _WorkerDied(f"env worker {i} is gone: {e!r}") from e
-        return self._recv(i, cmd)
+            raise _WorkerDied(f"is gone ({e!r})") from e
+
+    def _all(self, cmd: str, args: list[Any]) -> tuple[list[Any], dict[int, str]]:
+        """Send `cmd` to every worker, then collect every reply before acting on any failure, so that no reply is
+        left unread in a pipe. Returns the replies (None where it failed) and {index: why} of the failures."""
+        failed: dict[int, str] = {}
+        for i in range(self.num_envs):
+            try:
+                self._send(i, cmd, args[i])
+            except _WorkerDied as e:
+                failed[i] = str(e)
+        replies: list[Any] = [None] * self.num_envs
+        for i in range(self.num_envs):
+            if i in failed:
+                continue
+            try:
+                replies[i] = self._recv(i, cmd)
+            except _WorkerDied as e:
+                failed[i] = str(e)
+        return replies, failed
 
     def _restart(self, i: int, why: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        self.restarts[i] += 1
-        old_seed = int(self._seeds[i])
-        if self.restarts[i] > self.max_restarts:
-            raise EnvCrashedError(
-                f"{self.spec.name}: env index {i} (seed {old_seed}) died {int(self.restarts[i])} times; last: {why}"
+        """Replace worker i (after it died, hung or raised) and reset its env with a new seed; a replacement that
+        fails too counts as another restart. Past `max_restarts` the failure is raised as `EnvCrashedError`."""
+        while True:
+            self.restarts[i] += 1
+            old_seed = int(self._seeds[i])
+            if self.restarts[i] > self.max_restarts:
+                raise EnvCrashedError(
+                    f"{self.spec.name}: env index {i} (seed {old_seed}) failed {int(self.restarts[i])} times "
+                    f"(max_restarts={self.max_restarts}); last: {why}"
+                )
+            self._seeds[i] = old_seed + 7919 * self.num_envs  # a new episode stream, not a replay of the crash
+            warnings.warn(
+                f"{self.spec.name}: env index {i} (seed {old_seed}) {why.splitlines()[0]}; restarted with seed "
+                f"{int(self._seeds[i])} ({int(self.restarts[i])}/{self.max_restarts})",
+                stacklevel=3,
             )
-        self._seeds[i] = old_seed + 7919 * self.num_envs  # a new episode stream, not a replay of the crash
-        warnings.warn(
-            f"{self.spec.name}: env index {i} (seed {old_seed}) died ({why}); restarted with seed "
-            f"{int(self._seeds[i])} ({int(self.restarts[i])}/{self.max_restarts})",
-            stacklevel=3,
-        )
-        self._kill(i)
-        self._start(i)
-        self._remember_work_dir(i)
-        return self._call_one(i, "reset", int(self._seeds[i]))
+            self._kill(i)
+            self._start(i)
+            try:
+                self._remember_work_dir(i)
+                return self._call_one(i, "reset", int(self._seeds[i]))
+            except _WorkerDied as e:
+                why = str(e)
 
     def _remember_work_dir(self, i: int) -> None:
         self._work_dirs[i] = self._call_one(i, "work_dir", None)
@@ -254,10 +279,9 @@ class ProcessVecEnv(VecEnv):
         if seed is not None:
             self._seed = int(seed)
             self._seeds = np.array([self._seed + i for i in range(self.num_envs)], np.int64)
-        for i, conn in enumerate(self._conns):
-            conn.send(("reset", int(self._seeds[i])))
-        for i in range(self.num_envs):
-            self._last[i] = self._recv(i, "reset")
+        replies, failed = self._all("reset", [int(s) for s in self._seeds])
+        for i, reply in enumerate(replies):
+            self._last[i] = self._restart(i, failed[i]) if i in failed else reply
         self._tracker.reset()
         return np.stack([m for m, _ in self._last])
 
@@ -274,28 +298,16 @@ class ProcessVecEnv(VecEnv):
         restarted = np.zeros(B, bool)
         finals: list[tuple[np.ndarray, dict[str, np.ndarray]]] = list(self._last)
         infos: list[dict[str, np.ndarray]] = [{} for _ in range(B)]
-        sent = np.zeros(B, bool)
-        for i in range(B):
-            try:
-                self._conns[i].send(("step", int(actions[i])))
-                sent[i] = True
-            except (BrokenPipeError, OSError):
-                pass
-        for i in range(B):
-            try:
-                if not sent[i]:
-                    raise _WorkerDied(f"env worker {i} is gone")
-                main, extras, r, te, tr, final, env_info = self._recv(i, "step")
-            except _WorkerDied as e:
-                self._last[i] = self._restart(i, str(e))
+        replies, failed = self._all("step", [int(a) for a in actions])
+        for i, reply in enumerate(replies):
+            if i in failed:  # the episode is cut here: its last obs stands in as the final one
+                self._last[i] = self._restart(i, failed[i])
                 truncated[i] = restarted[i] = True
                 continue
+            main, extras, r, te, tr, final, env_info = reply
             reward[i], terminated[i], truncated[i] = r, te, tr
             infos[i] = env_info
-            if final is not None:
-                finals[i] = final
-            else:
-                finals[i] = (main, extras)
+            finals[i] = final if final is not None else (main, extras)
             self._last[i] = (main, extras)
         obs = np.stack([m for m, _ in self._last])
         info: dict[str, Any] = {
@@ -305,7 +317,8 @@ class ProcessVecEnv(VecEnv):
             "restarted": restarted,
             "env_info": _stack_common(infos),
         }
-        info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated))
+        # a cut episode is not a finished game: its partial score is not reported
+        info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated, discard=restarted))
         return obs, reward, terminated, truncated, info
 
     def call(self, i: int, method: str, *args: Any) -> Any:

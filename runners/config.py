@@ -149,7 +149,6 @@ class RunnerConfig(_Section):
     max_nonfinite_updates: int = Field(
         10, ge=1, description="consecutive updates with a non-finite loss or gradient (skipped) before the run stops"
     )
-    eval_episodes: int = Field(10, ge=0, description="episodes of the final evaluation (0: none)")
 
 
 class WandbConfig(_Section):

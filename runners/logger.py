@@ -94,6 +94,7 @@ class WandbSink:
         self.dropped = 0
         self.run_id = run_id
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         mode = os.environ.get("WANDB_MODE", mode)
         if mode == "dryrun":
@@ -154,8 +155,11 @@ class WandbSink:
         return result.get("run"), result.get("error")
 
     def _drain(self) -> None:
-        while True:
-            item = self._queue.get()
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
             if item is None:
                 return
             kind, payload = item
@@ -179,13 +183,28 @@ class WandbSink:
         self._put(("log", record))
 
     def summary(self, data: dict[str, Any]) -> None:
-        self._put(("summary", data))
-
-    def close(self, timeout_s: float = 60.0) -> None:
         if self.run is None:
             return
-        self._queue.put(None)
+        try:  # the final summary matters more than a log record: wait a little for room
+            self._queue.put(("summary", data), timeout=5.0)
+        except queue.Full:
+            self.dropped += 1
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Drain what is queued (up to `timeout_s`), then finish the run (up to `timeout_s`). Never blocks longer:
+        a wedged W&B is left behind with a warning, and its run is not finished while a log call is still in it."""
+        if self.run is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            self._stop.set()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._stop.set()
+            warnings.warn(f"W&B did not take the last records within {timeout_s:.0f}s; left it behind", stacklevel=2)
+            self.run = None
+            return
         done = threading.Event()
 
         def finish() -> None:

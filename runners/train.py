@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -101,8 +102,9 @@ class StopFlag:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is threading.main_thread():  # signal handlers can only live there
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -161,6 +163,14 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
         print(f"no checkpoint in {run_dir / 'checkpoints'}: starting the run from the beginning", flush=True)
 
     env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, r.seed, options=cfg.env.options())
+    try:  # whatever fails from here on, the env (and its worker processes) is closed
+        return _train_with_env(cfg, run_dir, env, agent, device, ckpts, restored)
+    finally:
+        env.close()
+
+
+def _train_with_env(cfg, run_dir, env, agent, device, ckpts, restored) -> dict[str, Any]:  # noqa: ANN001
+    r = cfg.runner
     settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
     (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
     dump_config(cfg, run_dir / "config.yaml")
@@ -180,6 +190,7 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
         counters.update(state["counters"])
         learner.version = int(state["policy_version"])
         learner.nonfinite_total = int(state.get("nonfinite_total", 0))
+        learner.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         wandb_id = state.get("wandb_run_id")
         set_rng_state(state["rng"])
         if state.get("actor") is not None:
@@ -194,6 +205,8 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
             flush=True,
         )
     else:
+        # a fresh start in a dir that holds records from an attempt that never checkpointed: set them aside
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
         actor.start(seed=r.seed)
 
     wandb = WandbSink(
@@ -220,6 +233,7 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
             "counters": dict(counters),
             "policy_version": learner.version,
             "nonfinite_total": learner.nonfinite_total,
+            "nonfinite_in_a_row": learner.nonfinite_in_a_row,
             "rng": rng_state(),
             "actor": actor.get_state() if with_actor else None,
             "wandb_run_id": wandb.run_id,
@@ -286,8 +300,23 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
             print(f"{status} at {counters['env_frames']:,} env frames; checkpoint {path}", flush=True)
     except BaseException as e:
         status = "crashed"
-        # nothing is lost: the learner is consistent as of its last update; the actor's partial unroll is not,
-        # so this checkpoint restarts the envs on resume
+        if isinstance(e, KeyboardInterrupt):
+            # a second Ctrl-C can land anywhere (inside optimizer.step, between the update and its counters): the
+            # live state may be inconsistent, so keep the last checkpoint as it is
+            print(f"interrupted; the last checkpoint is the one to resume from: {run_dir}", file=sys.stderr, flush=True)
+            raise
+        if counters["env_frames"] == last_ckpt_frames and ckpts.list():
+            # no update since the last checkpoint: it already holds this learner state, and the actor state too
+            print(
+                f"{type(e).__name__} at {counters['env_frames']:,} env frames, right after a checkpoint. Fix the cause "
+                f"and continue with: decoupled train --resume {run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise
+        # nothing is lost: the learner is consistent as of its last update (env crashes happen while acting,
+        # non-finite updates are refused before the optimizer step); the actor's partial unroll is not, so this
+        # checkpoint restarts the envs on resume
         try:
             path = checkpoint(with_actor=False)
             print(
@@ -302,7 +331,6 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
     finally:
         logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
         logger.close()
-        env.close()
     return {**counters, "status": status, "run_dir": str(run_dir), "wandb_mode": wandb.mode}
 
 

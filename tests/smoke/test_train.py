@@ -149,3 +149,50 @@ def test_episode_returns_are_logged_unclipped_and_finite(tmp_path):
     rets = [r["train/episode_return"] for r in _records(tmp_path) if "train/episode_return" in r]
     assert rets and all(-1.0 <= x <= 1.0 for x in rets)
     assert np.isfinite(rets).all()
+
+
+def test_crash_right_after_a_checkpoint_keeps_that_checkpoint_whole(tmp_path, monkeypatch):
+    # checkpoint every 10 updates (3200 frames); the update after the 2nd checkpoint fails
+    agent = train_mod.get_agent("impala")
+    calls = {"n": 0}
+
+    def failing_loss(cfg, batch, outputs):
+        calls["n"] += 1
+        if calls["n"] == 21:
+            raise RuntimeError("loss blew up")
+        return agent.loss_fn(cfg, batch, outputs)
+
+    patched = type(agent)(**{**agent.__dict__, "loss_fn": failing_loss})
+    monkeypatch.setattr(train_mod, "get_agent", lambda name: patched)
+    with pytest.raises(RuntimeError, match="loss blew up"):
+        train_mod.train(_cfg(), tmp_path)
+    state, manifest = CheckpointManager(tmp_path / "checkpoints").load_latest()
+    assert manifest["env_frames"] == 6400
+    assert state["actor"] is not None  # the periodic checkpoint was not replaced by an actor-less crash one
+
+
+def test_second_ctrl_c_writes_no_checkpoint_from_live_state(tmp_path, monkeypatch):
+    real = train_mod.Learner.step
+    calls = {"n": 0}
+
+    def step(self, rollout):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real(self, rollout)
+
+    monkeypatch.setattr(train_mod.Learner, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(_cfg(), tmp_path)
+    _, manifest = CheckpointManager(tmp_path / "checkpoints").load_latest()
+    assert manifest["env_frames"] == 3200  # the periodic checkpoint, not a snapshot taken mid-interrupt
+
+
+def test_train_runs_outside_the_main_thread(tmp_path):
+    import threading
+
+    out = {}
+    t = threading.Thread(target=lambda: out.update(train_mod.train(_cfg("runner.total_env_frames=1280"), tmp_path)))
+    t.start()
+    t.join(120)
+    assert out.get("status") == "finished" and out["env_frames"] == 1280

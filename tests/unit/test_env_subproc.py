@@ -68,18 +68,25 @@ def test_killed_worker_is_reported_and_restarted():
         assert env.worker_pid(1) != pid and obs.shape == (2, 4)
         env.step(np.zeros(2, np.int64))  # the restarted worker steps normally
         os.kill(env.worker_pid(1), signal.SIGKILL)
-        with pytest.raises(EnvCrashedError, match="died 2 times"):
+        with pytest.raises(EnvCrashedError, match=r"env index 1 \(seed \d+\) failed 2 times"):
             env.step(np.zeros(2, np.int64))
     finally:
         env.close()
 
 
-def test_env_exception_names_index_and_seed():
-    env = ProcessVecEnv(num_envs=1, seed=3, **CARTPOLE)
+def test_env_exception_names_index_and_seed_and_is_restarted_first():
+    env = ProcessVecEnv(num_envs=2, seed=3, max_restarts=1, **CARTPOLE)
     try:
         env.reset()
-        with pytest.raises(EnvCrashedError, match=r"env index 0 \(seed 3\) raised in step"):
-            env.step(np.array([7]))  # CartPole rejects action 7
+        for _ in range(5):
+            env.step(np.array([1, 0]))
+        with pytest.warns(UserWarning, match=r"env index 0 \(seed 3\) raised in step"):
+            obs, _, _, truncated, info = env.step(np.array([7, 0]))  # CartPole rejects action 7
+        assert truncated[0] and info["restarted"][0] and not truncated[1]
+        # the cut episode is not reported as a finished game
+        assert not info["episode_done"][0]
+        with pytest.raises(EnvCrashedError, match=r"failed 2 times \(max_restarts=1\); last: raised in step"):
+            env.step(np.array([7, 0]))
     finally:
         env.close()
 

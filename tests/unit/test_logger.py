@@ -77,3 +77,19 @@ def test_truncate_metrics_keeps_records_up_to_the_checkpoint(tmp_path):
     path.write_text("".join(json.dumps({"env_frames": f}) + "\n" for f in (100, 200, 300)) + '{"env_fr')
     assert truncate_metrics(path, 200) == 2  # the record past 200 and the cut line
     assert [json.loads(line)["env_frames"] for line in path.read_text().splitlines()] == [100, 200]
+
+
+def test_close_returns_when_wandb_is_wedged(tmp_path):
+    import threading
+
+    sink = _sink(tmp_path)
+    release = threading.Event()
+    sink.run.log = lambda *a, **k: release.wait(30)  # W&B stuck inside a log call
+    sink._queue.maxsize = 2
+    for i in range(5):
+        sink.write({"env_frames": i})
+    t0 = time.time()
+    with pytest.warns(UserWarning, match="left it behind"):
+        sink.close(timeout_s=1.0)
+    assert time.time() - t0 < 10
+    release.set()
