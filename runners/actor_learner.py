@@ -25,6 +25,21 @@ from envs.base import VecEnv
 ROLLOUT_KEYS = ("obs", "action", "reward", "terminated", "truncated", "behaviour_logits", "truncation_value")
 
 
+def net_inputs(obs: Any, first: Any, prev_action: Any, prev_reward: Any, device: torch.device | str) -> dict:
+    """The net's inputs from time-major arrays [T, B, ...] (numpy or torch): the one place that builds them."""
+    return {
+        "obs": torch.as_tensor(obs).to(device),
+        "first": torch.as_tensor(first).to(device, torch.bool),
+        "prev_action": torch.as_tensor(prev_action).to(device, torch.int64),
+        "prev_reward": torch.as_tensor(prev_reward).to(device, torch.float32),
+    }
+
+
+def sample_actions(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One action per row of `logits [B, A]`, sampled from the softmax policy."""
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(-1)
+
+
 def _to_numpy_state(state: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     return [s.detach().cpu().numpy().copy() for s in state]
 
@@ -101,14 +116,9 @@ class Actor:
 
     # -------------------------------------------------------------------------------------------- acting
     def _inputs(self, t: int) -> dict[str, torch.Tensor]:
-        b = self.buf
-        as_t = lambda x: torch.from_numpy(x[t : t + 1]).to(self.device)  # [1,B,...]
-        return {
-            "obs": as_t(b["obs"]),
-            "first": as_t(b["terminated"] | b["truncated"]),
-            "prev_action": as_t(b["action"]),
-            "prev_reward": as_t(b["reward"]),
-        }
+        b, now = self.buf, slice(t, t + 1)  # [1,B,...]
+        first = b["terminated"][now] | b["truncated"][now]
+        return net_inputs(b["obs"][now], first, b["action"][now], b["reward"][now], self.device)
 
     @torch.no_grad()
     def unroll(self, policy_version: int = 0) -> dict[str, Any]:
@@ -119,7 +129,7 @@ class Actor:
         for t in range(self.T):
             outputs, new_state = self.net(self._inputs(t), self.state)
             logits = outputs["policy_logits"][0]  # [B,A]
-            action = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(-1)
+            action = sample_actions(logits)
             action_np = action.cpu().numpy()
             obs, reward, terminated, truncated, info = self.env.step(action_np)
             self.stats.add(info)
@@ -141,12 +151,8 @@ class Actor:
 
     def _final_values(self, final_obs, action, reward, state, mask) -> np.ndarray:
         """V(final obs) of truncated episodes, continuing each env's core state (no reset: same episode)."""
-        inputs = {
-            "obs": torch.from_numpy(np.ascontiguousarray(final_obs)[None]).to(self.device),
-            "first": torch.zeros(1, self.B, dtype=torch.bool, device=self.device),
-            "prev_action": action[None],
-            "prev_reward": torch.from_numpy(np.asarray(reward, np.float32)[None]).to(self.device),
-        }
+        not_first = np.zeros((1, self.B), bool)
+        inputs = net_inputs(final_obs[None], not_first, action[None], np.asarray(reward)[None], self.device)
         outputs, _ = self.net(inputs, state)
         return np.where(mask, outputs["baseline"][0].cpu().numpy(), 0.0).astype(np.float32)
 
@@ -189,12 +195,7 @@ class Learner:
 
     def step(self, rollout: dict[str, Any]) -> dict[str, float]:
         batch, state = rollout_to_batch(rollout, self.device)
-        inputs = {
-            "obs": batch["obs"],
-            "first": batch["first"],
-            "prev_action": batch["action"],
-            "prev_reward": batch["reward"],
-        }
+        inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], self.device)
         outputs, _ = self.net(inputs, state)
         loss, metrics = self.agent.loss_fn(self.cfg, batch, outputs)
         self.optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ import torch
 
 from agents import get_agent
 from envs import make_vec_env
+from runners.actor_learner import net_inputs, sample_actions
 from runners.checkpoint import CheckpointManager
 from runners.config import ConfigBase, load_config
 
@@ -61,18 +62,10 @@ def run_episodes(
             if net is None:
                 action = rng.integers(0, env.spec.num_actions, num_envs)
             else:
-                inputs = {
-                    "obs": torch.from_numpy(obs[None]).to(device),
-                    "first": torch.from_numpy(first[None]).to(device),
-                    "prev_action": torch.from_numpy(prev_action[None]).to(device),
-                    "prev_reward": torch.from_numpy(prev_reward[None]).to(device),
-                }
+                inputs = net_inputs(obs[None], first[None], prev_action[None], prev_reward[None], device)
                 out, state = net(inputs, state)
                 logits = out["policy_logits"][0].cpu()
-                if greedy:
-                    action = logits.argmax(-1).numpy()
-                else:
-                    action = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(-1).numpy()
+                action = (logits.argmax(-1) if greedy else sample_actions(logits, gen)).numpy()
             obs, reward, terminated, truncated, info = env.step(action)
             first = terminated | truncated
             prev_action, prev_reward = np.asarray(action, np.int64), np.asarray(reward, np.float32)

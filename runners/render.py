@@ -25,6 +25,7 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
     import torch
 
     from envs.labyrinth import LabyrinthEnv
+    from runners.actor_learner import net_inputs, sample_actions
 
     env = LabyrinthEnv(task, **env_kwargs)
     net, state = None, None
@@ -44,14 +45,9 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
                 action = int(rng.integers(env.action_space.n))
             else:
                 with torch.no_grad():
-                    inputs = {
-                        "obs": torch.from_numpy(obs["rgb"].transpose(2, 0, 1)[None, None].copy()),
-                        "first": torch.tensor([[first]]),
-                        "prev_action": torch.tensor([[prev_action]]),
-                        "prev_reward": torch.tensor([[prev_reward]], dtype=torch.float32),
-                    }
-                    out, state = net(inputs, state)
-                    action = int(torch.multinomial(torch.softmax(out["policy_logits"][0, 0], -1), 1))
+                    rgb = obs["rgb"].transpose(2, 0, 1)[None, None].copy()  # [1,1,C,H,W]
+                    out, state = net(net_inputs(rgb, [[first]], [[prev_action]], [[prev_reward]], "cpu"), state)
+                    action = int(sample_actions(out["policy_logits"][0])[0])
             frames.append(obs["rgb"])
             depths.append(obs["depth"])
             obs, reward, terminated, truncated, info = env.step(action)

@@ -47,3 +47,20 @@ def test_render_unknown_task_is_a_clear_error(tmp_path):
         timeout=60,
     )
     assert out.returncode == 2 and "unknown labyrinth task" in out.stderr
+
+
+def test_render_with_a_trained_policy(tmp_path):
+    from pathlib import Path
+
+    from runners.config import load_config
+    from runners.render import play_episode
+    from runners.train import train
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(
+        root / "configs" / "impala" / "nav_maze_static_01.yaml",
+        ["env.num_envs=2", "runner.unroll_length=10", "runner.total_env_frames=80"],
+    )
+    train(cfg, tmp_path / "run")
+    ep = play_episode("nav_maze_static_01", 25, seed=0, run_dir=str(tmp_path / "run"))
+    assert len(ep["rgb"]) == 25 and np.isfinite(ep["positions"]).all()
