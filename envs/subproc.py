@@ -64,7 +64,7 @@ def _plain_info(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str | None, channels_first: bool) -> None:
-    """Worker loop: ('reset', seed) | ('step', action) | ('spaces', None) | ('call', (name, args)) | ('close', None)."""
+    """Worker loop: ('reset', seed) | ('step', action) | ('spaces', None) | ('work_dir', None) | ('close', None)."""
     env = None
     try:
         # Own process group: the parent can kill the worker together with anything it started (a game engine keeps
@@ -88,9 +88,6 @@ def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str
                 conn.send(("ok", _split(obs, obs_key, channels_first)))
             elif cmd == "spaces":
                 conn.send(("ok", (env.observation_space, env.action_space)))
-            elif cmd == "call":
-                name, args = arg
-                conn.send(("ok", getattr(env, name)(*args)))
             elif cmd == "work_dir":  # a scratch dir the env keeps (the labyrinth's engine files), to clean after a kill
                 work_dir = getattr(getattr(env, "unwrapped", env), "work_dir", None)
                 conn.send(("ok", work_dir if isinstance(work_dir, str) else None))
@@ -320,10 +317,6 @@ class ProcessVecEnv(VecEnv):
         # a cut episode is not a finished game: its partial score is not reported
         info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated, discard=restarted))
         return obs, reward, terminated, truncated, info
-
-    def call(self, i: int, method: str, *args: Any) -> Any:
-        """Call `method(*args)` on env i in its worker (e.g. a renderer's map data) and return the result."""
-        return self._call_one(i, "call", (method, args))
 
     def settings(self) -> dict[str, Any]:
         return {

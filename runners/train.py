@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents import get_agent
-from envs import make_vec_env
+from agents import AgentDef, get_agent
+from envs import VecEnv, make_vec_env
 from runners.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
 from runners.checkpoint import CheckpointManager
 from runners.config import ConfigBase, dump_config, load_config
@@ -169,7 +169,15 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
         env.close()
 
 
-def _train_with_env(cfg, run_dir, env, agent, device, ckpts, restored) -> dict[str, Any]:  # noqa: ANN001
+def _train_with_env(
+    cfg: ConfigBase,
+    run_dir: Path,
+    env: VecEnv,
+    agent: AgentDef,
+    device: torch.device,
+    ckpts: CheckpointManager,
+    restored: tuple[dict, dict] | None,
+) -> dict[str, Any]:
     r = cfg.runner
     settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
     (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
