@@ -42,6 +42,9 @@ class ImpalaConfig(AgentConfigBase):
     )
     core: Literal["none", "lstm"] = Field("none", description="'lstm': recurrent core fed [features, a_tm1, r_tm1]")
     lstm_size: int = Field(256, ge=1)
+    channels_last: bool = Field(
+        True, description="conv torsos compute in NHWC layout (oneDNN's fast path on the CPU; false: NCHW)"
+    )
     discount: float = Field(0.99, gt=0.0, le=1.0)
     baseline_cost: float = Field(0.5, ge=0.0)
     entropy_cost: float = Field(0.01, ge=0.0)
@@ -62,7 +65,7 @@ class ImpalaNet(nn.Module):
         super().__init__()
         self.num_actions = spec.num_actions
         obs_scale = float(spec.extra.get("obs_scale", 1.0))
-        self.torso = make_torso(cfg.torso, spec.obs_shape, obs_scale, tuple(cfg.hidden_sizes))
+        self.torso = make_torso(cfg.torso, spec.obs_shape, obs_scale, tuple(cfg.hidden_sizes), cfg.channels_last)
         self.core = make_core(cfg.core, self.torso.out_size, spec.num_actions, cfg.lstm_size)
         self.heads = PolicyBaselineHead(self.core.out_size, spec.num_actions)
 

@@ -120,7 +120,7 @@ def ale_rom_name(env_id: str) -> str:
     """ALE game name as in ids (`Breakout`, `SpaceInvaders`, `ALE/Pong-v5`) -> ale-py's ROM name (`space_invaders`)."""
     name = re.sub(r"-v\d+$", "", env_id.split("/")[-1])
     name = re.sub(r"NoFrameskip$|Deterministic$", "", name)
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()  # UpNDown: up_n_down
 
 
 def _game_id(env_id: str) -> str:
@@ -228,6 +228,7 @@ class EnvpoolAtariVecEnv(VecEnv):
         self._lives = np.zeros(num_envs, np.int64)
         self._ram: np.ndarray | None = None
         self._obs_ready = False
+        self._in_flight = False  # a step_async whose step_wait has not come yet
 
     def _make_pool(self, seed: int) -> Any:
         import envpool
@@ -264,6 +265,12 @@ class EnvpoolAtariVecEnv(VecEnv):
         Envpool cannot be re-seeded in place, and with `episodic_life` its reset continues a game that is not over,
         so every reset but the first one of a freshly built pool rebuilds the pool (about 0.2 s): with `seed`, or
         without one with a seed derived from the current seed and the number of such resets."""
+        if self._in_flight:  # a step is still running in envpool's threads: collect and drop it
+            self._in_flight = False
+            try:
+                self._pool.recv()
+            except Exception as exc:
+                raise self._crash("reset", exc) from exc
         if seed is not None and (int(seed) != self._seed or not self._fresh):
             self._seed = int(seed)
             self._rebuild(self._seed)
@@ -300,13 +307,31 @@ class EnvpoolAtariVecEnv(VecEnv):
         }
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Hand the actions to envpool's threads and return at once (envpool's `send`)."""
         if not self._obs_ready:
             raise RuntimeError("EnvpoolAtariVecEnv.step called before reset()")
+        if self._in_flight:
+            raise RuntimeError("EnvpoolAtariVecEnv.step_async called twice without a step_wait between")
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
         try:
-            obs, reward, terminated, truncated, info = self._pool.step(actions.astype(np.int32))
+            self._pool.send(actions.astype(np.int32))
+        except Exception as exc:
+            raise self._crash("step", exc) from exc
+        self._in_flight = True
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Wait for the step `step_async` started (envpool's `recv`) and autoreset the finished envs."""
+        if not self._in_flight:
+            raise RuntimeError("EnvpoolAtariVecEnv.step_wait called without a step_async before it")
+        self._in_flight = False
+        try:
+            obs, reward, terminated, truncated, info = self._pool.recv()
         except Exception as exc:
             raise self._crash("step", exc) from exc
         obs, info = self._in_env_order(obs, info)

@@ -53,6 +53,18 @@ class VecEnv:
         info with at least `final_obs`, `episode_done`, `episode_return`, `episode_frames`."""
         raise NotImplementedError
 
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start `step(actions)`; `step_wait()` returns its result. Backends that step in threads of their own
+        (envpool) override the pair so that the caller can work while the envs step; here they are one `step`."""
+        self._pending_actions = np.asarray(actions)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        actions = getattr(self, "_pending_actions", None)
+        if actions is None:
+            raise RuntimeError(f"{type(self).__name__}.step_wait called without a step_async before it")
+        self._pending_actions = None
+        return self.step(actions)
+
     def settings(self) -> dict[str, Any]:
         """The resolved settings of the built env, read back from the backend where it can tell."""
         return {"name": self.spec.name, "num_envs": self.num_envs, "frame_skip": self.spec.frame_skip}

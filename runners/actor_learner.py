@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from agents.base import AgentDef
-from envs.base import VecEnv
+from envs.base import EnvCrashedError, VecEnv
 
 # Per-slot keys of a rollout. Slot t: obs_t, and the action / reward / done flags of the transition *into*
 # obs_t with the behaviour logits that chose that action; `truncation_value` is the actor's value of the final
@@ -44,6 +44,13 @@ def _to_numpy_state(state: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     return [s.detach().cpu().numpy().copy() for s in state]
 
 
+def _cat_states(states: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Core states of env groups -> one state over all columns (every core keeps the batch in dim 0)."""
+    if len(states) == 1:
+        return states[0]
+    return tuple(torch.cat(parts, 0) for parts in zip(*states, strict=True))
+
+
 @dataclass
 class EpisodeStats:
     """Finished games since the last drain: unclipped returns and lengths in frames."""
@@ -64,13 +71,27 @@ class EpisodeStats:
 
 
 class Actor:
-    """Steps `env` with `net` and returns rollouts of `unroll_length` transitions."""
+    """Steps env groups with `net` and returns rollouts of `unroll_length` transitions.
 
-    def __init__(self, env: VecEnv, net: torch.nn.Module, unroll_length: int, device: torch.device):
-        self.env, self.net, self.T, self.device = env, net, unroll_length, device
-        B = env.num_envs
-        self.B = B
-        spec = env.spec
+    `envs` is one `VecEnv` or a list of them ("env groups") whose envs are the B columns of every rollout, in
+    order. With two or more groups the groups are pipelined: group g's actions go out with `step_async`, and
+    while its envs step (envpool steps them in threads of its own) the net chooses the actions of the next group;
+    `step_wait` collects them. Each group keeps its own core state; the rollout stores one state over all columns.
+    Rollout storage is allocated once and each rollout message is a copy of it.
+    """
+
+    def __init__(self, envs: VecEnv | list[VecEnv], net: torch.nn.Module, unroll_length: int, device: torch.device):
+        self.envs = list(envs) if isinstance(envs, list | tuple) else [envs]
+        self.net, self.T, self.device = net, unroll_length, device
+        self.cols = []
+        start = 0
+        for env in self.envs:
+            self.cols.append(slice(start, start + env.num_envs))
+            start += env.num_envs
+        B = self.B = start
+        spec = self.envs[0].spec
+        if any(e.spec.obs_shape != spec.obs_shape or e.spec.num_actions != spec.num_actions for e in self.envs):
+            raise ValueError("the env groups of one actor must share observation shape and action count")
         A = spec.num_actions
         self.buf = {
             "obs": np.zeros((self.T + 1, B, *spec.obs_shape), spec.obs_dtype),
@@ -82,86 +103,156 @@ class Actor:
             "truncation_value": np.zeros((self.T + 1, B), np.float32),
         }
         self.stats = EpisodeStats()
-        self.state: tuple[torch.Tensor, ...] | None = None
+        self.states: list[tuple[torch.Tensor, ...]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, tuple] | None] = [None] * len(self.envs)
         self.started = False
 
     # -------------------------------------------------------------------------------------------- state
     def start(self, seed: int) -> None:
-        """Reset the envs and the core: slot 0 of the first rollout is the first obs with `first` set."""
-        obs = self.env.reset(seed=seed)
+        """Reset the envs and the core: slot 0 of the first rollout is the first obs with `first` set. Group g's
+        env i is seeded with `seed + (its column)`, so the columns get seeds seed..seed+B-1 whatever the grouping."""
         for v in self.buf.values():
             v[0] = 0
-        self.buf["obs"][0] = obs
+        for env, cols in zip(self.envs, self.cols, strict=True):
+            self.buf["obs"][0, cols] = env.reset(seed=seed + cols.start)
         self.buf["terminated"][0] = True  # marks slot 0 as an episode start (TorchBeast #23: done == new episode)
-        self.state = self.net.initial_state(self.B, self.device)
+        self.states = [self.net.initial_state(env.num_envs, self.device) for env in self.envs]
+        self.stats = EpisodeStats()
         self.started = True
 
     def get_state(self) -> dict[str, Any] | None:
-        """Everything to continue exactly: the pending slot, the core state and the env snapshot (if any)."""
-        env_state = self.env.get_state()
-        if env_state is None:
+        """Everything to continue exactly: the pending slot, the core state and the env snapshots (if any)."""
+        env_states = [env.get_state() for env in self.envs]
+        if any(s is None for s in env_states):
             return None
         return {
             "last_slot": {k: v[0].copy() for k, v in self.buf.items()},
-            "core_state": _to_numpy_state(self.state),
-            "env": env_state,
+            "core_state": [_to_numpy_state(s) for s in self.states],
+            "env": env_states,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.env.set_state(state["env"])
+        if isinstance(state["env"], dict):  # written before env groups existed: one group
+            state = {**state, "env": [state["env"]], "core_state": [state["core_state"]]}
+        if len(state["env"]) != len(self.envs):
+            raise ValueError(f"the snapshot has {len(state['env'])} env groups, this actor {len(self.envs)}")
+        for env, env_state in zip(self.envs, state["env"], strict=True):
+            env.set_state(env_state)
         for k, v in state["last_slot"].items():
             self.buf[k][0] = v
-        self.state = tuple(torch.as_tensor(s, device=self.device) for s in state["core_state"])
+        self.states = [tuple(torch.as_tensor(x, device=self.device) for x in s) for s in state["core_state"]]
         self.started = True
 
-    # -------------------------------------------------------------------------------------------- acting
-    def _inputs(self, t: int) -> dict[str, torch.Tensor]:
-        b, now = self.buf, slice(t, t + 1)  # [1,B,...]
-        first = b["terminated"][now] | b["truncated"][now]
-        return net_inputs(b["obs"][now], first, b["action"][now], b["reward"][now], self.device)
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
 
-    @torch.no_grad()
+    # -------------------------------------------------------------------------------------------- acting
+    def _send(self, g: int, t: int) -> None:
+        """Choose group g's actions at slot t and hand them to its envs."""
+        b, cols = self.buf, self.cols[g]
+        now = slice(t, t + 1)  # [1,B_g,...]
+        first = b["terminated"][now, cols] | b["truncated"][now, cols]
+        inputs = net_inputs(b["obs"][now, cols], first, b["action"][now, cols], b["reward"][now, cols], self.device)
+        outputs, new_state = self.net(inputs, self.states[g])
+        logits = outputs["policy_logits"][0]  # [B_g,A]
+        action = sample_actions(logits)
+        # one device->host transfer per step: the actions and the logits together
+        host = torch.cat([logits, action.unsqueeze(-1).to(logits.dtype)], -1).cpu().numpy()
+        action_np = host[:, -1].astype(np.int64)
+        self._call_env(g, "step_async", action_np)
+        self._pending[g] = (action_np, host[:, :-1], new_state)
+
+    def _receive(self, g: int, t: int) -> None:
+        """Collect group g's step and store it at slot t+1."""
+        action_np, logits_np, new_state = self._pending[g]
+        self._pending[g] = None
+        obs, reward, terminated, truncated, info = self._call_env(g, "step_wait")
+        self.stats.add(info)
+        b, cols, nxt = self.buf, self.cols[g], t + 1
+        b["obs"][nxt, cols] = obs
+        b["action"][nxt, cols] = action_np
+        b["reward"][nxt, cols] = reward
+        b["terminated"][nxt, cols] = terminated
+        b["truncated"][nxt, cols] = truncated
+        b["behaviour_logits"][nxt, cols] = logits_np
+        b["truncation_value"][nxt, cols] = 0.0
+        cut = truncated & ~terminated
+        if cut.any():
+            b["truncation_value"][nxt, cols] = self._final_values(info["final_obs"], action_np, reward, new_state, cut)
+        self.states[g] = new_state
+
+    def _call_env(self, g: int, method: str, *args: Any) -> Any:
+        """Env calls, with any failure turned into an `EnvCrashedError` that names the group."""
+        try:
+            return getattr(self.envs[g], method)(*args)
+        except (EnvCrashedError, ValueError, TypeError):  # a crash already, or a wrong call (a bug, not a crash)
+            raise
+        except Exception as exc:
+            raise EnvCrashedError(f"env group {g} ({self.envs[g].spec.name}) raised in {method}: {exc!r}") from exc
+
+    @torch.inference_mode()
     def unroll(self, policy_version: int = 0) -> dict[str, Any]:
-        """Act for T steps. Returns the rollout message (numpy arrays [T+1, B, ...] plus metadata)."""
+        """Act for T steps. Returns the rollout message: numpy arrays [T+1, B, ...], the core state at slot 0, the
+        policy version that acted and the games that finished meanwhile."""
         assert self.started, "call start() or set_state() first"
         b = self.buf
-        initial_state = _to_numpy_state(self.state)
+        initial_state = _to_numpy_state(_cat_states(self.states))
+        groups = range(len(self.envs))
+        for g in groups:
+            self._send(g, 0)
         for t in range(self.T):
-            outputs, new_state = self.net(self._inputs(t), self.state)
-            logits = outputs["policy_logits"][0]  # [B,A]
-            action = sample_actions(logits)
-            action_np = action.cpu().numpy()
-            obs, reward, terminated, truncated, info = self.env.step(action_np)
-            self.stats.add(info)
-            b["obs"][t + 1] = obs
-            b["action"][t + 1] = action_np
-            b["reward"][t + 1] = reward
-            b["terminated"][t + 1] = terminated
-            b["truncated"][t + 1] = truncated
-            b["behaviour_logits"][t + 1] = logits.cpu().numpy()
-            b["truncation_value"][t + 1] = 0.0
-            cut = truncated & ~terminated
-            if cut.any():
-                b["truncation_value"][t + 1] = self._final_values(info["final_obs"], action, reward, new_state, cut)
-            self.state = new_state
+            for g in groups:
+                self._receive(g, t)
+                if t + 1 < self.T:
+                    self._send(g, t + 1)
         rollout = {k: v.copy() for k, v in b.items()}
         for v in b.values():  # the last slot becomes slot 0 of the next unroll
             v[0] = v[self.T]
-        return {"data": rollout, "initial_state": initial_state, "policy_version": policy_version}
+        returns, frames = self.stats.drain()
+        return {
+            "data": rollout,
+            "initial_state": initial_state,
+            "policy_version": policy_version,
+            "episodes": {"returns": returns, "frames": frames},
+        }
 
     def _final_values(self, final_obs, action, reward, state, mask) -> np.ndarray:
         """V(final obs) of truncated episodes, continuing each env's core state (no reset: same episode)."""
-        not_first = np.zeros((1, self.B), bool)
+        n = len(mask)
+        not_first = np.zeros((1, n), bool)
         inputs = net_inputs(final_obs[None], not_first, action[None], np.asarray(reward)[None], self.device)
         outputs, _ = self.net(inputs, state)
         return np.where(mask, outputs["baseline"][0].cpu().numpy(), 0.0).astype(np.float32)
 
 
-def rollout_to_batch(rollout: dict[str, Any], device: torch.device) -> tuple[dict[str, torch.Tensor], tuple]:
+class HostStaging:
+    """Page-locked host buffers reused batch after batch, so that host->GPU copies of rollouts run asynchronously.
+    Only used with CUDA (on the CPU a batch is the numpy memory itself). A buffer is rewritten only after the
+    learner's previous update has read its metrics back, which waits for the copies that used it."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def to_device(self, key: str, array: np.ndarray, device: torch.device) -> torch.Tensor:
+        src = torch.from_numpy(np.ascontiguousarray(array))
+        if device.type != "cuda":
+            return src.to(device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
+            buf = self.buffers[key] = torch.empty(src.shape, dtype=src.dtype, pin_memory=True)
+        buf.copy_(src)
+        return buf.to(device, non_blocking=True)
+
+
+def rollout_to_batch(
+    rollout: dict[str, Any], device: torch.device, staging: HostStaging | None = None
+) -> tuple[dict[str, torch.Tensor], tuple]:
     """Numpy rollout -> torch batch (uint8 obs stay uint8) plus the initial core state."""
-    batch = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in rollout["data"].items()}
+    staging = staging or HostStaging()
+    batch = {k: staging.to_device(k, v, device) for k, v in rollout["data"].items()}
     batch["first"] = batch["terminated"] | batch["truncated"]
-    state = tuple(torch.from_numpy(s).to(device) for s in rollout["initial_state"])
+    state = tuple(staging.to_device(f"state{i}", s, device) for i, s in enumerate(rollout["initial_state"]))
     return batch, state
 
 
@@ -188,13 +279,15 @@ class Learner:
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.version = 0
+        self.staging = HostStaging()
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def step(self, rollout: dict[str, Any]) -> dict[str, float]:
-        batch, state = rollout_to_batch(rollout, self.device)
+        lag = self.version - int(rollout["policy_version"])  # updates between the acting policy and this one
+        batch, state = rollout_to_batch(rollout, self.device, self.staging)
         inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], self.device)
         outputs, _ = self.net(inputs, state)
         loss, metrics = self.agent.loss_fn(self.cfg, batch, outputs)
@@ -221,5 +314,6 @@ class Learner:
             self.optimizer.step()
             self.version += 1
         result["train/nonfinite_skips"] = self.nonfinite_total
+        result["train/policy_lag"] = lag
         result["train/lr"] = self.optimizer.param_groups[0]["lr"]
         return result

@@ -6,13 +6,28 @@ the median, because the machines we run on are shared and noisy; peers are measu
 ratios, not absolute numbers, carry the comparison.
 
     decoupled bench labyrinth [--task T] [--num-envs 4] [--seconds 10] [--repeats 3]
+    decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 60] [--repeats 3] [--only a,b]
+
+`bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
+round-robin order over the repeats (so that a noisy spell hits every measurement alike):
+
+- `env`: envpool stepping alone with random actions, the training config's env settings;
+- `impala_ff`, `impala_lstm`: `decoupled train` of `configs/impala/breakout.yaml` (feed-forward Nature CNN, and with
+  the LSTM core) on the game, agent steps/s from its metrics after a warm-up;
+- `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
+  n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
+
+then a line of ratios. Every process imports `runners` first, so every one of them (SB3's too) runs torch with
+passive OpenMP waiting (see runners/__init__.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -117,6 +132,204 @@ def bench_labyrinth(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+# ------------------------------------------------------------------------------------------------- throughput
+THROUGHPUT_CONFIG = "configs/impala/breakout.yaml"
+# name -> overrides of THROUGHPUT_CONFIG for the training measurements
+TRAIN_VARIANTS: dict[str, list[str]] = {
+    "impala_ff": [],
+    "impala_lstm": ["agent.core=lstm", "agent.lstm_size=256"],
+}
+THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo")
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _config_path(name: str) -> str:
+    from pathlib import Path
+
+    path = Path(name)
+    if not path.is_file():  # run from elsewhere than the repository root
+        path = Path(__file__).resolve().parents[1] / name
+    return str(path)
+
+
+def _measure_env(a: dict[str, Any]) -> dict[str, Any]:
+    from envs import make_vec_env
+    from runners.config import load_config
+
+    cfg = load_config(_config_path(a["config"]), [f"env.id={a['game']}", f"env.num_envs={a['num_envs']}"])
+    env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, 0, options=cfg.env.options())
+    rng = np.random.default_rng(0)
+    n, A = env.num_envs, env.spec.num_actions
+    try:
+        env.reset(seed=0)
+        sps = _steps_per_second(lambda: env.step(rng.integers(0, A, n)), n, a["seconds"], warmup=100)
+    finally:
+        env.close()
+    return {"steps_per_s": sps}
+
+
+def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
+    import json as json_mod
+    import tempfile
+
+    from runners.config import load_config
+    from runners.train import train
+
+    overrides = [
+        f"env.id={a['game']}",
+        f"env.num_envs={a['num_envs']}",
+        "runner.total_env_frames=1000000000",
+        f"runner.max_wall_seconds={a['warmup'] + a['seconds']}",
+        "runner.log_every_env_frames=5120",  # every 4 updates of 16 envs x 20 steps x 4 frames
+        "runner.progress_every_seconds=1000000",
+        "runner.checkpoint_every_env_frames=1000000000",
+        "runner.checkpoint_every_seconds=null",
+        "wandb.mode=disabled",
+        *TRAIN_VARIANTS[a["what"]],
+    ]
+    cfg = load_config(_config_path(a["config"]), overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        train(cfg, tmp)
+        recs = [json_mod.loads(line) for line in open(f"{tmp}/metrics.jsonl")]
+        frame_skip = json_mod.load(open(f"{tmp}/env_settings.json"))["frame_skip"]
+    after = [r for r in recs if r["perf/wall_time_s"] >= a["warmup"]]
+    recs = after if len(after) >= 2 else recs[-2:]  # a slow machine: the last window
+    if len(recs) < 2:
+        raise RuntimeError(f"{a['what']}: fewer than two metrics records; raise --seconds")
+    first, last = recs[0], recs[-1]
+    frames = last["env_frames"] - first["env_frames"]
+    seconds = last["perf/wall_time_s"] - first["perf/wall_time_s"]
+    out = {"steps_per_s": frames / frame_skip / seconds, "mode": cfg.runner.mode, "env_groups": cfg.runner.env_groups}
+    lags = [r["train/policy_lag"] for r in recs if "train/policy_lag" in r]
+    if lags:
+        out["policy_lag_mean"] = round(float(np.mean(lags)), 2)
+    waits = [r["perf/learner_wait_fraction"] for r in recs if "perf/learner_wait_fraction" in r]
+    if waits:
+        out["learner_wait_fraction"] = round(float(np.mean(waits)), 3)
+    return out
+
+
+def _measure_sb3(a: dict[str, Any]) -> dict[str, Any]:
+    import ale_py
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import A2C, PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_atari_env
+    from stable_baselines3.common.vec_env import VecFrameStack
+
+    gym.register_envs(ale_py)
+    ppo = a["what"] == "sb3_ppo"
+    n_envs = 8 if ppo else 16  # rl-baselines3-zoo's Atari hyperparameters (atari: n_envs)
+    env = VecFrameStack(make_atari_env(f"{a['game']}NoFrameskip-v4", n_envs=n_envs, seed=0), n_stack=4)
+
+    class Clock(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.t0 = time.perf_counter()
+            self.start: tuple[float, int] | None = None
+            self.end: tuple[float, int] | None = None
+
+        def _on_step(self) -> bool:
+            now = time.perf_counter() - self.t0
+            if self.start is None and now >= a["warmup"]:
+                self.start = (now, self.num_timesteps)
+            if self.start is not None:
+                self.end = (now, self.num_timesteps)
+            return now < a["warmup"] + a["seconds"]
+
+    if ppo:  # rl-baselines3-zoo hyperparams/ppo.yml, atari
+        model = PPO(
+            "CnnPolicy", env, n_steps=128, n_epochs=4, batch_size=256, learning_rate=2.5e-4, clip_range=0.1,
+            vf_coef=0.5, ent_coef=0.01, device="cpu", seed=0, verbose=0,
+        )  # fmt: skip
+    else:  # rl-baselines3-zoo hyperparams/a2c.yml, atari
+        model = A2C(
+            "CnnPolicy", env, ent_coef=0.01, vf_coef=0.25, device="cpu", seed=0, verbose=0,
+            policy_kwargs={"optimizer_class": torch.optim.RMSprop, "optimizer_kwargs": {"eps": 1e-5, "alpha": 0.99}},
+        )  # fmt: skip
+    clock = Clock()
+    model.learn(total_timesteps=10**9, callback=clock)
+    env.close()
+    if clock.start is None or clock.end is None or clock.end[1] <= clock.start[1]:
+        raise RuntimeError(f"{a['what']}: no steps after the warm-up; raise --seconds")
+    return {"steps_per_s": (clock.end[1] - clock.start[1]) / (clock.end[0] - clock.start[0]), "num_envs": n_envs}
+
+
+def _throughput_worker(a: dict[str, Any]) -> dict[str, Any]:
+    what = a["what"]
+    if what == "env":
+        out = _measure_env(a)
+    elif what in TRAIN_VARIANTS:
+        out = _measure_train(a)
+    elif what in ("sb3_a2c", "sb3_ppo"):
+        out = _measure_sb3(a)
+    else:
+        raise ValueError(f"unknown measurement {what!r}; choose from {', '.join(THROUGHPUT_MEASUREMENTS)}")
+    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    return out
+
+
+def _run_worker(a: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """One measurement in a fresh interpreter; its last stdout line is the JSON result."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "runners.bench", "--throughput-worker", json.dumps(a)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(f"bench throughput: {a['what']} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Agent steps/s of env stepping, our training and SB3's on one Atari game; medians over repeats; ratios."""
+    import platform
+
+    whats = [w.strip() for w in args.only.split(",")] if args.only else list(THROUGHPUT_MEASUREMENTS)
+    unknown = [w for w in whats if w not in THROUGHPUT_MEASUREMENTS]
+    if unknown:
+        raise SystemExit(f"bench throughput: unknown measurement(s) {unknown}; choose from {THROUGHPUT_MEASUREMENTS}")
+    runs: dict[str, list[dict[str, Any]]] = {w: [] for w in whats}
+    base = {"game": args.game, "num_envs": args.num_envs, "seconds": args.seconds, "warmup": args.warmup}
+    base["config"] = args.config
+    for r in range(args.repeats):
+        for what in whats:
+            result = _run_worker({**base, "what": what}, timeout_s=args.warmup + args.seconds + 300)
+            runs[what].append(result)
+            print(json.dumps({"bench": "throughput", "what": what, "repeat": r, **result}), file=sys.stderr)
+    out = []
+    medians: dict[str, float] = {}
+    for what in whats:
+        sps = [x["steps_per_s"] for x in runs[what]]
+        medians[what] = statistics.median(sps)
+        record = {"bench": "throughput", "what": what, "game": args.game, "median_steps_per_s": round(medians[what], 1)}
+        record["runs"] = [round(x, 1) for x in sps]
+        record["peak_rss_mb_max"] = max(x["peak_rss_mb"] for x in runs[what])
+        extras = {k: v for k, v in runs[what][-1].items() if k not in ("steps_per_s", "peak_rss_mb")}
+        record.update(extras)
+        if what in TRAIN_VARIANTS or what == "env":
+            record["num_envs"] = args.num_envs
+        out.append(emit(record))
+    pairs = [
+        ("impala_ff", "sb3_a2c"),
+        ("impala_ff", "sb3_ppo"),
+        ("impala_lstm", "impala_ff"),
+        ("impala_ff", "env"),
+    ]
+    ratios = {f"{a}/{b}": round(medians[a] / medians[b], 3) for a, b in pairs if a in medians and b in medians}
+    summary = {"bench": "throughput", "what": "ratios", "game": args.game, **ratios}
+    summary["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus"
+    summary["repeats"], summary["seconds"], summary["warmup"] = args.repeats, args.seconds, args.warmup
+    out.append(emit(summary))
+    return out
+
+
 def add_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="speed benchmarks (JSON lines; record them in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
@@ -126,3 +339,21 @@ def add_parser(sub: Any) -> None:
     lab.add_argument("--seconds", type=float, default=10.0, help="per repeat")
     lab.add_argument("--repeats", type=int, default=3)
     lab.set_defaults(func=lambda a: (bench_labyrinth(a), 0)[1])
+    tp = bsub.add_parser(
+        "throughput", help="Atari agent steps/s: env alone, impala (FF, LSTM), SB3 A2C and PPO; peak RSS; ratios"
+    )
+    tp.add_argument("--game", default="Breakout")
+    tp.add_argument("--num-envs", type=int, default=16, help="envs of our training and of the env-only measurement")
+    tp.add_argument("--seconds", type=float, default=60.0, help="measured seconds per repeat, after the warm-up")
+    tp.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring (start-up, first updates)")
+    tp.add_argument("--repeats", type=int, default=3)
+    tp.add_argument("--config", default=THROUGHPUT_CONFIG, help="the training config of the impala_* measurements")
+    tp.add_argument("--only", help=f"comma-separated subset of: {', '.join(THROUGHPUT_MEASUREMENTS)}")
+    tp.set_defaults(func=lambda a: (bench_throughput(a), 0)[1])
+
+
+if __name__ == "__main__":  # one throughput measurement in its own process (see _run_worker)
+    if len(sys.argv) == 3 and sys.argv[1] == "--throughput-worker":
+        print(json.dumps(_throughput_worker(json.loads(sys.argv[2]))), flush=True)
+    else:
+        raise SystemExit("usage: python -m runners.bench --throughput-worker JSON (for `decoupled bench throughput`)")

@@ -2,7 +2,10 @@
 
     decoupled train CONFIG [section.key=value ...] [--run-dir DIR]
     decoupled train --resume RUN_DIR [section.key=value ...]
-    decoupled eval RUN_DIR|CHECKPOINT_DIR [--episodes N] [--out DIR] | --policy random --config CONFIG
+    decoupled eval RUN_DIR|CHECKPOINT_DIR|SUITE_DIR [--episodes N] [--seeds 1,2] [--out DIR]
+    decoupled eval --policy random --games Breakout,Pong | --suite atari5 [--protocol dqn_noop30] [--out DIR]
+    decoupled report [LABEL=]SCORES[,SCORES...] ... --out DIR [--wandb-run ID]   # HNS, IQM, CIs, plots
+    decoupled suite CONFIG [section.key=value ...] --games A,B | --suite atari5 --out DIR [--parallel N]
     decoupled plot RUN_DIR [--out PNG]
     decoupled bench labyrinth [--num-envs 4] [--seconds 10]      # speed benchmarks, JSON lines
     decoupled render TASK [--steps N] [--seed S] [--run RUN_DIR] [--out DIR]   # a labyrinth episode as PNGs
@@ -38,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, FileExistsError, CheckpointError) as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2
-    return 0 if result["status"] in ("finished", "stopped") else 1
+    return 0 if result["status"] in ("finished", "stopped", "time_limit") else 1
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -56,14 +59,36 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from envs.atari import ProtocolMismatchError
     from runners.checkpoint import CheckpointError
     from runners.config import ConfigError
     from runners.evaluate import evaluate_command
 
     try:
         return evaluate_command(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, ProtocolMismatchError) as e:
         print(f"decoupled eval: {e}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from runners.report import report_command
+
+    try:
+        return report_command(args)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"decoupled report: {e}", file=sys.stderr)
+        return 2
+
+
+def _suite(args: argparse.Namespace) -> int:
+    from runners.config import ConfigError
+    from runners.suite import suite_command
+
+    try:
+        return suite_command(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"decoupled suite: {e}", file=sys.stderr)
         return 2
 
 
@@ -85,6 +110,34 @@ def _render(args: argparse.Namespace) -> int:
         return 2
 
 
+def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
+    e.add_argument("target", nargs="?", help="run dir, checkpoint dir, or suite dir (DIR/runs/<Game>/)")
+    e.add_argument("--policy", choices=["checkpoint", "random"], default="checkpoint")
+    e.add_argument("--config", help="for --policy random: take the env from this config")
+    e.add_argument("--games", help="comma-separated Atari games, e.g. Breakout,Pong (random policy or a suite dir)")
+    e.add_argument("--suite", help="a named Atari suite: atari57, atari26 (Atari-100k), atari10, atari5")
+    e.add_argument(
+        "--protocol",
+        choices=["dqn_noop30", "machado2018"],
+        help="Atari protocol (default: the run's; dqn_noop30 for --policy random --games)",
+    )
+    e.add_argument("--backend", choices=["atari", "atari_gym"], help="Atari backend (default: the run's, or atari)")
+    e.add_argument(
+        "--max-episode-frames",
+        type=int,
+        help="episode cap in emulator frames (default 108,000; other caps are not comparable with published scores)",
+    )
+    e.add_argument("--episodes", type=int, default=10, help="episodes per game and seed (default 10)")
+    e.add_argument("--seed", type=int, default=12345)
+    e.add_argument("--seeds", help="comma-separated env seeds, --episodes each (default: --seed)")
+    e.add_argument("--num-envs", type=int, default=None, help="envs run in parallel (default: min(episodes, 8))")
+    e.add_argument("--greedy", action="store_true", help="act with argmax instead of sampling the policy")
+    e.add_argument("--label", help="the agent's name in reports (default: the agent, or 'random')")
+    e.add_argument("--video-steps", type=int, default=2000, help="agent steps of the video episode at most")
+    e.add_argument("--no-video", action="store_true", help="write no video")
+    e.add_argument("--out", help="output dir (default: RUN_DIR/eval, SUITE_DIR/eval, runs/eval_random_<games>)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="decoupled", description="Actor-learner RL agents: train, evaluate, plot.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,16 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=_config)
 
-    e = sub.add_parser("eval", help="evaluate a run dir, a checkpoint or a random policy")
-    e.add_argument("target", nargs="?", help="run dir or checkpoint dir")
-    e.add_argument("--policy", choices=["checkpoint", "random"], default="checkpoint")
-    e.add_argument("--config", help="config for --policy random (default: the run dir's)")
-    e.add_argument("--episodes", type=int, default=10)
-    e.add_argument("--num-envs", type=int, default=None, help="envs run in parallel (default: min(episodes, 8))")
-    e.add_argument("--seed", type=int, default=12345)
-    e.add_argument("--greedy", action="store_true", help="act with argmax instead of sampling the policy")
-    e.add_argument("--out", help="output dir for scores.json / scores.csv (default: RUN_DIR/eval)")
+    from runners.report import add_report_arguments
+    from runners.suite import add_suite_arguments
+
+    e = sub.add_parser("eval", help="evaluate a run dir, a checkpoint, a suite dir or a random policy")
+    _add_eval_arguments(e)
     e.set_defaults(func=_eval)
+
+    rp = sub.add_parser("report", help="human-normalised scores, IQM / median / mean with CIs, plots")
+    add_report_arguments(rp)
+    rp.set_defaults(func=_report)
+
+    su = sub.add_parser("suite", help="train one run per game of a list or suite, then evaluate and report")
+    add_suite_arguments(su)
+    su.set_defaults(func=_suite)
 
     pl = sub.add_parser("plot", help="write the learning curve of a run as PNG")
     pl.add_argument("run_dir")

@@ -134,12 +134,31 @@ class OptimConfig(_Section):
 
 
 class RunnerConfig(_Section):
-    mode: Literal["serial"] = Field("serial", description="serial: actor and learner alternate in one thread")
+    mode: Literal["serial", "async"] = Field(
+        "serial",
+        description="serial: actor and learner alternate in one thread (deterministic); async: actor threads fill a "
+        "bounded queue of rollouts while the learner trains on them (V-trace corrects the lag)",
+    )
+    num_actors: int = Field(1, ge=1, le=64, description="async: actor threads (env.num_envs split between them)")
+    env_groups: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="an actor's envs in this many groups stepped in a pipeline: while one group steps (envpool "
+        "threads), the net acts for the next; 2 overlaps env stepping with inference",
+    )
+    queue_size: int = Field(1, ge=1, le=64, description="async: rollouts waiting for the learner (bounds policy lag)")
+    max_env_restarts: int = Field(
+        10, ge=0, description="async: times an actor rebuilds its envs after an env crash before the run stops"
+    )
     seed: int = Field(0, ge=0)
     total_env_frames: int = Field(gt=0, description="training budget in emulator frames")
     unroll_length: int = Field(20, ge=1, le=10_000, description="agent steps per unroll (IMPALA: 20)")
     log_every_env_frames: int = Field(10_000, ge=1, description="a metrics.jsonl line at least this often")
     progress_every_seconds: float = Field(10.0, gt=0.0, description="the console progress line")
+    max_wall_seconds: float | None = Field(
+        None, gt=0.0, description="also stop (with a checkpoint) once the run has trained this long; null: no limit"
+    )
     checkpoint_every_env_frames: int = Field(1_000_000, ge=1)
     checkpoint_every_seconds: float | None = Field(600.0, gt=0.0)
     keep_checkpoints: int = Field(3, ge=1)
@@ -149,6 +168,11 @@ class RunnerConfig(_Section):
     max_nonfinite_updates: int = Field(
         10, ge=1, description="consecutive updates with a non-finite loss or gradient (skipped) before the run stops"
     )
+
+    @property
+    def actor_count(self) -> int:
+        """Actors that step envs: num_actors in async mode, the one serial actor otherwise."""
+        return self.num_actors if self.mode == "async" else 1
 
 
 class WandbConfig(_Section):
@@ -174,6 +198,19 @@ class ConfigBase(_Section):
         if torso is not None and torso != "mlp" and self.env.backend in ("classic",):
             raise ValueError(
                 f"agent.torso={torso} needs image observations; env backend {self.env.backend} gives vectors"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _envs_split_evenly(self) -> ConfigBase:
+        r = self.runner
+        actors = r.actor_count
+        if r.mode == "serial" and r.num_actors != 1:
+            raise ValueError("runner.num_actors > 1 needs runner.mode=async")
+        if self.env.num_envs % (actors * r.env_groups):
+            raise ValueError(
+                f"env.num_envs={self.env.num_envs} must split evenly into runner.num_actors={actors} x "
+                f"runner.env_groups={r.env_groups} groups"
             )
         return self
 

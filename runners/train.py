@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from agents import AgentDef, get_agent
 from envs import VecEnv, make_vec_env
 from runners.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
+from runners.async_actors import AsyncRollouts, SerialRollouts
 from runners.checkpoint import CheckpointManager
 from runners.config import ConfigBase, dump_config, load_config
 from runners.logger import Logger, WandbSink, truncate_metrics
@@ -162,32 +164,85 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
     if resume and restored is None:
         print(f"no checkpoint in {run_dir / 'checkpoints'}: starting the run from the beginning", flush=True)
 
-    env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, r.seed, options=cfg.env.options())
-    try:  # whatever fails from here on, the env (and its worker processes) is closed
-        return _train_with_env(cfg, run_dir, env, agent, device, ckpts, restored)
+    per_actor = cfg.env.num_envs // r.actor_count
+    per_group = per_actor // r.env_groups
+
+    def make_envs(seed: int) -> list[VecEnv]:
+        """One actor's env groups; group g's env i gets seed `seed + g * per_group + i`."""
+        envs: list[VecEnv] = []
+        try:
+            for g in range(r.env_groups):
+                opts = cfg.env.options()
+                envs.append(make_vec_env(cfg.env.backend, cfg.env.id, per_group, seed + g * per_group, options=opts))
+        except BaseException:
+            for env in envs:
+                env.close()
+            raise
+        return envs
+
+    seeds = [r.seed + i * per_actor for i in range(r.actor_count)]
+    actor_envs: list[list[VecEnv]] = []
+    try:  # whatever fails from here on, every env (and its worker processes) is closed
+        for seed in seeds:
+            actor_envs.append(make_envs(seed))
+        return _train_with_env(cfg, run_dir, actor_envs, make_envs, seeds, agent, device, ckpts, restored)
     finally:
-        env.close()
+        for envs in actor_envs:
+            for env in envs:
+                env.close()
 
 
 def _train_with_env(
     cfg: ConfigBase,
     run_dir: Path,
-    env: VecEnv,
+    actor_envs: list[list[VecEnv]],
+    make_envs: Callable[[int], list[VecEnv]],
+    seeds: list[int],
     agent: AgentDef,
     device: torch.device,
     ckpts: CheckpointManager,
     restored: tuple[dict, dict] | None,
 ) -> dict[str, Any]:
     r = cfg.runner
+    env = actor_envs[0][0]
     settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
+    settings["num_envs"] = cfg.env.num_envs  # over all actors and groups (the settings above are one group's)
     (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
     dump_config(cfg, run_dir / "config.yaml")
 
     net = agent.make_net(env.spec, cfg.agent).to(device)
     optimizer = make_optimizer(cfg, net.parameters())
     learner = Learner(agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates)
-    actor = Actor(env, net, r.unroll_length, device)
-    frames_per_unroll = r.unroll_length * env.num_envs * env.spec.frame_skip
+    if r.mode == "serial":
+        actor = Actor(actor_envs[0], net, r.unroll_length, device)
+        source: SerialRollouts | AsyncRollouts = SerialRollouts(actor, lambda: learner.version, seeds[0])
+    else:
+        actors = []
+        for envs in actor_envs:
+            actor_net = agent.make_net(env.spec, cfg.agent).to(device)
+            actor_net.requires_grad_(False)
+            actors.append(Actor(envs, actor_net, r.unroll_length, device))
+        source = AsyncRollouts(actors, lambda i, seed: make_envs(seed), seeds, r.queue_size, r.max_env_restarts)
+    actor_envs.clear()  # the source owns the envs from here on: its close() closes each actor's current ones
+    try:
+        return _train_loop(cfg, run_dir, env, source, net, optimizer, learner, ckpts, restored, settings)
+    finally:
+        source.close()
+
+
+def _train_loop(
+    cfg: ConfigBase,
+    run_dir: Path,
+    env: VecEnv,
+    source: SerialRollouts | AsyncRollouts,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    learner: Learner,
+    ckpts: CheckpointManager,
+    restored: tuple[dict, dict] | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    r = cfg.runner
 
     counters = {"env_frames": 0, "updates": 0, "episodes": 0, "wall_time": 0.0, "actor_restarts": 0}
     wandb_id = None
@@ -201,11 +256,10 @@ def _train_with_env(
         learner.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         wandb_id = state.get("wandb_run_id")
         set_rng_state(state["rng"])
-        if state.get("actor") is not None:
-            actor.set_state(state["actor"])
-        else:  # the backend cannot be snapshotted: new episodes from a seed derived from the resume point
+        if not _restore_actor(source, state.get("actor")):
+            # no snapshot (async mode, a backend without one, another env layout): new episodes from a derived seed
             counters["actor_restarts"] += 1
-            actor.start(seed=r.seed + 1_000_003 * counters["actor_restarts"])
+            source.start(seed_offset=1_000_003 * counters["actor_restarts"])
         dropped = truncate_metrics(run_dir / "metrics.jsonl", counters["env_frames"])
         print(
             f"resumed {run_dir} at {counters['env_frames']:,} env frames from {ckpts.path_for(manifest['env_frames'])}"
@@ -215,7 +269,7 @@ def _train_with_env(
     else:
         # a fresh start in a dir that holds records from an attempt that never checkpointed: set them aside
         truncate_metrics(run_dir / "metrics.jsonl", 0)
-        actor.start(seed=r.seed)
+        source.start(seed_offset=0)
 
     wandb = WandbSink(
         run_dir,
@@ -243,11 +297,12 @@ def _train_with_env(
             "nonfinite_total": learner.nonfinite_total,
             "nonfinite_in_a_row": learner.nonfinite_in_a_row,
             "rng": rng_state(),
-            "actor": actor.get_state() if with_actor else None,
+            "actor": source.actor_state() if with_actor else None,
             "wandb_run_id": wandb.run_id,
         }
-        return ckpts.save(counters["env_frames"], state, meta)
+        return ckpts.save(counters["env_frames"], state, {**meta, "wall_time": counters["wall_time"]})
 
+    source.publish(net, learner.version)  # async: the actor threads start with these parameters
     progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)
     t_start = time.time() - counters["wall_time"]
     last_log_frames = counters["env_frames"]
@@ -255,30 +310,33 @@ def _train_with_env(
     acc: dict[str, list[float]] = {}
     t_act = t_learn = 0.0
     status = "finished"
+    out_of_time = r.max_wall_seconds is not None and counters["wall_time"] >= r.max_wall_seconds
     print(f"training {cfg.agent_name} on {cfg.env.backend}:{cfg.env.id} -> {run_dir}", flush=True)
     try:
         with StopFlag() as stop:
-            while counters["env_frames"] < r.total_env_frames and not stop.requested:
+            while counters["env_frames"] < r.total_env_frames and not stop.requested and not out_of_time:
                 learner.set_lr(lr_at(cfg, counters["env_frames"]))
                 t0 = time.perf_counter()
-                rollout = actor.unroll(learner.version)
+                rollout = source.next()
                 t1 = time.perf_counter()
                 metrics = learner.step(rollout)
+                source.publish(net, learner.version)
                 t_act += t1 - t0
                 t_learn += time.perf_counter() - t1
-                counters["env_frames"] += frames_per_unroll
+                counters["env_frames"] += rollout["data"]["reward"][1:].size * env.spec.frame_skip  # T x B steps
                 counters["updates"] += 1
                 counters["wall_time"] = time.time() - t_start
                 for k, v in metrics.items():
                     acc.setdefault(k, []).append(v)
-                returns, lengths = actor.stats.drain()
+                returns, lengths = rollout["episodes"]["returns"], rollout["episodes"]["frames"]
                 counters["episodes"] += len(returns)
                 progress.recent.extend(returns)
                 acc.setdefault("_returns", []).extend(returns)
                 acc.setdefault("_lengths", []).extend(lengths)
 
                 f = counters["env_frames"]
-                done = f >= r.total_env_frames
+                out_of_time = r.max_wall_seconds is not None and counters["wall_time"] >= r.max_wall_seconds
+                done = f >= r.total_env_frames or out_of_time
                 if f - last_log_frames >= r.log_every_env_frames or done:
                     record = {k: float(np.mean(v)) for k, v in acc.items() if not k.startswith("_") and v}
                     rets, lens = acc.get("_returns", []), acc.get("_lengths", [])
@@ -289,7 +347,11 @@ def _train_with_env(
                     record["train/updates"] = counters["updates"]
                     elapsed = t_act + t_learn
                     record["perf/env_frames_per_s"] = (f - last_log_frames) / max(elapsed, 1e-9)
-                    record["perf/act_fraction"] = t_act / max(elapsed, 1e-9)
+                    # serial: the share of time spent acting; async: the share the learner waited for rollouts
+                    record["perf/act_fraction" if source.mode == "serial" else "perf/learner_wait_fraction"] = (
+                        t_act / max(elapsed, 1e-9)
+                    )
+                    record["actor/env_restarts"] = source.env_restarts
                     record["perf/wall_time_s"] = counters["wall_time"]
                     logger.write(record, f)
                     acc.clear()
@@ -302,8 +364,11 @@ def _train_with_env(
                 ):
                     checkpoint()
                     last_ckpt_frames, last_ckpt_time = f, time.time()
+            source.check()  # an actor that died at the very end still fails the run
             if stop.requested:
                 status = "stopped"
+            elif counters["env_frames"] < r.total_env_frames:
+                status = "time_limit"  # runner.max_wall_seconds
             path = checkpoint()
             print(f"{status} at {counters['env_frames']:,} env frames; checkpoint {path}", flush=True)
     except BaseException as e:
@@ -340,6 +405,18 @@ def _train_with_env(
         logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
         logger.close()
     return {**counters, "status": status, "run_dir": str(run_dir), "wandb_mode": wandb.mode}
+
+
+def _restore_actor(source: SerialRollouts | AsyncRollouts, snapshot: dict[str, Any] | None) -> bool:
+    """Put a serial actor back where the checkpoint left it; False when there is nothing to restore into."""
+    if snapshot is None or not isinstance(source, SerialRollouts):
+        return False
+    try:
+        source.actor.set_state(snapshot)
+    except ValueError as exc:  # e.g. runner.env_groups changed since the checkpoint
+        print(f"not restoring the actor's envs ({exc}): starting new episodes", file=sys.stderr, flush=True)
+        return False
+    return True
 
 
 def train_from_files(

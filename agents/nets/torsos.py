@@ -14,13 +14,26 @@ from torch.nn import functional as F
 
 
 class _ScaledInput(nn.Module):
-    def __init__(self, obs_scale: float):
+    """Converts stored observations to float inside the net. Conv torsos can compute in channels-last (NHWC)
+    layout: oneDNN's fast path on the CPU, measured +27% learner samples/s for the Nature CNN on 2 cores
+    (BENCHMARKS.md). The layout changes no parameter's meaning (flattening restores the logical order), so
+    checkpoints load either way."""
+
+    def __init__(self, obs_scale: float, channels_last: bool = False):
         super().__init__()
         self.obs_scale = obs_scale
+        self.channels_last = channels_last
 
     def _float(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float()
-        return x * self.obs_scale if self.obs_scale != 1.0 else x
+        x = x * self.obs_scale if self.obs_scale != 1.0 else x
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _use_layout(self) -> None:
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)  # conv weights; 2-D parameters are untouched
 
 
 class MLPTorso(_ScaledInput):
@@ -43,8 +56,10 @@ class MLPTorso(_ScaledInput):
 class NatureCNN(_ScaledInput):
     """The DQN Nature torso (Mnih et al. 2015), the "shallow" IMPALA net: 3 convs and a 512-unit layer."""
 
-    def __init__(self, obs_shape: tuple[int, ...], hidden_size: int = 512, obs_scale: float = 1.0 / 255):
-        super().__init__(obs_scale)
+    def __init__(
+        self, obs_shape: tuple[int, ...], hidden_size: int = 512, obs_scale: float = 1.0 / 255, channels_last=False
+    ):
+        super().__init__(obs_scale, channels_last)
         c = obs_shape[0]
         self.convs = nn.Sequential(
             nn.Conv2d(c, 32, 8, stride=4),
@@ -59,6 +74,7 @@ class NatureCNN(_ScaledInput):
             n = self.convs(torch.zeros(1, *obs_shape)).shape[1]
         self.fc = nn.Linear(n, hidden_size)
         self.out_size = hidden_size
+        self._use_layout()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.convs(self._float(obs))))
@@ -84,8 +100,9 @@ class ImpalaResNet(_ScaledInput):
         channels: tuple[int, ...] = (16, 32, 32),
         hidden_size: int = 256,
         obs_scale: float = 1.0 / 255,
+        channels_last: bool = False,
     ):
-        super().__init__(obs_scale)
+        super().__init__(obs_scale, channels_last)
         layers: list[nn.Module] = []
         c = obs_shape[0]
         for out in channels:
@@ -101,6 +118,7 @@ class ImpalaResNet(_ScaledInput):
             n = self.stages(torch.zeros(1, *obs_shape)).shape[1]
         self.fc = nn.Linear(n, hidden_size)
         self.out_size = hidden_size
+        self._use_layout()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.stages(self._float(obs))))
@@ -109,12 +127,13 @@ class ImpalaResNet(_ScaledInput):
 class MinAtarCNN(_ScaledInput):
     """The MinAtar baseline torso (Young & Tian 2019): one 3x3 conv with 16 channels and a 128-unit layer."""
 
-    def __init__(self, obs_shape: tuple[int, ...], hidden_size: int = 128, obs_scale: float = 1.0):
-        super().__init__(obs_scale)
+    def __init__(self, obs_shape: tuple[int, ...], hidden_size: int = 128, obs_scale: float = 1.0, channels_last=False):
+        super().__init__(obs_scale, channels_last)
         c, h, w = obs_shape
         self.conv = nn.Conv2d(c, 16, 3, stride=1)
         self.fc = nn.Linear(16 * (h - 2) * (w - 2), hidden_size)
         self.out_size = hidden_size
+        self._use_layout()
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv(self._float(obs)))
@@ -124,16 +143,23 @@ class MinAtarCNN(_ScaledInput):
 TORSOS = ("mlp", "nature_cnn", "impala_resnet", "minatar_cnn")
 
 
-def make_torso(kind: str, obs_shape: tuple[int, ...], obs_scale: float, hidden_sizes: tuple[int, ...]) -> nn.Module:
-    """Build a torso by name. `hidden_sizes` are the MLP's layers; CNN torsos use its last entry as FC size."""
+def make_torso(
+    kind: str,
+    obs_shape: tuple[int, ...],
+    obs_scale: float,
+    hidden_sizes: tuple[int, ...],
+    channels_last: bool = False,
+) -> nn.Module:
+    """Build a torso by name. `hidden_sizes` are the MLP's layers; CNN torsos use its last entry as FC size and
+    compute in channels-last layout when `channels_last`."""
     if kind == "mlp":
         return MLPTorso(obs_shape, hidden_sizes, obs_scale)
     if len(obs_shape) != 3:
         raise ValueError(f"torso {kind!r} needs image observations [C,H,W], got shape {obs_shape}; use torso: mlp")
     if kind == "nature_cnn":
-        return NatureCNN(obs_shape, hidden_sizes[-1], obs_scale)
+        return NatureCNN(obs_shape, hidden_sizes[-1], obs_scale, channels_last)
     if kind == "impala_resnet":
-        return ImpalaResNet(obs_shape, hidden_size=hidden_sizes[-1], obs_scale=obs_scale)
+        return ImpalaResNet(obs_shape, hidden_size=hidden_sizes[-1], obs_scale=obs_scale, channels_last=channels_last)
     if kind == "minatar_cnn":
-        return MinAtarCNN(obs_shape, hidden_sizes[-1], obs_scale)
+        return MinAtarCNN(obs_shape, hidden_sizes[-1], obs_scale, channels_last)
     raise ValueError(f"unknown torso {kind!r}; choose one of {', '.join(TORSOS)}")

@@ -103,6 +103,16 @@ def test_ale_rom_names() -> None:
     assert ale_rom_name("Breakout") == "breakout"
     assert ale_rom_name("SpaceInvaders") == "space_invaders"
     assert ale_rom_name("ALE/MontezumaRevenge-v5") == "montezuma_revenge"
+    assert ale_rom_name("UpNDown") == "up_n_down"
+
+
+def test_every_atari57_game_has_a_rom() -> None:
+    ale_py = pytest.importorskip("ale_py")
+    from envs.atari_data import ATARI57
+
+    assert len(ATARI57) == 57
+    for game in ATARI57:
+        assert ale_py.roms.get_rom_path(ale_rom_name(game)), game
 
 
 # ---------------------------------------------------------------------------------------------- both backends
@@ -309,7 +319,7 @@ def test_crash_is_wrapped_with_context(backend: str) -> None:
         raise RuntimeError("emulator died")
 
     if backend == "atari":
-        env._pool.step = boom
+        env._pool.send = boom  # a step is envpool send + recv
         pattern = r"envpool.*Breakout.*seeds 30.*emulator died"
     else:
         env._envs[1].step = boom

@@ -4,7 +4,7 @@ import torch
 
 from agents.impala import ImpalaConfig, ImpalaNet
 from agents.nets.cores import LSTMCore
-from agents.nets.torsos import ImpalaResNet, MinAtarCNN, NatureCNN
+from agents.nets.torsos import ImpalaResNet, MinAtarCNN, NatureCNN, make_torso
 from envs.base import EnvSpec
 
 ATARI = EnvSpec("atari", (4, 84, 84), np.dtype(np.uint8), 6, 4, {"obs_scale": 1 / 255})
@@ -87,3 +87,20 @@ def test_prev_action_and_reward_are_inputs_zeroed_at_start():
     out2, _ = core(feats, torch.zeros_like(a), torch.zeros_like(r), first, core.initial_state(2))
     assert torch.allclose(out1[0, 0], out2[0, 0])  # env 0 starts: a_tm1, r_tm1 ignored
     assert not torch.allclose(out1[0, 1], out2[0, 1])  # env 1 continues: they matter
+
+
+@pytest.mark.parametrize("torso", ["nature_cnn", "impala_resnet", "minatar_cnn"])
+def test_channels_last_layout_computes_the_same_net(torso):
+    shape = (4, 10, 10) if torso == "minatar_cnn" else (4, 84, 84)
+    torch.manual_seed(0)
+    nchw = make_torso(torso, shape, 1 / 255, (64,), channels_last=False)
+    nhwc = make_torso(torso, shape, 1 / 255, (64,), channels_last=True)
+    nhwc.load_state_dict(nchw.state_dict())  # checkpoints load across layouts
+    conv = next(m for m in nhwc.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    obs = torch.randint(0, 255, (5, *shape), dtype=torch.uint8)
+    a, b = nchw(obs), nhwc(obs)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    b.sum().backward()
+    assert all(p.grad is not None for p in nhwc.parameters())
+    nchw.load_state_dict(nhwc.state_dict())

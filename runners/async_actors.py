@@ -1,0 +1,249 @@
+"""Rollout sources for the training loop: serial (the actor runs when the learner asks) and async (actor threads
+produce rollouts into a bounded queue while the learner consumes them).
+
+In async mode each actor thread owns its envs and its own copy of the net. After every update the learner
+publishes its parameters (`ParamSnapshot`, a CPU copy tagged with the policy version); an actor picks up the
+newest one before each unroll, so a rollout is acted by one policy version and V-trace corrects the lag. What
+crosses between the threads is the rollout message of `runners.actor_learner` (numpy arrays plus the policy
+version) and the parameter snapshot (a dict of tensors): the same two messages that Ray actors on other
+machines would exchange. The queue is bounded (`runner.queue_size`), which bounds the policy lag.
+
+Envpool and torch release the GIL while they work, so threads overlap env stepping, acting and learning.
+
+An env that raises inside an actor thread does not stop training: the actor logs the error, closes its envs,
+builds new ones (from a new seed) and starts new episodes; the learner goes on with the other rollouts. After
+`max_env_restarts` such restarts the error reaches the learner, which checkpoints and stops as in serial mode.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from envs.base import EnvCrashedError, VecEnv
+from runners.actor_learner import Actor
+
+
+class ParamSnapshot:
+    """The learner's newest parameters for the actors: a CPU copy of the state dict and its policy version."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state: dict[str, torch.Tensor] | None = None
+        self.version = -1
+
+    def publish(self, net: torch.nn.Module, version: int) -> None:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+        with self._lock:
+            self._state, self.version = state, version
+
+    def pull(self, net: torch.nn.Module, have_version: int) -> int:
+        """Load the newest parameters into `net` when they are newer than `have_version`; return its version."""
+        with self._lock:
+            state, version = self._state, self.version
+        if state is None or version <= have_version:
+            return have_version
+        net.load_state_dict(state)
+        return version
+
+
+class SerialRollouts:
+    """The actor acts when the learner asks, with the learner's own net: deterministic, for tests and debugging."""
+
+    mode = "serial"
+
+    def __init__(self, actor: Actor, version: Callable[[], int], seed: int):
+        self.actor, self._version, self.seed = actor, version, seed
+        self.env_restarts = 0
+
+    def start(self, seed_offset: int = 0) -> None:
+        """New episodes in every env (the alternative to restoring an actor snapshot)."""
+        self.actor.start(self.seed + seed_offset)
+
+    def next(self) -> dict[str, Any]:
+        return self.actor.unroll(self._version())
+
+    def check(self) -> None:
+        pass
+
+    def publish(self, net: torch.nn.Module, version: int) -> None:
+        pass  # the actor acts with the learner's net itself
+
+    def actor_state(self) -> dict[str, Any] | None:
+        return self.actor.get_state()
+
+    def close(self) -> None:
+        self.actor.close()
+
+
+class ActorThread(threading.Thread):
+    """Runs `actor.unroll` in a loop and puts the rollouts into `out`; restarts the envs after an env crash."""
+
+    def __init__(
+        self,
+        actor_id: int,
+        actor: Actor,
+        make_envs: Callable[[int], list[VecEnv]],
+        params: ParamSnapshot,
+        out: queue.Queue,
+        seed: int,
+        max_env_restarts: int,
+    ):
+        super().__init__(name=f"actor-{actor_id}", daemon=True)
+        self.actor_id, self.actor, self.make_envs = actor_id, actor, make_envs
+        self.params, self.out, self.seed = params, out, seed
+        self.max_env_restarts = max_env_restarts
+        self.version = -1
+        self.env_restarts = 0
+        self.error: BaseException | None = None
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        try:
+            if not self.actor.started:
+                try:
+                    self.actor.start(self.seed)
+                except EnvCrashedError as exc:
+                    self._restart_envs(exc)
+            while not self.stop_event.is_set():
+                self.version = self.params.pull(self.actor.net, self.version)
+                try:
+                    rollout = self.actor.unroll(self.version)
+                except EnvCrashedError as exc:
+                    self._restart_envs(exc)
+                    continue
+                rollout["actor_id"] = self.actor_id
+                while not self.stop_event.is_set():
+                    try:
+                        self.out.put(rollout, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: BLE001 - handed to the learner thread, which raises it
+            self.error = exc
+
+    def _restart_envs(self, exc: BaseException) -> None:
+        """Close the crashed envs, build new ones and start new episodes; a failure to do so counts as one more
+        crash, within the same budget."""
+        while True:
+            self.env_restarts += 1
+            if self.env_restarts > self.max_env_restarts:
+                raise EnvCrashedError(
+                    f"actor {self.actor_id}: its envs crashed {self.env_restarts} times (runner.max_env_restarts="
+                    f"{self.max_env_restarts}); last error: {exc}"
+                ) from exc
+            seed = int(np.random.SeedSequence([self.seed, self.env_restarts]).generate_state(1)[0] & 0x3FFFFFFF)
+            print(
+                f"actor {self.actor_id}: env crash ({self.env_restarts}/{self.max_env_restarts}), rebuilding its "
+                f"envs with seed {seed} and dropping the unfinished unroll:\n"
+                + "".join(traceback.format_exception(exc)).rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                self.actor.close()
+            except Exception as close_error:  # noqa: BLE001 - a crashed env may fail to close; build new ones anyway
+                print(f"actor {self.actor_id}: closing the crashed envs failed: {close_error!r}", file=sys.stderr)
+            self.actor.envs = []
+            try:
+                self.actor.envs = self.make_envs(seed)
+                self.actor.start(seed)
+                return
+            except Exception as rebuild_error:  # noqa: BLE001 - counted and retried like the crash itself
+                exc = rebuild_error
+
+
+class AsyncRollouts:
+    """Actor threads feeding a bounded queue; `next()` returns the oldest rollout and raises an actor's error."""
+
+    mode = "async"
+
+    def __init__(
+        self,
+        actors: list[Actor],
+        make_envs: Callable[[int, int], list[VecEnv]],
+        seeds: list[int],
+        queue_size: int,
+        max_env_restarts: int,
+    ):
+        self.params = ParamSnapshot()
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.threads = [
+            ActorThread(
+                i,
+                actor,
+                lambda seed, i=i: make_envs(i, seed),
+                self.params,
+                self.queue,
+                seeds[i],
+                max_env_restarts,
+            )
+            for i, actor in enumerate(actors)
+        ]
+        self.started = False
+
+    def start(self, seed_offset: int = 0) -> None:
+        """The actors start new episodes (each in its own thread, once the first parameters are published)."""
+        for t in self.threads:
+            t.seed += seed_offset
+
+    @property
+    def env_restarts(self) -> int:
+        return sum(t.env_restarts for t in self.threads)
+
+    def publish(self, net: torch.nn.Module, version: int) -> None:
+        self.params.publish(net, version)
+        if not self.started:  # the actors start with the learner's first parameters
+            self.started = True
+            for t in self.threads:
+                t.start()
+
+    def check(self) -> None:
+        """Raise the error of an actor thread that failed (every actor must be alive while training goes on)."""
+        for t in self.threads:
+            if t.error is not None:
+                raise RuntimeError(f"actor thread {t.actor_id} failed: {t.error!r}") from t.error
+            if self.started and not t.is_alive():
+                raise RuntimeError(f"actor thread {t.actor_id} stopped without an error")
+
+    def next(self) -> dict[str, Any]:
+        if not self.started:
+            raise RuntimeError("publish the learner's parameters before asking for rollouts")
+        while True:
+            self.check()  # before every get: with several actors the queue is rarely empty
+            try:
+                return self.queue.get(timeout=0.25)
+            except queue.Empty:
+                pass
+
+    def actor_state(self) -> None:
+        return None  # rollouts in flight cannot be snapshotted: a resume starts new episodes
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the actor threads and close each one's current envs (the ones it built after a crash included).
+        The envs of a thread that does not stop in time are left open: it may still be stepping them."""
+        for t in self.threads:
+            t.stop_event.set()
+        deadline = time.time() + timeout_s
+        for t in self.threads:
+            while t.is_alive() and time.time() < deadline:
+                try:  # make room for a blocked put
+                    self.queue.get_nowait()
+                except queue.Empty:
+                    pass
+                t.join(timeout=0.05)
+            if t.is_alive():
+                print(
+                    f"actor thread {t.actor_id} did not stop within {timeout_s:.0f} s; leaving its envs open",
+                    file=sys.stderr,
+                )
+            else:
+                t.actor.close()
