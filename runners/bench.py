@@ -139,7 +139,7 @@ TRAIN_VARIANTS: dict[str, list[str]] = {
     "impala_ff": [],
     "impala_lstm": ["agent.core=lstm", "agent.lstm_size=256"],
 }
-THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo")
+THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
 
 def _peak_rss_mb() -> float:
@@ -214,6 +214,84 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
+    """Where one agent step's time goes: each part of the feed-forward training step timed alone, in one process,
+    in milliseconds per agent step (16 envs, unroll 20), parts interleaved so that noise hits them alike."""
+    import torch
+
+    from agents import get_agent
+    from envs import make_vec_env
+    from runners.actor_learner import Actor, Learner, net_inputs, rollout_to_batch, sample_actions
+    from runners.async_actors import ParamSnapshot
+    from runners.config import load_config
+    from runners.train import make_optimizer
+
+    cfg = load_config(_config_path(a["config"]), [f"env.id={a['game']}", f"env.num_envs={a['num_envs']}"])
+    env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, 0, options=cfg.env.options())
+    agent = get_agent(cfg.agent_name)
+    nets = {
+        layout: agent.make_net(env.spec, cfg.agent.model_copy(update={"channels_last": layout}))
+        for layout in (True, False)
+    }
+    net = nets[True]
+    learner = Learner(agent, cfg.agent, net, make_optimizer(cfg, net.parameters()), torch.device("cpu"), 40.0, 10)
+    learner_nchw = Learner(
+        agent, cfg.agent, nets[False], make_optimizer(cfg, nets[False].parameters()), torch.device("cpu"), 40.0, 10
+    )
+    actor = Actor([env], net, cfg.runner.unroll_length, torch.device("cpu"))
+    B, T = env.num_envs, cfg.runner.unroll_length
+    rng = np.random.default_rng(0)
+    try:
+        actor.start(0)
+        rollout = actor.unroll()
+        obs = rollout["data"]["obs"][-1:]
+        first, prev_a, prev_r = np.zeros((1, B), bool), np.zeros((1, B), np.int64), np.zeros((1, B), np.float32)
+        snapshot, actor_net = ParamSnapshot(), agent.make_net(env.spec, cfg.agent)
+
+        def env_step():
+            env.step(rng.integers(0, env.spec.num_actions, B))
+
+        def act():
+            with torch.inference_mode():
+                out, _ = net(net_inputs(obs, first, prev_a, prev_r, "cpu"), ())
+                sample_actions(out["policy_logits"][0]).numpy()
+
+        def copies():  # the rollout message copy the actor makes, and the learner's numpy -> torch batch
+            msg = {**rollout, "data": {k: v.copy() for k, v in rollout["data"].items()}}
+            rollout_to_batch(msg, torch.device("cpu"))
+
+        def params():  # the learner publishes, the actor pulls (every update)
+            snapshot.publish(net, snapshot.version + 1)
+            snapshot.pull(actor_net, -1)
+
+        parts = {
+            "env_step": (env_step, 1),
+            "act_forward_sample": (act, 1),
+            "learn_update": (lambda: learner.step(rollout), T),
+            "learn_update_nchw": (lambda: learner_nchw.step(rollout), T),
+            "rollout_copies": (copies, T),
+            "param_publish_pull": (params, T),
+        }
+        times: dict[str, list[float]] = {k: [] for k in parts}
+        deadline = time.perf_counter() + a["seconds"]
+        while time.perf_counter() < deadline:
+            for name, (fn, _) in parts.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        env.close()
+    out: dict[str, Any] = {}
+    for name, (_, steps_per_call) in parts.items():
+        xs = times[name][2:] or times[name]  # the first calls warm caches up
+        out[f"{name}_ms_per_step"] = round(1000 * statistics.median(xs) / steps_per_call, 4)
+    in_training = ["env_step", "act_forward_sample", "learn_update", "rollout_copies", "param_publish_pull"]
+    total = sum(out[f"{k}_ms_per_step"] for k in in_training)
+    out["sum_ms_per_step"] = round(total, 4)
+    out["steps_per_s"] = round(1000 / total, 1)  # if the parts ran one after another, each alone on the machine
+    return out
+
+
 def _measure_sb3(a: dict[str, Any]) -> dict[str, Any]:
     import ale_py
     import gymnasium as gym
@@ -269,6 +347,8 @@ def _throughput_worker(a: dict[str, Any]) -> dict[str, Any]:
         out = _measure_train(a)
     elif what in ("sb3_a2c", "sb3_ppo"):
         out = _measure_sb3(a)
+    elif what == "breakdown":
+        out = _measure_breakdown(a)
     else:
         raise ValueError(f"unknown measurement {what!r}; choose from {', '.join(THROUGHPUT_MEASUREMENTS)}")
     out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
@@ -311,7 +391,12 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         record = {"bench": "throughput", "what": what, "game": args.game, "median_steps_per_s": round(medians[what], 1)}
         record["runs"] = [round(x, 1) for x in sps]
         record["peak_rss_mb_max"] = max(x["peak_rss_mb"] for x in runs[what])
-        extras = {k: v for k, v in runs[what][-1].items() if k not in ("steps_per_s", "peak_rss_mb")}
+        extras = {}
+        for k, v in runs[what][-1].items():
+            if k in ("steps_per_s", "peak_rss_mb"):
+                continue
+            numeric = all(isinstance(x.get(k), int | float) and not isinstance(x.get(k), bool) for x in runs[what])
+            extras[k] = round(statistics.median(x[k] for x in runs[what]), 4) if numeric else v
         record.update(extras)
         if what in TRAIN_VARIANTS or what == "env":
             record["num_envs"] = args.num_envs
@@ -321,6 +406,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_ff", "sb3_ppo"),
         ("impala_lstm", "impala_ff"),
         ("impala_ff", "env"),
+        ("impala_ff", "breakdown"),
     ]
     ratios = {f"{a}/{b}": round(medians[a] / medians[b], 3) for a, b in pairs if a in medians and b in medians}
     summary = {"bench": "throughput", "what": "ratios", "game": args.game, **ratios}
