@@ -264,13 +264,13 @@ def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
             snapshot.publish(net, snapshot.version + 1)
             snapshot.pull(actor_net, -1)
 
-        parts = {
-            "env_step": (env_step, 1),
-            "act_forward_sample": (act, 1),
-            "learn_update": (lambda: learner.step(rollout), T),
-            "learn_update_nchw": (lambda: learner_nchw.step(rollout), T),
-            "rollout_copies": (copies, T),
-            "param_publish_pull": (params, T),
+        parts = {  # name -> (one call, agent steps it stands for)
+            "env_step": (env_step, B),
+            "act_forward_sample": (act, B),
+            "learn_update": (lambda: learner.step(rollout), T * B),
+            "learn_update_nchw": (lambda: learner_nchw.step(rollout), T * B),
+            "rollout_copies": (copies, T * B),
+            "param_publish_pull": (params, T * B),
         }
         times: dict[str, list[float]] = {k: [] for k in parts}
         deadline = time.perf_counter() + a["seconds"]
