@@ -15,14 +15,15 @@ previous unroll, so the learner sees T transitions and the value of the state af
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from agents.base import AgentConfigBase, AgentDef
 from agents.nets.cores import CoreState, make_core
+from agents.nets.dni import DNIConfig
 from agents.nets.heads import PolicyBaselineHead
 from agents.nets.torsos import make_torso
 from agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
@@ -40,8 +41,13 @@ class ImpalaConfig(AgentConfigBase):
     hidden_sizes: tuple[int, ...] = Field(
         (512,), min_length=1, description="MLP layer sizes; the CNN torsos use the last entry as their FC size"
     )
-    core: Literal["none", "lstm"] = Field("none", description="'lstm': recurrent core fed [features, a_tm1, r_tm1]")
+    core: Literal["none", "lstm", "dni_lstm"] = Field(
+        "none",
+        description="'lstm': recurrent core fed [features, a_tm1, r_tm1]; 'dni_lstm': the same with a synthetic-"
+        "gradient module at the unroll boundary (agents/nets/dni.py, settings under agent.dni)",
+    )
     lstm_size: int = Field(256, ge=1)
+    dni: DNIConfig = Field(DNIConfig(), description="the synthetic-gradient core's settings (core: dni_lstm)")
     channels_last: bool = Field(
         True, description="conv torsos compute in NHWC layout (oneDNN's fast path on the CPU; false: NCHW)"
     )
@@ -57,6 +63,13 @@ class ImpalaConfig(AgentConfigBase):
         "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size",
     )
 
+    @model_validator(mode="after")
+    def _dni_needs_its_core(self) -> ImpalaConfig:
+        # Compared with the defaults, not with the keys given: a saved run's config.yaml lists every field.
+        if self.core != "dni_lstm" and self.dni != DNIConfig():
+            raise ValueError(f"agent.dni settings apply to agent.core=dni_lstm, not core={self.core}")
+        return self
+
 
 class ImpalaNet(nn.Module):
     """torso -> core -> policy/baseline heads, over time-major inputs [T, B, ...]."""
@@ -66,7 +79,7 @@ class ImpalaNet(nn.Module):
         self.num_actions = spec.num_actions
         obs_scale = float(spec.extra.get("obs_scale", 1.0))
         self.torso = make_torso(cfg.torso, spec.obs_shape, obs_scale, tuple(cfg.hidden_sizes), cfg.channels_last)
-        self.core = make_core(cfg.core, self.torso.out_size, spec.num_actions, cfg.lstm_size)
+        self.core = make_core(cfg.core, self.torso.out_size, spec.num_actions, cfg.lstm_size, cfg.dni)
         self.heads = PolicyBaselineHead(self.core.out_size, spec.num_actions)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
@@ -77,8 +90,11 @@ class ImpalaNet(nn.Module):
         obs = inputs["obs"]
         T, B = obs.shape[:2]
         features = self.torso(obs.reshape(T * B, *obs.shape[2:])).reshape(T, B, -1)
-        core_out, state = self.core(features, inputs["prev_action"], inputs["prev_reward"], inputs["first"], state)
-        return self.heads(core_out), state
+        extras: dict[str, Any] = {}
+        core_out, state = self.core(
+            features, inputs["prev_action"], inputs["prev_reward"], inputs["first"], state, extras=extras
+        )
+        return {**self.heads(core_out), **extras}, state
 
 
 def make_net(spec: EnvSpec, cfg: ImpalaConfig) -> ImpalaNet:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from agents.base import AgentDef
+from agents.nets.dni import SyntheticGradients
 from envs.base import EnvCrashedError, VecEnv
 
 # Per-slot keys of a rollout. Slot t: obs_t, and the action / reward / done flags of the transition *into*
@@ -280,6 +281,17 @@ class Learner:
         self.nonfinite_total = 0
         self.version = 0
         self.staging = HostStaging()
+        self.dni = SyntheticGradients.for_net(net)  # a dni_lstm core: its module M and M's optimiser
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a checkpoint needs beyond the net and the agent's optimiser."""
+        return {"dni": self.dni.state_dict()} if self.dni is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.dni is not None:
+            if "dni" not in state:
+                raise ValueError("the checkpoint has no synthetic-gradient optimiser state for this dni_lstm core")
+            self.dni.load_state_dict(state["dni"])
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -288,9 +300,15 @@ class Learner:
     def step(self, rollout: dict[str, Any]) -> dict[str, float]:
         lag = self.version - int(rollout["policy_version"])  # updates between the acting policy and this one
         batch, state = rollout_to_batch(rollout, self.device, self.staging)
+        if self.dni is not None:
+            state = self.dni.leaf(state)  # its gradient is the synthetic-gradient module's target
         inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], self.device)
         outputs, _ = self.net(inputs, state)
         loss, metrics = self.agent.loss_fn(self.cfg, batch, outputs)
+        if self.dni is not None:
+            injected, dni_metrics = self.dni.inject(batch, outputs)
+            loss = loss + injected
+            metrics = {**metrics, **dni_metrics}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.net.parameters() if p.grad is not None]
@@ -313,6 +331,8 @@ class Learner:
             self.nonfinite_in_a_row = 0
             self.optimizer.step()
             self.version += 1
+            if self.dni is not None:
+                result.update(self.dni.update(state, batch, outputs))
         result["train/nonfinite_skips"] = self.nonfinite_total
         result["train/policy_lag"] = lag
         result["train/lr"] = self.optimizer.param_groups[0]["lr"]

@@ -7,6 +7,8 @@ ratios, not absolute numbers, carry the comparison.
 
     decoupled bench labyrinth [--task T] [--num-envs 4] [--seconds 10] [--repeats 3]
     decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 60] [--repeats 3] [--only a,b]
+    decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR   # an SB3 learning curve (runners/peer.py)
+    decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench_dni.py)
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
 round-robin order over the repeats (so that a noisy spell hits every measurement alike):
@@ -220,6 +222,7 @@ def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from agents import get_agent
+    from agents.nets.dni import main_parameters
     from envs import make_vec_env
     from runners.actor_learner import Actor, Learner, net_inputs, rollout_to_batch, sample_actions
     from runners.async_actors import ParamSnapshot
@@ -234,9 +237,9 @@ def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
         for layout in (True, False)
     }
     net = nets[True]
-    learner = Learner(agent, cfg.agent, net, make_optimizer(cfg, net.parameters()), torch.device("cpu"), 40.0, 10)
+    learner = Learner(agent, cfg.agent, net, make_optimizer(cfg, main_parameters(net)), torch.device("cpu"), 40.0, 10)
     learner_nchw = Learner(
-        agent, cfg.agent, nets[False], make_optimizer(cfg, nets[False].parameters()), torch.device("cpu"), 40.0, 10
+        agent, cfg.agent, nets[False], make_optimizer(cfg, main_parameters(nets[False])), torch.device("cpu"), 40.0, 10
     )
     actor = Actor([env], net, cfg.runner.unroll_length, torch.device("cpu"))
     B, T = env.num_envs, cfg.runner.unroll_length
@@ -436,6 +439,16 @@ def add_parser(sub: Any) -> None:
     tp.add_argument("--config", default=THROUGHPUT_CONFIG, help="the training config of the impala_* measurements")
     tp.add_argument("--only", help=f"comma-separated subset of: {', '.join(THROUGHPUT_MEASUREMENTS)}")
     tp.set_defaults(func=lambda a: (bench_throughput(a), 0)[1])
+    from runners import peer
+
+    pp = bsub.add_parser("peer", help="train an SB3 peer (PPO/A2C, zoo Atari defaults) for a wall-clock budget; eval")
+    peer.add_arguments(pp)
+    pp.set_defaults(func=lambda a: (peer.train_peer(a), 0)[1])
+    from runners import bench_dni
+
+    dn = bsub.add_parser("dni", help="the DNI paper's recall/copy tasks: longest dependency solved, BPTT vs DNI")
+    bench_dni.add_arguments(dn)
+    dn.set_defaults(func=lambda a: (bench_dni.bench_dni(a), 0)[1])
 
 
 if __name__ == "__main__":  # one throughput measurement in its own process (see _run_worker)

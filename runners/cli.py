@@ -6,7 +6,7 @@
     decoupled eval --policy random --games Breakout,Pong | --suite atari5 [--protocol dqn_noop30] [--out DIR]
     decoupled report [LABEL=]SCORES[,SCORES...] ... --out DIR [--wandb-run ID]   # HNS, IQM, CIs, plots
     decoupled suite CONFIG [section.key=value ...] --games A,B | --suite atari5 --out DIR [--parallel N]
-    decoupled plot RUN_DIR [--out PNG]
+    decoupled plot RUN_DIR [RUN_DIR ...] [--out PNG] [--labels a,b]
     decoupled bench labyrinth [--num-envs 4] [--seconds 10]      # speed benchmarks, JSON lines
     decoupled render TASK [--steps N] [--seed S] [--run RUN_DIR] [--out DIR]   # a labyrinth episode as PNGs
     decoupled config CONFIG [section.key=value ...]      # print the resolved config, or the errors
@@ -95,7 +95,8 @@ def _suite(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from runners.plot import plot_run
 
-    out = plot_run(args.run_dir, args.out)
+    labels = args.labels.split(",") if args.labels else None
+    out = plot_run(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, labels=labels)
     print(f"wrote {out}")
     return 0
 
@@ -169,9 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_arguments(su)
     su.set_defaults(func=_suite)
 
-    pl = sub.add_parser("plot", help="write the learning curve of a run as PNG")
-    pl.add_argument("run_dir")
-    pl.add_argument("--out", help="PNG path (default: RUN_DIR/learning_curve.png)")
+    pl = sub.add_parser("plot", help="write the learning curve of a run (or several, overlaid) as PNG")
+    pl.add_argument("run_dir", nargs="+", help="run dirs (ours, or `decoupled bench peer` output dirs)")
+    pl.add_argument("--out", help="PNG path (default: the first RUN_DIR/learning_curve.png)")
+    pl.add_argument("--labels", help="comma-separated legend labels, one per run dir")
     pl.set_defaults(func=_plot)
 
     r = sub.add_parser("render", help="play a labyrinth episode and write a top-down map and an RGB/depth strip")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from agents import AgentDef, get_agent
+from agents.nets.dni import main_parameters
 from envs import VecEnv, make_vec_env
 from runners.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
 from runners.async_actors import AsyncRollouts, SerialRollouts
@@ -211,7 +212,7 @@ def _train_with_env(
     dump_config(cfg, run_dir / "config.yaml")
 
     net = agent.make_net(env.spec, cfg.agent).to(device)
-    optimizer = make_optimizer(cfg, net.parameters())
+    optimizer = make_optimizer(cfg, main_parameters(net))  # a dni_lstm core's M has its own
     learner = Learner(agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates)
     if r.mode == "serial":
         actor = Actor(actor_envs[0], net, r.unroll_length, device)
@@ -250,6 +251,7 @@ def _train_loop(
         state, manifest = restored
         net.load_state_dict(state["net"])
         optimizer.load_state_dict(state["optimizer"])
+        learner.load_extra_state(state.get("learner_extra", {}))
         counters.update(state["counters"])
         learner.version = int(state["policy_version"])
         learner.nonfinite_total = int(state.get("nonfinite_total", 0))
@@ -292,6 +294,7 @@ def _train_loop(
         state = {
             "net": net.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "learner_extra": learner.extra_state(),
             "counters": dict(counters),
             "policy_version": learner.version,
             "nonfinite_total": learner.nonfinite_total,

@@ -5,9 +5,15 @@ previous reward and the episode-start flags, and returns features [T, B, out_siz
 previous action and reward are inputs of the core (Espeholt et al. 2018, Fig. 3; UNREAL, Nav), zeroed where an
 episode starts; the recurrent state is reset to the initial state where an episode starts (`first[t]` is True
 when obs_t is the first observation of an episode, so the reset happens *before* processing obs_t).
+
+`forward(features, prev_action, prev_reward, first, state, extras=None)`: a core may write tensors the learner
+needs beyond the features into `extras` (the synthetic-gradient core, agents/nets/dni.py, puts its window states
+there); the net merges them into its outputs. Actors pass no `extras`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,7 +44,7 @@ class FeedForwardCore(nn.Module):
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
         return ()
 
-    def forward(self, features, prev_action, prev_reward, first, state: CoreState):
+    def forward(self, features, prev_action, prev_reward, first, state: CoreState, extras: dict | None = None):
         if self.use_prev:
             features = core_inputs(features, prev_action, prev_reward, first, self.num_actions)
         return features, state
@@ -63,23 +69,41 @@ class LSTMCore(nn.Module):
         zeros = torch.zeros(batch_size, self.hidden_size, device=device)
         return (zeros, zeros.clone())
 
-    def forward(self, features, prev_action, prev_reward, first, state: CoreState):
+    def forward(self, features, prev_action, prev_reward, first, state: CoreState, extras: dict | None = None):
         x = core_inputs(features, prev_action, prev_reward, first, self.num_actions)  # [T,B,F+A+1]
+        outputs, final, _ = self.run(x, first, state)
+        return outputs, final
+
+    def run(
+        self, x: torch.Tensor, first: torch.Tensor, state: CoreState, keep: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, CoreState, dict[int, CoreState]]:
+        """The LSTM over core inputs x [T,B,*]: outputs [T,B,H], the final state, and the states after the steps
+        listed in `keep` (negative indices count from the end)."""
         h, c = state
+        T = x.shape[0]
+        keep_at = {t % T: t for t in keep}
+        kept: dict[int, CoreState] = {}
         outputs = []
-        for t in range(x.shape[0]):
-            keep = (~first[t]).unsqueeze(-1).float()  # [B,1]: 0 where an episode starts at t
-            h, c = self.lstm(x[t], (h * keep, c * keep))
+        for t in range(T):
+            mask = (~first[t]).unsqueeze(-1).float()  # [B,1]: 0 where an episode starts at t
+            h, c = self.lstm(x[t], (h * mask, c * mask))
             outputs.append(h)
-        return torch.stack(outputs), (h, c)
+            if t in keep_at:
+                kept[keep_at[t]] = (h, c)
+        return torch.stack(outputs), (h, c), kept
 
 
-CORES = ("none", "lstm")
+CORES = ("none", "lstm", "dni_lstm")
 
 
-def make_core(kind: str, input_size: int, num_actions: int, hidden_size: int) -> nn.Module:
+def make_core(kind: str, input_size: int, num_actions: int, hidden_size: int, dni: Any = None) -> nn.Module:
+    """`dni`: the `DNIConfig` of a `dni_lstm` core (its defaults when None)."""
     if kind == "none":
         return FeedForwardCore(input_size, num_actions)
     if kind == "lstm":
         return LSTMCore(input_size, num_actions, hidden_size)
+    if kind == "dni_lstm":
+        from agents.nets.dni import DNIConfig, DNILSTMCore
+
+        return DNILSTMCore(input_size, num_actions, hidden_size, dni if dni is not None else DNIConfig())
     raise ValueError(f"unknown core {kind!r}; choose one of {', '.join(CORES)}")

@@ -45,3 +45,32 @@ def test_bench_throughput_rejects_an_unknown_measurement():
         timeout=60,
     )
     assert proc.returncode != 0 and "warp_drive" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_ours(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    out = tmp_path / "peer"
+    cmd = [sys.executable, "-m", "runners.cli", "bench", "peer", "--algo", "ppo", "--game", "Pong", "--seconds", "4"]
+    cmd += ["--eval-episodes", "1", "--log-every-env-frames", "2048", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    frames = [r["env_frames"] for r in records]
+    assert frames == sorted(frames) and frames[-1] >= 8 * 4  # at least one step of the 8 envs (a busy machine: few)
+    assert all(r["env_frames"] % 4 == 0 and r["perf/wall_time_s"] >= 0 for r in records)
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["algo"] == "sb3_ppo" and info["env_frames"] == frames[-1] and info["wall_time_s"] >= 4
+    doc = json.loads((out / "eval" / "scores.json").read_text())
+    pong = doc["games"]["Pong"]
+    assert len(pong["episode_scores"]) == 1 and -21 <= pong["episode_scores"][0] <= 21
+    assert 0 < pong["episode_frames"][0] <= 108_000 and doc["protocol"]["name"] == "dqn_noop30"
+    assert (out / "model.zip").is_file()
+    # overlaid with itself under two labels: the CLI takes several run dirs
+    png = tmp_path / "both.png"
+    records[-1].setdefault("train/episode_return", -21.0)  # a 4-second run may not finish a Pong game
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plot = [sys.executable, "-m", "runners.cli", "plot", str(out), str(out), "--labels", "a,b", "--out", str(png)]
+    proc = subprocess.run(plot, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -144,6 +144,27 @@ def test_lstm_core_trains_and_resumes(tmp_path, monkeypatch):
     assert _records(tmp_path / "ref") == _records(tmp_path / "cut")
 
 
+def test_dni_core_trains_logs_checkpoints_m_and_resumes_bit_identically(tmp_path, monkeypatch):
+    extra = ["agent.core=dni_lstm", "agent.lstm_size=16", "agent.dni.context=[reward]", "agent.dni.aux_cost=0.1"]
+    ref = train_mod.train(_cfg(*extra), tmp_path / "ref")
+    _stop_after(monkeypatch, 9)
+    train_mod.train(_cfg(*extra), tmp_path / "cut")
+    monkeypatch.undo()
+    train_mod.train(_cfg(*extra), tmp_path / "cut", resume=True)
+    assert ref["env_frames"] == 9600
+    recs = _records(tmp_path / "ref")
+    assert recs == _records(tmp_path / "cut")  # M and its optimiser came back from the checkpoint exactly
+    for key in ("dni/sg_loss", "dni/cosine", "dni/pred_norm", "dni/target_norm", "dni/injected_norm", "dni/aux_loss"):
+        assert all(np.isfinite(r[key]) for r in recs if key in r) and any(key in r for r in recs), key
+    assert recs[-1]["dni/pred_norm"] > 0  # M has left its zero start
+    state, _ = CheckpointManager(tmp_path / "ref" / "checkpoints").load_latest()
+    assert any(k.startswith("core.sg.") for k in state["net"])
+    dni = state["learner_extra"]["dni"]
+    # one M step per update, except where every env starts an episode at the window's start (Catch's envs finish
+    # together: nothing to regress there); Adam's moments are saved
+    assert 20 <= dni["updates"] < 30 and dni["optimizer"]["state"]
+
+
 def test_episode_returns_are_logged_unclipped_and_finite(tmp_path):
     train_mod.train(_cfg(), tmp_path)
     rets = [r["train/episode_return"] for r in _records(tmp_path) if "train/episode_return" in r]

@@ -1,0 +1,212 @@
+"""Synthetic-gradient LSTM core (DNI; Jaderberg et al. 2016, arXiv:1608.05343; Czarnecki et al. 2017,
+arXiv:1703.00522), for any recurrent agent.
+
+Truncated BPTT stops the gradient at the start of each unroll. A synthetic-gradient module M predicts what it
+cuts off: dL_future/ds, the gradient of every later loss with respect to the core state s = [h; c] at a window
+boundary. Over one learner window that starts at state s_0 (a leaf: the actor's core state at slot 0) and whose
+boundary state is s_T (the state the next window starts from):
+
+    inject:  loss += < lambda * sg(M(s_T)), s_T >                     (so dloss/ds_T gets lambda * M(s_T))
+    target:  delta_0 = dloss/ds_0 = true gradient inside the window + lambda * M(s_T) ds_T/ds_0
+    train M: || M(s_0) - sg(delta_0) ||^2, with its own optimiser and gradient clip
+
+`lambda` (`dni.scale`, below 1) scales the injected gradient and, through the target, discounts the bootstrap:
+with lambda = 1 the bootstrap feeds on itself through the near-identity cell path and diverges (the spec's
+pitfall 4.5). M's last layer starts at zero, so training starts as exact truncated BPTT.
+
+Window layout (the learner's time-major [T+1] batch): slot T repeats as slot 0 of the next unroll, so the boundary
+state s_T is the state *before* the last slot, the state the actor starts its next unroll from. Episode starts:
+where the next window begins an episode (`first[T]`) the state is reset before it is used, so no synthetic
+gradient is injected there; where this window begins one (`first[0]`), s_0 influences nothing and the sample is
+left out of M's regression (M predicts the gradient of a continuing episode; the injection mask accounts for ends).
+Episode starts inside the window cut the true gradient and the bootstrap path in the LSTM itself (the state is
+multiplied by 0).
+
+Options: `dni.context` conditions M on more than the state (cDNI): the clipped reward into the boundary slot and/or
+the agent's (detached) value there. `dni.aux_cost` > 0 adds DNI+Aux: a head on the state after the window's first
+step predicts the synthetic gradient injected at the window's end, an MSE loss whose gradient trains the core.
+
+`SyntheticGradients` does the learner's part (leaf state, injection, M's update, checkpoint state); the learner
+finds it with `SyntheticGradients.for_net(net)`, so an agent that uses the `dni_lstm` core needs no code for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from agents.nets.cores import CoreState, LSTMCore, core_inputs
+
+
+class DNIConfig(BaseModel):
+    """`agent.dni.*`: settings of the synthetic-gradient core (`agent.core: dni_lstm`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = Field(True, description="false: the plain LSTM core (bit-identical), M not even built")
+    scale: float = Field(
+        0.1, gt=0.0, le=1.0, description="lambda: scales the injected synthetic gradient and discounts the "
+        "bootstrapped target; keep it well below 1 (0.5 diverged on recall once the LSTM held memory; 1 diverges)",
+    )  # fmt: skip
+    hidden_size: int = Field(0, ge=0, description="M's hidden layer; 0: a linear M on [h; c] (the paper's, for RNNs)")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate of M (its own optimiser)")
+    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient-norm clip of M's update; null: none")
+    context: tuple[Literal["reward", "value"], ...] = Field(
+        (), description="cDNI: condition M on the clipped reward into the boundary slot and/or the value there"
+    )
+    aux_cost: float = Field(0.0, ge=0.0, description="DNI+Aux: weight of predicting the window-end synthetic gradient")
+
+
+class SyntheticGradientModule(nn.Module):
+    """M: [s; context] -> predicted dL_future/ds. Linear, or one hidden ReLU layer; the last layer starts at zero."""
+
+    def __init__(self, state_size: int, context_size: int = 0, hidden_size: int = 0):
+        super().__init__()
+        inp = state_size + context_size
+        self.hidden = nn.Sequential(nn.Linear(inp, hidden_size), nn.ReLU()) if hidden_size else nn.Identity()
+        self.out = nn.Linear(hidden_size or inp, state_size)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, state: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        x = state if context is None or context.shape[-1] == 0 else torch.cat([state, context], -1)
+        return self.out(self.hidden(x))
+
+
+class DNILSTMCore(LSTMCore):
+    """The LSTM core plus the synthetic-gradient module M (and the DNI+Aux head). Acting is the LSTM's; in the
+    learner's forward (`extras` given) it also hands out the window's boundary state and its first-step state."""
+
+    own_optimizer_modules = ("sg",)  # trained by `SyntheticGradients`, not by the agent's optimiser
+
+    def __init__(self, input_size: int, num_actions: int, hidden_size: int, cfg: DNIConfig):
+        super().__init__(input_size, num_actions, hidden_size)  # the LSTM first: same init as LSTMCore's
+        self.cfg = cfg
+        if cfg.enabled:
+            with torch.random.fork_rng(devices=[]):  # M's init leaves the global RNG, so the rest of the net is
+                torch.manual_seed(torch.initial_seed() + 1)  # initialised as it would be with the plain LSTM core
+                self.sg = SyntheticGradientModule(2 * hidden_size, len(cfg.context), cfg.hidden_size)
+                if cfg.aux_cost > 0:
+                    self.aux = nn.Linear(2 * hidden_size, 2 * hidden_size)
+
+    def forward(self, features, prev_action, prev_reward, first, state: CoreState, extras: dict | None = None):
+        x = core_inputs(features, prev_action, prev_reward, first, self.num_actions)
+        if extras is None or not self.cfg.enabled or x.shape[0] < 2:
+            outputs, final, _ = self.run(x, first, state)
+            return outputs, final
+        outputs, final, kept = self.run(x, first, state, keep=(0, -2))
+        extras["dni/first_step_state"] = kept[0]
+        extras["dni/boundary_state"] = kept[-2]  # before the last slot: where the next unroll starts
+        return outputs, final
+
+
+def dni_cores(net: nn.Module) -> list[DNILSTMCore]:
+    return [m for m in net.modules() if isinstance(m, DNILSTMCore) and m.cfg.enabled]
+
+
+def main_parameters(net: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters the agent's optimiser trains: all but those of modules with an optimiser of their own."""
+    own = set()
+    for m in net.modules():
+        for name in getattr(m, "own_optimizer_modules", ()):
+            sub = getattr(m, name, None)
+            if sub is not None:
+                own.update(id(p) for p in sub.parameters())
+    return (p for p in net.parameters() if id(p) not in own)
+
+
+def _cat(state: CoreState) -> torch.Tensor:
+    return torch.cat(list(state), -1)
+
+
+class SyntheticGradients:
+    """The learner's side of a `dni_lstm` core: call `leaf(state)` before the forward pass, add `inject(...)` to
+    the loss before its backward pass, then `update(...)` once the gradients are there."""
+
+    def __init__(self, core: DNILSTMCore):
+        self.core, self.cfg = core, core.cfg
+        self.optimizer = torch.optim.Adam(core.sg.parameters(), lr=self.cfg.lr)
+        self.updates = 0
+
+    @classmethod
+    def for_net(cls, net: nn.Module) -> SyntheticGradients | None:
+        cores = dni_cores(net)
+        if len(cores) > 1:
+            raise ValueError("one dni_lstm core per net is supported")
+        return cls(cores[0]) if cores else None
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def leaf(self, state: CoreState) -> CoreState:
+        """The window-start state as leaves, so that its gradient (M's target) is collected by the backward pass."""
+        return tuple(s.detach().requires_grad_(True) for s in state)
+
+    def context(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], slot: int) -> torch.Tensor:
+        parts = []
+        for name in self.cfg.context:
+            if name == "reward":
+                parts.append(batch["reward"][slot].float().clamp(-1.0, 1.0))
+            else:  # value
+                parts.append(outputs["baseline"][slot].detach().float())
+        B = batch["first"].shape[1]
+        return torch.stack(parts, -1) if parts else torch.zeros(B, 0, device=batch["first"].device)
+
+    def inject(
+        self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss term whose gradient at the boundary state is the scaled synthetic gradient (0 where the next
+        window starts an episode), plus the DNI+Aux loss."""
+        s_T = _cat(outputs["dni/boundary_state"])
+        with torch.no_grad():
+            g = self.cfg.scale * self.core.sg(s_T.detach(), self.context(batch, outputs, -1))
+            g = g * (~batch["first"][-1]).unsqueeze(-1).float()
+        term = (g * s_T).sum()
+        metrics = {"dni/injected_norm": g.norm(dim=-1).mean()}
+        if self.cfg.aux_cost > 0:
+            pred = self.core.aux(_cat(outputs["dni/first_step_state"]))
+            same_episode = (~batch["first"][1:].any(0)).float()  # the window's end belongs to the same episode
+            aux = (((pred - g) ** 2).sum(-1) * same_episode).sum() / same_episode.sum().clamp(min=1.0)
+            term = term + self.cfg.aux_cost * aux
+            metrics["dni/aux_loss"] = aux.detach()
+        return term, metrics
+
+    def update(
+        self, leaf_state: CoreState, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        """Regress M(s_0) on the gradient the backward pass left at the leaf s_0; step M's own optimiser."""
+        s0 = _cat(leaf_state).detach()
+        target = torch.cat([s.grad if s.grad is not None else torch.zeros_like(s) for s in leaf_state], -1)
+        valid = ~batch["first"][0]
+        pred = self.core.sg(s0, self.context(batch, outputs, 0))
+        n = int(valid.sum())
+        if n == 0:
+            return {}
+        err = ((pred - target) ** 2).sum(-1)[valid]
+        loss = err.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = list(self.core.sg.parameters())
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # M's gradients must not reach the agent's clip or optimiser
+        self.updates += 1
+        with torch.no_grad():
+            p, t = pred.detach()[valid], target[valid]
+            cos = torch.nn.functional.cosine_similarity(p, t, dim=-1, eps=1e-12)
+            return {
+                "dni/sg_loss": float(loss),
+                "dni/cosine": float(cos.mean()),
+                "dni/pred_norm": float(p.norm(dim=-1).mean()),
+                "dni/target_norm": float(t.norm(dim=-1).mean()),
+            }
+
+    # ------------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state.get("updates", 0))

@@ -1,0 +1,224 @@
+"""The synthetic-gradient core: exact equivalences with the LSTM core, M's regression target on a linear RNN,
+no leak of M's loss into the core, episode starts at the window's edges, config errors."""
+
+import types
+
+import numpy as np
+import pytest
+import yaml
+import torch
+
+from agents import get_agent
+from agents.impala import ImpalaConfig, ImpalaNet
+from agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradientModule, SyntheticGradients, main_parameters
+from envs.base import EnvSpec
+from runners.actor_learner import Learner
+from runners.config import ConfigError, load_config
+
+SPEC = EnvSpec("vec", (6,), np.dtype(np.float32), 3)
+T, B = 5, 4
+
+
+def _rollout(seed=0, first_at=()):
+    """A learner batch [T+1, B] of random transitions; `first_at`: (slot, column) pairs where an episode starts."""
+    rng = np.random.default_rng(seed)
+    done = np.zeros((T + 1, B), bool)
+    for t, b in first_at:
+        done[t, b] = True
+    data = {
+        "obs": rng.normal(size=(T + 1, B, 6)).astype(np.float32),
+        "action": rng.integers(0, 3, (T + 1, B)),
+        "reward": rng.normal(size=(T + 1, B)).astype(np.float32),
+        "terminated": done,
+        "truncated": np.zeros((T + 1, B), bool),
+        "behaviour_logits": rng.normal(size=(T + 1, B, 3)).astype(np.float32),
+        "truncation_value": np.zeros((T + 1, B), np.float32),
+    }
+    state = [rng.normal(size=(B, 8)).astype(np.float32) for _ in range(2)]
+    return {"data": data, "initial_state": state, "policy_version": 0}
+
+
+def _learner(core, **dni):
+    torch.manual_seed(0)
+    kw = {"torso": "mlp", "hidden_sizes": (16,), "core": core, "lstm_size": 8}
+    if dni:
+        kw["dni"] = DNIConfig(**dni)
+    cfg = ImpalaConfig(**kw)
+    net = ImpalaNet(SPEC, cfg)
+    opt = torch.optim.RMSprop(main_parameters(net), lr=1e-2, eps=1e-5)
+    return Learner(get_agent("impala"), cfg, net, opt, torch.device("cpu"), 40.0, 3), net
+
+
+def _core_params(net):
+    return {k: v.detach().clone() for k, v in net.state_dict().items() if ".sg." not in k and ".aux." not in k}
+
+
+def test_dni_disabled_is_bit_identical_to_the_lstm_core():
+    (la, a), (lb, b) = _learner("lstm"), _learner("dni_lstm", enabled=False)
+    assert list(a.state_dict()) == list(b.state_dict())  # no M built, the same parameters in the same order
+    assert lb.dni is None
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    for seed in range(4):
+        ma, mb = la.step(_rollout(seed)), lb.step(_rollout(seed))
+        assert ma == mb
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_zero_synthetic_gradient_is_exactly_truncated_bptt_and_a_nonzero_one_is_not():
+    la, a = _learner("lstm")
+    ld, d = _learner("dni_lstm")
+    assert all(torch.equal(p, torch.zeros_like(p)) for p in d.core.sg.out.parameters())  # M starts at zero
+    d.core.sg.out.register_forward_hook(lambda m, i, o: o * 0.0)  # and is forced to stay there
+    for seed in range(3):
+        ma, md = la.step(_rollout(seed)), ld.step(_rollout(seed))
+        assert ma["loss/total"] == md["loss/total"] and ma["train/grad_norm"] == md["train/grad_norm"]
+    core_a, core_d = _core_params(a), _core_params(d)
+    for k in core_a:
+        assert torch.equal(core_a[k], core_d[k]), k
+    # a non-zero M changes the core's gradient, and only the core's and the torso's (the heads see no SG)
+    lx, x = _learner("dni_lstm", scale=0.5)
+    with torch.no_grad():
+        x.core.sg.out.bias.fill_(1.0)
+    ly, y = _learner("lstm")
+    lx.step(_rollout(7))
+    ly.step(_rollout(7))
+    px, py = _core_params(x), _core_params(y)
+    assert not torch.equal(px["core.lstm.weight_hh"], py["core.lstm.weight_hh"])
+    assert torch.equal(px["heads.policy.weight"], py["heads.policy.weight"])
+
+
+def test_m_regresses_the_true_boundary_gradient_of_a_linear_rnn():
+    """h_{t+1} = A h_t + x_t, loss 1/2 |h_t|^2 at every step. Trained on windows of 3 steps with the bootstrapped
+    target, M(h) must approach the gradient of the whole future loss, sum_{k>=1} (A^k)^T A^k h (lambda = 1), and
+    with lambda < 1 the discounted fixed point P = G + lambda (A^3)^T P A^3, G the in-window part."""
+    torch.manual_seed(0)
+    n, window, batch = 4, 3, 256
+    q, _ = torch.linalg.qr(torch.randn(n, n))
+    A = 0.7 * q
+    powers = [torch.linalg.matrix_power(A, k) for k in range(1, 200)]
+    G = sum(p.T @ p for p in powers[:window])
+    A_w = powers[window - 1]
+    for scale in (1.0, 0.5):
+        P = torch.zeros(n, n)
+        for _ in range(500):
+            P = G + scale * A_w.T @ P @ A_w
+        if scale == 1.0:
+            torch.testing.assert_close(P, sum(p.T @ p for p in powers), atol=1e-5, rtol=1e-5)  # the true gradient
+        sg = SyntheticGradientModule(n)
+        core = types.SimpleNamespace(sg=sg, cfg=DNIConfig(scale=scale, lr=1e-2, max_grad_norm=None))
+        dni = SyntheticGradients(core)
+        h = torch.randn(batch, n)
+        first = torch.zeros(window + 1, batch, dtype=torch.bool)
+        batch_data = {"first": first, "reward": torch.zeros(window + 1, batch)}
+        for i in range(2000):
+            if i == 1400:  # a smaller step to settle on the mean of the noisy targets
+                dni.optimizer.param_groups[0]["lr"] = 2e-3
+            (h0,) = dni.leaf((h,))
+            hs, x = [], h0
+            for _ in range(window):
+                x = x @ A.T + 0.5 * torch.randn(batch, n)
+                hs.append(x)
+            loss = sum(0.5 * (s**2).sum() for s in hs)
+            outputs = {"dni/boundary_state": (hs[-1],)}
+            term, _ = dni.inject(batch_data, outputs)
+            (loss + term).backward()
+            metrics = dni.update((h0,), batch_data, outputs)
+            h = hs[-1].detach()
+        W = sg.out.weight.detach()  # M(h) = W h + b
+        rel = (W - P).norm() / P.norm()
+        assert rel < 0.05, (scale, rel.item())
+        assert sg.out.bias.detach().norm() < 0.05 * P.norm()
+        assert metrics["dni/cosine"] > 0.4  # noisy single-sample targets (about 0.56 here); M learns their mean
+        assert sg.out.weight.grad is None  # M's gradients are cleared after its step
+
+
+def test_m_loss_does_not_reach_the_core_and_m_is_not_in_the_agent_optimiser():
+    learner, net = _learner("dni_lstm")
+    sg_params = {id(p) for p in net.core.sg.parameters()}
+    assert not sg_params & {id(p) for g in learner.optimizer.param_groups for p in g["params"]}
+    learner.step(_rollout(0))  # M gets a first, non-zero step
+    rollout = _rollout(1)
+    from runners.actor_learner import net_inputs, rollout_to_batch
+
+    batch, state = rollout_to_batch(rollout, torch.device("cpu"))
+    leaf = learner.dni.leaf(state)
+    inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu")
+    outputs, _ = net(inputs, leaf)
+    loss, _ = learner.agent.loss_fn(learner.cfg, batch, outputs)
+    term, _ = learner.dni.inject(batch, outputs)
+    (loss + term).backward()
+    assert all(p.grad is None for p in net.core.sg.parameters())  # the injection treats M's output as a constant
+    before = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    m_before = [p.detach().clone() for p in net.core.sg.parameters()]
+    metrics = learner.dni.update(leaf, batch, outputs)
+    after = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
+    assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
+    assert any(not torch.equal(a, b) for a, b in zip(m_before, net.core.sg.parameters(), strict=True))
+    assert {"dni/sg_loss", "dni/cosine", "dni/pred_norm", "dni/target_norm"} <= set(metrics)
+
+
+def test_episode_starts_cut_the_synthetic_gradient():
+    learner, net = _learner("dni_lstm", scale=0.5)
+    with torch.no_grad():
+        net.core.sg.out.bias.fill_(1.0)  # a synthetic gradient everywhere
+    from runners.actor_learner import net_inputs, rollout_to_batch
+
+    # column 0: the next window starts an episode (slot T); column 1: one starts inside; 2, 3: none
+    batch, state = rollout_to_batch(_rollout(0, first_at=[(T, 0), (2, 1)]), torch.device("cpu"))
+    leaf = learner.dni.leaf(state)
+    outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), leaf)
+    term, _ = learner.dni.inject(batch, outputs)
+    term.backward()  # the injected term alone
+    grad = torch.cat([s.grad for s in leaf], -1)
+    assert torch.equal(grad[0], torch.zeros_like(grad[0]))  # nothing injected where the next window resets
+    assert torch.equal(grad[1], torch.zeros_like(grad[1]))  # the reset inside the window cuts the path to s_0
+    assert grad[2].abs().sum() > 0 and grad[3].abs().sum() > 0
+    # a window that starts an episode everywhere gives M nothing to learn from: no update
+    batch, state = rollout_to_batch(_rollout(1, first_at=[(0, b) for b in range(B)]), torch.device("cpu"))
+    leaf = learner.dni.leaf(state)
+    outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), leaf)
+    m_before = [p.detach().clone() for p in net.core.sg.parameters()]
+    (learner.agent.loss_fn(learner.cfg, batch, outputs)[0] + learner.dni.inject(batch, outputs)[0]).backward()
+    assert learner.dni.update(leaf, batch, outputs) == {}
+    assert all(torch.equal(a, b) for a, b in zip(m_before, net.core.sg.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("context", [("reward",), ("reward", "value")])
+def test_conditioned_m_and_the_aux_task_train(context):
+    learner, net = _learner("dni_lstm", context=context, aux_cost=0.1, hidden_size=16)
+    assert net.core.sg.hidden[0].in_features == 16 + len(context)
+    metrics = [learner.step(_rollout(s)) for s in range(6)]
+    assert all(np.isfinite(m["dni/sg_loss"]) and np.isfinite(m["dni/aux_loss"]) for m in metrics)
+    assert metrics[-1]["dni/pred_norm"] > 0  # M has moved off zero
+
+
+def test_dni_core_acts_like_an_lstm_for_the_actor():
+    cfg = ImpalaConfig(torso="mlp", hidden_sizes=(16,), core="dni_lstm", lstm_size=8)
+    net = ImpalaNet(SPEC, cfg)
+    x = {
+        "obs": torch.randn(1, 2, 6),
+        "first": torch.zeros(1, 2, dtype=torch.bool),
+        "prev_action": torch.zeros(1, 2, dtype=torch.long),
+        "prev_reward": torch.zeros(1, 2),
+    }
+    out, state = net(x, net.initial_state(2))
+    assert set(out) == {"policy_logits", "baseline"} and len(state) == 2  # one step: no window states
+
+
+def test_config_errors_name_the_fix(tmp_path):
+    catch = "configs/impala/catch.yaml"
+    with pytest.raises(ConfigError, match="dni_lstm"):
+        load_config(catch, ["agent.dni.scale=0.3"])
+    with pytest.raises(ConfigError, match="scale"):
+        load_config(catch, ["agent.core=dni_lstm", "agent.dni.scale=1.5"])
+    with pytest.raises(ConfigError, match="context"):
+        load_config(catch, ["agent.core=dni_lstm", "agent.dni.context=[returns]"])
+    cfg = load_config(catch, ["agent.core=dni_lstm", "agent.dni.context=[reward]"])
+    assert isinstance(ImpalaNet(SPEC, cfg.agent.model_copy(update={"torso": "mlp"})).core, DNILSTMCore)
+    # A run dir's config.yaml lists every field, the default dni section included: it loads for any core.
+    plain = load_config(catch)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(plain.model_dump(mode="json")))
+    assert load_config(saved).agent.dni == DNIConfig() and load_config(saved).agent.core == plain.agent.core
