@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
 
-BACKENDS = ("catch", "classic", "minatar", "atari", "atari_gym", "labyrinth")
+BACKENDS = ("catch", "memory", "classic", "minatar", "atari", "atari_gym", "labyrinth")
 
 __all__ = ["BACKENDS", "EnvCrashedError", "EnvSpec", "EpisodeTracker", "VecEnv", "make_vec_env"]
 
@@ -35,6 +35,12 @@ def make_vec_env(
         from envs.catch import CatchVecEnv
 
         return CatchVecEnv(num_envs, seed, **options)
+    if backend == "memory":
+        from envs.memory import DelayedCueVecEnv
+
+        if env_id != "delayed_cue":
+            raise ValueError(f"unknown memory task {env_id!r}; the memory backend has: delayed_cue")
+        return DelayedCueVecEnv(num_envs, seed, **options)
     if backend == "classic":
         from envs.classic import ClassicVecEnv
 

@@ -14,8 +14,9 @@ ratios, not absolute numbers, carry the comparison.
 round-robin order over the repeats (so that a noisy spell hits every measurement alike):
 
 - `env`: envpool stepping alone with random actions, the training config's env settings;
-- `impala_ff`, `impala_lstm`: `decoupled train` of `configs/impala/breakout.yaml` (feed-forward Nature CNN, and with
-  the LSTM core) on the game, agent steps/s from its metrics after a warm-up;
+- `impala_ff`, `impala_lstm`, `impala_dni`: `decoupled train` of `configs/impala/breakout.yaml` (feed-forward Nature
+  CNN, with the LSTM core, with the synthetic-gradient `dni_lstm` core) on the game, agent steps/s from its metrics
+  after a warm-up;
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 
@@ -140,6 +141,7 @@ THROUGHPUT_CONFIG = "configs/impala/breakout.yaml"
 TRAIN_VARIANTS: dict[str, list[str]] = {
     "impala_ff": [],
     "impala_lstm": ["agent.core=lstm", "agent.lstm_size=256"],
+    "impala_dni": ["agent.core=dni_lstm", "agent.lstm_size=256"],
 }
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
@@ -408,6 +410,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_ff", "sb3_a2c"),
         ("impala_ff", "sb3_ppo"),
         ("impala_lstm", "impala_ff"),
+        ("impala_dni", "impala_lstm"),
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
     ]

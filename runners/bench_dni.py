@@ -46,7 +46,8 @@ from agents.nets.cores import core_inputs
 from agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradients
 
 METHODS = ("bptt", "dni", "dni_aux")
-TASKS = ("recall", "copy", "repeat_copy")
+TASKS = ("recall", "copy", "repeat_copy", "delayed_cue")
+RL_METHODS = ("bptt", "dni", "dni_aux", "bptt_long")
 BITS = 8
 MAX_REPEATS = 3
 
@@ -148,7 +149,11 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
     T, B, H = args.truncation, args.batch, args.hidden
     probe = Stream(args.task, 1, 1, rng)
     cfg = DNIConfig(
-        enabled=method != "bptt", scale=args.scale, lr=args.sg_lr, aux_cost=args.aux_cost if method == "dni_aux" else 0
+        enabled=method != "bptt",
+        scale=args.scale,
+        lr=args.sg_lr,
+        aux_cost=args.aux_cost if method == "dni_aux" else 0,
+        normalize=args.sg_normalize,
     )
     curriculum = args.curriculum == "yes" or (args.curriculum == "auto" and args.task != "recall")
 
@@ -227,7 +232,9 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
 
 
 def bench_dni(args: argparse.Namespace) -> list[dict[str, Any]]:
-    methods = [m.strip() for m in args.methods.split(",")]
+    if args.task == "delayed_cue":
+        return bench_delayed_cue(args)
+    methods = [m.strip() for m in (args.methods or ",".join(METHODS)).split(",")]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"bench dni: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -254,17 +261,128 @@ def bench_dni(args: argparse.Namespace) -> list[dict[str, Any]]:
                 summary[f"{m}_beats_bptt_on_every_seed"] = all(
                     d > b for d, b in zip(results[m], results["bptt"], strict=True)
                 )
-    summary["settings"] = {k: getattr(args, k) for k in ("hidden", "batch", "lr", "sg_lr", "scale", "aux_cost")}
+    keys = ("hidden", "batch", "lr", "sg_lr", "scale", "aux_cost", "sg_normalize")
+    summary["settings"] = {k: getattr(args, k) for k in keys}
     print(json.dumps(summary), flush=True)
     out.append(summary)
     return out
+
+
+# ----------------------------------------------------------------------------------------------- RL: delayed cue
+RL_CONFIG = "configs/impala/delayed_cue.yaml"
+
+
+def _rl_overrides(args: argparse.Namespace, method: str, seed: int) -> list[str]:
+    unroll = args.long_unroll or args.delay + 1 if method == "bptt_long" else args.truncation
+    o = [
+        f"env.delay={args.delay}", f"runner.unroll_length={unroll}", f"runner.seed={seed}",
+        f"runner.total_env_frames={args.frames}", f"optim.lr={args.agent_lr}", "wandb.mode=disabled",
+        f"runner.log_every_env_frames={max(1000, args.frames // 100)}", "runner.torch_threads=1",
+    ]  # fmt: skip
+    if method in ("dni", "dni_aux"):
+        o += ["agent.core=dni_lstm", f"agent.dni.scale={args.scale}", f"agent.dni.lr={args.sg_lr}"]
+        o.append(f"agent.dni.normalize={str(args.sg_normalize).lower()}")
+        if method == "dni_aux":
+            o.append(f"agent.dni.aux_cost={args.aux_cost}")
+    return o
+
+
+def _rl_run(config: str, overrides: list[str], run_dir: str) -> list[tuple[int, float]]:
+    """One training run (in a worker process); returns its (env frames, train return) curve."""
+    import shutil
+    from pathlib import Path
+
+    from runners.config import load_config
+    from runners.plot import read_metrics
+    from runners.train import train
+
+    shutil.rmtree(run_dir, ignore_errors=True)
+    train(load_config(config, overrides), Path(run_dir))
+    rows = read_metrics(run_dir)
+    return [(int(r["env_frames"]), float(r["train/episode_return"])) for r in rows if "train/episode_return" in r]
+
+
+def bench_delayed_cue(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`impala` on the delayed-cue task (envs/memory.py): LSTM at unroll T (truncated BPTT), `dni_lstm` at T, and the
+    LSTM at a long unroll that holds a whole episode. One JSON line per method: the return over the last 10% of
+    training per seed and the env frames until the return first reached 0.9; curves in `--out`."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    from pathlib import Path
+
+    methods = [m.strip() for m in (args.methods or "bptt,dni,bptt_long").split(",")]
+    unknown = [m for m in methods if m not in RL_METHODS]
+    if unknown:
+        raise SystemExit(f"bench dni: unknown RL method(s) {unknown}; choose from {', '.join(RL_METHODS)}")
+    out_dir = Path(args.out)
+    config = Path(args.config)
+    if not config.is_file():  # run from elsewhere than the repository root
+        config = Path(__file__).resolve().parents[1] / args.config
+    jobs = [(m, s) for m in methods for s in range(args.seeds)]
+    t0 = time.time()
+    with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {
+            job: pool.submit(_rl_run, str(config), _rl_overrides(args, *job), str(out_dir / f"{job[0]}_s{job[1]}"))
+            for job in jobs
+        }
+        curves = {job: f.result() for job, f in futures.items()}
+    records = []
+    for m in methods:
+        finals, reach = [], []
+        for s in range(args.seeds):
+            c = curves[(m, s)]
+            tail = [r for f, r in c if f >= 0.9 * args.frames] or [c[-1][1]]
+            finals.append(round(statistics.fmean(tail), 3))
+            reach.append(next((f for f, r in c if r >= 0.9), None))
+        record = {
+            "bench": "dni", "task": "delayed_cue", "method": m, "delay": args.delay,
+            "unroll": args.long_unroll or args.delay + 1 if m == "bptt_long" else args.truncation,
+            "final_return_per_seed": finals, "median_final_return": statistics.median(finals),
+            "frames_to_0.9_per_seed": reach, "frames": args.frames,
+        }  # fmt: skip
+        print(json.dumps(record), flush=True)
+        records.append(record)
+    summary = {
+        "bench": "dni", "what": "summary", "task": "delayed_cue", "delay": args.delay, "truncation": args.truncation,
+        "seconds": round(time.time() - t0, 1), "curves": str(out_dir / "delayed_cue.png"),
+        "settings": {k: getattr(args, k) for k in ("agent_lr", "sg_lr", "scale", "aux_cost", "sg_normalize")},
+    }  # fmt: skip
+    _plot_rl(curves, methods, args, out_dir / "delayed_cue.png")
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
+def _plot_rl(curves: dict, methods: list[str], args: argparse.Namespace, path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, m in enumerate(methods):
+        color = f"C{i}"
+        unroll = args.long_unroll or args.delay + 1 if m == "bptt_long" else args.truncation
+        for s in range(args.seeds):
+            f, r = zip(*curves[(m, s)], strict=True)
+            ax.plot(f, r, color=color, alpha=0.8, lw=1, label=f"{m} (unroll {unroll})" if s == 0 else None)
+    ax.set_xlabel("env frames")
+    ax.set_ylabel("train return (last 100 episodes)")
+    ax.set_ylim(-0.3, 1.05)
+    ax.set_title(f"delayed cue, delay {args.delay}: {args.seeds} seeds per method")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=TASKS, default="recall")
     p.add_argument("--truncation", type=int, default=3, help="BPTT window T (steps per update)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument(
+        "--methods", default=None, help=f"comma-separated: {', '.join(METHODS)} (supervised tasks; default all), "
+        f"{', '.join(RL_METHODS)} (delayed_cue; default bptt,dni,bptt_long)",
+    )  # fmt: skip
     p.add_argument("--updates-per-level", type=int, default=4000, help="budget to solve one level before stopping")
     p.add_argument("--max-level", type=int, default=30, help="stop the curriculum after this level")
     p.add_argument("--start-level", type=int, default=1, help="the first level tried")
@@ -279,6 +397,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sg-lr", type=float, default=1e-3, help="Adam, the synthetic-gradient module")
     p.add_argument("--scale", type=float, default=0.1, help="lambda: SG scale / bootstrap discount")
     p.add_argument("--aux-cost", type=float, default=0.1, help="dni_aux: weight of the future-SG prediction")
+    p.add_argument("--sg-normalize", action="store_true", help="M predicts in units of its targets' running RMS")
+    rl = p.add_argument_group("delayed_cue (RL: impala, configs/impala/delayed_cue.yaml)")
+    rl.add_argument("--delay", type=int, default=8, help="steps between the cue and the answer")
+    rl.add_argument("--frames", type=int, default=3_000_000, help="env frames per run")
+    rl.add_argument("--long-unroll", type=int, default=0, help="bptt_long's unroll; 0: delay + 1 (a whole episode)")
+    rl.add_argument("--agent-lr", type=float, default=3e-4, help="the agent's Adam learning rate")
+    rl.add_argument("--config", default=RL_CONFIG)
+    rl.add_argument("--out", default="runs/bench_dni_delayed_cue", help="run dirs and delayed_cue.png")
+    rl.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
     p.add_argument("--verbose", action="store_true", help="progress and M's statistics every 100 updates (stderr)")
 
 

@@ -51,6 +51,16 @@ class CatchEnvConfig(_EnvBase):
         return {"rows": self.rows, "columns": self.columns}
 
 
+class MemoryEnvConfig(_EnvBase):
+    backend: Literal["memory"]
+    id: Literal["delayed_cue"] = "delayed_cue"
+    delay: int = Field(10, ge=1, le=10_000, description="steps between the cue and the query (envs/memory.py)")
+    num_cues: int = Field(2, ge=2, le=64)
+
+    def options(self) -> dict[str, Any]:
+        return {"delay": self.delay, "num_cues": self.num_cues}
+
+
 class ClassicEnvConfig(_EnvBase):
     backend: Literal["classic"]
     id: str = Field(description="a gymnasium classic-control id with discrete actions, e.g. CartPole-v1")
@@ -116,10 +126,10 @@ class LabyrinthEnvConfig(_EnvBase):
 
 
 EnvConfig = Annotated[
-    CatchEnvConfig | ClassicEnvConfig | MinAtarEnvConfig | AtariEnvConfig | LabyrinthEnvConfig,
+    CatchEnvConfig | MemoryEnvConfig | ClassicEnvConfig | MinAtarEnvConfig | AtariEnvConfig | LabyrinthEnvConfig,
     Field(discriminator="backend"),
 ]
-_ENV_TAGS = {"catch", "classic", "minatar", "atari", "atari_gym", "labyrinth"}
+_ENV_TAGS = {"catch", "memory", "classic", "minatar", "atari", "atari_gym", "labyrinth"}
 
 
 # ----------------------------------------------------------------------------------------------- other sections
@@ -195,7 +205,7 @@ class ConfigBase(_Section):
     @model_validator(mode="after")
     def _torso_fits_env(self) -> ConfigBase:
         torso = getattr(self.agent, "torso", None)  # type: ignore[attr-defined]
-        if torso is not None and torso != "mlp" and self.env.backend in ("classic",):
+        if torso is not None and torso != "mlp" and self.env.backend in ("classic", "memory"):
             raise ValueError(
                 f"agent.torso={torso} needs image observations; env backend {self.env.backend} gives vectors"
             )

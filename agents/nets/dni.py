@@ -8,7 +8,8 @@ boundary state is s_T (the state the next window starts from):
 
     inject:  loss += < lambda * sg(M(s_T)), s_T >                     (so dloss/ds_T gets lambda * M(s_T))
     target:  delta_0 = dloss/ds_0 = true gradient inside the window + lambda * M(s_T) ds_T/ds_0
-    train M: || M(s_0) - sg(delta_0) ||^2, with its own optimiser and gradient clip
+    train M: || M(s_0) - sg(delta_0) / sigma ||^2, its own optimiser and gradient clip (sigma: below; inject
+             then uses lambda * sigma * M(s_T))
 
 `lambda` (`dni.scale`, below 1) scales the injected gradient and, through the target, discounts the bootstrap:
 with lambda = 1 the bootstrap feeds on itself through the near-identity cell path and diverges (the spec's
@@ -22,6 +23,14 @@ left out of M's regression (M predicts the gradient of a continuing episode; the
 Episode starts inside the window cut the true gradient and the bootstrap path in the LSTM itself (the state is
 multiplied by 0).
 
+Target scale (`dni.normalize`, off by default): the gradients M regresses are as small as the loss makes them
+(~1e-3 early on), while Adam moves M's output by about its learning rate per step whatever the gradient's size, so
+an unnormalised M predicts 10-100x more than its targets at first. With `normalize` M predicts delta / sigma, sigma
+a running RMS of the target entries (kept in checkpoints), and the injection is lambda * sigma * M(s_T). It is
+not the default because it did worse where measured: on `recall` (T=3, D=4) the normalised M stays at chance
+where the unnormalised one solves it, its early oversized predictions apparently being what first makes the state
+carry the bit (BENCHMARKS.md, DNI section). With M at zero either way training starts as exact truncated BPTT.
+
 Options: `dni.context` conditions M on more than the state (cDNI): the clipped reward into the boundary slot and/or
 the agent's (detached) value there. `dni.aux_cost` > 0 adds DNI+Aux: a head on the state after the window's first
 step predicts the synthetic gradient injected at the window's end, an MSE loss whose gradient trains the core.
@@ -32,6 +41,7 @@ finds it with `SyntheticGradients.for_net(net)`, so an agent that uses the `dni_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -58,6 +68,10 @@ class DNIConfig(BaseModel):
         (), description="cDNI: condition M on the clipped reward into the boundary slot and/or the value there"
     )
     aux_cost: float = Field(0.0, ge=0.0, description="DNI+Aux: weight of predicting the window-end synthetic gradient")
+    normalize: bool = Field(
+        False, description="M predicts the gradient in units of a running RMS of its targets (scale-free; see below)"
+    )
+    normalize_decay: float = Field(0.99, ge=0.0, lt=1.0, description="decay of that running RMS")
 
 
 class SyntheticGradientModule(nn.Module):
@@ -130,6 +144,8 @@ class SyntheticGradients:
         self.core, self.cfg = core, core.cfg
         self.optimizer = torch.optim.Adam(core.sg.parameters(), lr=self.cfg.lr)
         self.updates = 0
+        self.sigma = 1.0  # the running RMS of the target entries (dni.normalize); 1 until the first target
+        self.sigma_seen = False
 
     @classmethod
     def for_net(cls, net: nn.Module) -> SyntheticGradients | None:
@@ -160,7 +176,7 @@ class SyntheticGradients:
         window starts an episode), plus the DNI+Aux loss."""
         s_T = _cat(outputs["dni/boundary_state"])
         with torch.no_grad():
-            g = self.cfg.scale * self.core.sg(s_T.detach(), self.context(batch, outputs, -1))
+            g = self.cfg.scale * self.sigma * self.core.sg(s_T.detach(), self.context(batch, outputs, -1))
             g = g * (~batch["first"][-1]).unsqueeze(-1).float()
         term = (g * s_T).sum()
         metrics = {"dni/injected_norm": g.norm(dim=-1).mean()}
@@ -179,11 +195,17 @@ class SyntheticGradients:
         s0 = _cat(leaf_state).detach()
         target = torch.cat([s.grad if s.grad is not None else torch.zeros_like(s) for s in leaf_state], -1)
         valid = ~batch["first"][0]
-        pred = self.core.sg(s0, self.context(batch, outputs, 0))
         n = int(valid.sum())
         if n == 0:
             return {}
-        err = ((pred - target) ** 2).sum(-1)[valid]
+        if self.cfg.normalize:
+            rms = float(target[valid].pow(2).mean().sqrt())
+            if math.isfinite(rms) and rms > 0.0:
+                d = self.cfg.normalize_decay
+                self.sigma = rms if not self.sigma_seen else d * self.sigma + (1.0 - d) * rms
+                self.sigma_seen = True
+        pred = self.core.sg(s0, self.context(batch, outputs, 0))
+        err = ((pred - target / self.sigma) ** 2).sum(-1)[valid]
         loss = err.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -194,10 +216,11 @@ class SyntheticGradients:
         self.optimizer.zero_grad(set_to_none=True)  # M's gradients must not reach the agent's clip or optimiser
         self.updates += 1
         with torch.no_grad():
-            p, t = pred.detach()[valid], target[valid]
+            p, t = pred.detach()[valid] * self.sigma, target[valid]  # both in gradient units
             cos = torch.nn.functional.cosine_similarity(p, t, dim=-1, eps=1e-12)
             return {
                 "dni/sg_loss": float(loss),
+                "dni/target_scale": self.sigma,
                 "dni/cosine": float(cos.mean()),
                 "dni/pred_norm": float(p.norm(dim=-1).mean()),
                 "dni/target_norm": float(t.norm(dim=-1).mean()),
@@ -205,8 +228,15 @@ class SyntheticGradients:
 
     # ------------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+            "sigma": self.sigma,
+            "sigma_seen": self.sigma_seen,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.updates = int(state.get("updates", 0))
+        self.sigma = float(state.get("sigma", 1.0))
+        self.sigma_seen = bool(state.get("sigma_seen", False))

@@ -74,3 +74,43 @@ def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_o
     proc = subprocess.run(plot, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_bench_dni_recall_solves_delays_inside_the_window_with_every_method():
+    """Delays 1 and 2 fit in a window of 3: truncated BPTT and DNI alike must solve them within the budget."""
+    cmd = [sys.executable, "-m", "runners.cli", "bench", "dni", "--task", "recall", "--truncation", "3"]
+    cmd += ["--seeds", "1", "--max-level", "2", "--updates-per-level", "2500"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _json_lines(proc.stdout)
+    by_method = {r["method"]: r for r in lines if "method" in r}
+    assert set(by_method) == {"bptt", "dni", "dni_aux"}
+    for r in by_method.values():
+        assert r["max_solved_per_seed"] == [2], r["runs"]
+        assert all(level["score"] >= 0.95 for level in r["runs"][0]["levels"])
+    summary = lines[-1]
+    assert summary["what"] == "summary" and summary["dni_median_max_solved"] == 2
+    assert summary["dni_beats_bptt_on_every_seed"] is False  # equal, not better, inside the window
+
+
+@pytest.mark.slow
+def test_bench_dni_delayed_cue_trains_each_method_and_plots(tmp_path):
+    out = tmp_path / "dc"
+    cmd = [sys.executable, "-m", "runners.cli", "bench", "dni", "--task", "delayed_cue", "--truncation", "2"]
+    cmd += ["--delay", "3", "--seeds", "1", "--frames", "6000", "--jobs", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # the config from any cwd
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = _json_lines(proc.stdout)
+    by_method = {r["method"]: r for r in lines if "method" in r}
+    assert set(by_method) == {"bptt", "dni", "bptt_long"}
+    assert by_method["bptt"]["unroll"] == 2 and by_method["bptt_long"]["unroll"] == 4
+    for m, r in by_method.items():
+        assert len(r["final_return_per_seed"]) == 1 and -1.0 <= r["final_return_per_seed"][0] <= 1.0
+        cfg = (out / f"{m}_s0" / "config.yaml").read_text()
+        assert ("dni_lstm" in cfg) == (m == "dni")
+        assert (out / f"{m}_s0" / "metrics.jsonl").stat().st_size > 0
+    assert (out / "delayed_cue.png").stat().st_size > 1000
