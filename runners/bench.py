@@ -449,7 +449,9 @@ def add_parser(sub: Any) -> None:
     pp.set_defaults(func=lambda a: (peer.train_peer(a), 0)[1])
     from runners import bench_dni
 
-    dn = bsub.add_parser("dni", help="the DNI paper's recall/copy tasks: longest dependency solved, BPTT vs DNI")
+    dn = bsub.add_parser(
+        "dni", help="DNI vs truncated BPTT: the paper's recall/copy tasks (longest dependency), RL delayed cue (curves)"
+    )
     bench_dni.add_arguments(dn)
     dn.set_defaults(func=lambda a: (bench_dni.bench_dni(a), 0)[1])
 

@@ -2,6 +2,7 @@
 against synthetic gradients at the same truncation, with the agents' own `dni_lstm` core and learner code.
 
     decoupled bench dni --task recall --truncation 3 --seeds 3 [--methods bptt,dni,dni_aux]
+    decoupled bench dni --task delayed_cue --truncation 4 --delay 8 --seeds 3 [--frames 3000000]
 
 An LSTM reads an endless stream in windows of `--truncation` steps, carrying its state from window to window
 (and resetting it where a task episode starts, as agents do); truncated BPTT stops the gradient at each window's
@@ -23,7 +24,12 @@ Tasks (one JSON line per method, then a summary line):
 * `repeat_copy`: the same with a repeat count R (1-3) given with the delimiter; the N vectors are to be written R
   times, then an end marker. Level: N.
 
-Every update uses the learner's window layout: T+1 steps whose last one starts the next window, the loss on the
+* `delayed_cue` (RL, `impala` on envs/memory.py's task): the LSTM at unroll `--truncation` (truncated BPTT),
+  `dni_lstm` at the same unroll, and the LSTM at an unroll holding a whole episode (`bptt_long`), each over
+  `--seeds`, `--jobs` runs at a time; one JSON line per method (final return per seed, frames until the return
+  first reached 0.9) and `delayed_cue.png` with every run's curve in `--out`.
+
+Every update of the supervised tasks uses the learner's window layout: T+1 steps whose last one starts the next window, the loss on the
 first T, Adam for the LSTM and its readout, M with its own Adam (`--sg-lr`), gradient-norm clip 1 for both.
 """
 
@@ -272,8 +278,13 @@ def bench_dni(args: argparse.Namespace) -> list[dict[str, Any]]:
 RL_CONFIG = "configs/impala/delayed_cue.yaml"
 
 
+def _unroll(args: argparse.Namespace, method: str) -> int:
+    """bptt_long's unroll holds a whole episode (delay + 1 steps) unless --long-unroll says otherwise."""
+    return (args.long_unroll or args.delay + 1) if method == "bptt_long" else args.truncation
+
+
 def _rl_overrides(args: argparse.Namespace, method: str, seed: int) -> list[str]:
-    unroll = args.long_unroll or args.delay + 1 if method == "bptt_long" else args.truncation
+    unroll = _unroll(args, method)
     o = [
         f"env.delay={args.delay}", f"runner.unroll_length={unroll}", f"runner.seed={seed}",
         f"runner.total_env_frames={args.frames}", f"optim.lr={args.agent_lr}", "wandb.mode=disabled",
@@ -336,7 +347,7 @@ def bench_delayed_cue(args: argparse.Namespace) -> list[dict[str, Any]]:
             reach.append(next((f for f, r in c if r >= 0.9), None))
         record = {
             "bench": "dni", "task": "delayed_cue", "method": m, "delay": args.delay,
-            "unroll": args.long_unroll or args.delay + 1 if m == "bptt_long" else args.truncation,
+            "unroll": _unroll(args, m),
             "final_return_per_seed": finals, "median_final_return": statistics.median(finals),
             "frames_to_0.9_per_seed": reach, "frames": args.frames,
         }  # fmt: skip
@@ -361,7 +372,7 @@ def _plot_rl(curves: dict, methods: list[str], args: argparse.Namespace, path: A
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, m in enumerate(methods):
         color = f"C{i}"
-        unroll = args.long_unroll or args.delay + 1 if m == "bptt_long" else args.truncation
+        unroll = _unroll(args, m)
         for s in range(args.seeds):
             f, r = zip(*curves[(m, s)], strict=True)
             ax.plot(f, r, color=color, alpha=0.8, lw=1, label=f"{m} (unroll {unroll})" if s == 0 else None)

@@ -134,11 +134,15 @@ _ENV_TAGS = {"catch", "memory", "classic", "minatar", "atari", "atari_gym", "lab
 
 # ----------------------------------------------------------------------------------------------- other sections
 class OptimConfig(_Section):
-    name: Literal["rmsprop", "adam"] = "rmsprop"
+    name: Literal["rmsprop", "rmsprop_tf", "adam"] = Field(
+        "rmsprop",
+        description="rmsprop: torch's (eps added outside the square root, mean square starts at 0); rmsprop_tf: "
+        "TensorFlow's, as the IMPALA paper's code used it (eps inside the square root, mean square starts at 1)",
+    )
     lr: float = Field(6e-4, gt=0.0, le=1.0, description="IMPALA Atari: 0.0006")
     lr_schedule: Literal["linear", "constant"] = Field("linear", description="linear: anneal to 0 over the run")
     alpha: float = Field(0.99, gt=0.0, lt=1.0, description="RMSProp decay")
-    eps: float = Field(0.01, gt=0.0, description="RMSProp/Adam epsilon (torch's: added outside the square root)")
+    eps: float = Field(0.01, gt=0.0, description="RMSProp/Adam epsilon (rmsprop_tf: inside the square root)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     max_grad_norm: float | None = Field(40.0, gt=0.0, description="global gradient-norm clip; null: none")
 

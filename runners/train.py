@@ -87,6 +87,10 @@ def make_optimizer(cfg: ConfigBase, params) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum)
+    if o.name == "rmsprop_tf":  # tf.train.RMSPropOptimizer's semantics, as in the IMPALA paper's code
+        from stable_baselines3.common.sb2_compat.rmsprop_tf_like import RMSpropTFLike
+
+        return RMSpropTFLike(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum)
     return torch.optim.Adam(params, lr=o.lr, eps=o.eps)
 
 

@@ -100,3 +100,21 @@ def test_cli_bad_key_exits_nonzero_fast_and_names_key(tmp_path):
     assert "runner.no_such_key" in proc.stderr
     assert time.time() - t0 < 15
     assert not (tmp_path / "metrics.jsonl").exists()  # nothing started
+
+
+def test_rmsprop_tf_is_tensorflows_rmsprop():
+    """optim.name=rmsprop_tf: the mean square starts at 1 and eps sits inside the square root (tf.train.RMSProp)."""
+    import torch
+
+    from runners.train import make_optimizer
+
+    cfg = load_config("configs/impala/catch.yaml", ["optim.name=rmsprop_tf", "optim.lr=0.1", "optim.eps=0.01"])
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = make_optimizer(cfg, [p])
+    g = torch.tensor([0.5, 0.001])
+    p.grad = g.clone()
+    opt.step()
+    ms = 0.99 * 1.0 + 0.01 * g**2
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, -2.0]) - 0.1 * g / torch.sqrt(ms + 0.01))
+    torch_rms = make_optimizer(load_config("configs/impala/catch.yaml", ["optim.name=rmsprop", "optim.lr=0.1"]), [p])
+    assert type(torch_rms) is torch.optim.RMSprop and type(opt) is not torch.optim.RMSprop
