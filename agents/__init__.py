@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agents.base import AgentConfigBase, AgentDef
 
-_AGENT_MODULES = {"impala": "agents.impala"}
+_AGENT_MODULES = {"impala": "agents.impala", "unreal": "agents.unreal"}
 
 
 def agent_names() -> tuple[str, ...]:

@@ -34,5 +34,11 @@ class AgentDef:
     # Keys the actor must record per step beyond the base ones (obs, action, reward, terminated, truncated,
     # behaviour_logits, truncation_value); each maps to a key of the net's outputs.
     actor_keys: tuple[str, ...] = ()
+    # Agents that learn from replayed experience (envs/replay.py): make_replay(cfg, spec, net, unroll_length, seed)
+    # -> a replay or None; the learner adds every rollout to it, asks sample_replay(cfg, replay) for a dict of
+    # numpy arrays (None: nothing to replay yet), moves it to the device as batch["replay"], and puts
+    # replay_outputs(cfg, net, batch["replay"]) into outputs["replay"] before calling loss_fn.
     make_replay: Callable[..., Any] | None = None
+    sample_replay: Callable[[Any, Any], dict[str, Any] | None] | None = None
+    replay_outputs: Callable[[Any, torch.nn.Module, dict[str, Any]], dict[str, torch.Tensor]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

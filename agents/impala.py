@@ -15,6 +15,7 @@ previous unroll, so the learner sees T transitions and the value of the state af
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -48,6 +49,11 @@ class ImpalaConfig(AgentConfigBase):
     )
     lstm_size: int = Field(256, ge=1)
     dni: DNIConfig = Field(DNIConfig(), description="the synthetic-gradient core's settings (core: dni_lstm)")
+    init: Literal["torch", "orthogonal"] = Field(
+        "torch",
+        description="parameter init: torch's layer defaults (TorchBeast's), or orthogonal with gain sqrt(2) for the "
+        "torso, 0.01 for the policy head and 1 for the baseline head, biases 0 (OpenAI baselines / SB3 / CleanRL)",
+    )
     channels_last: bool = Field(
         True, description="conv torsos compute in NHWC layout (oneDNN's fast path on the CPU; false: NCHW)"
     )
@@ -81,6 +87,10 @@ class ImpalaNet(nn.Module):
         self.torso = make_torso(cfg.torso, spec.obs_shape, obs_scale, tuple(cfg.hidden_sizes), cfg.channels_last)
         self.core = make_core(cfg.core, self.torso.out_size, spec.num_actions, cfg.lstm_size, cfg.dni)
         self.heads = PolicyBaselineHead(self.core.out_size, spec.num_actions)
+        if cfg.init == "orthogonal":
+            orthogonal_init(self.torso, math.sqrt(2.0))
+            orthogonal_init(self.heads.policy, 0.01)
+            orthogonal_init(self.heads.baseline, 1.0)
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
         return self.core.initial_state(batch_size, device)
@@ -95,6 +105,18 @@ class ImpalaNet(nn.Module):
             features, inputs["prev_action"], inputs["prev_reward"], inputs["first"], state, extras=extras
         )
         return {**self.heads(core_out), **extras}, state
+
+
+def orthogonal_init(module: nn.Module, gain: float) -> None:
+    """Orthogonal weights (Saxe et al. 2014) with `gain` and zero biases for every conv and linear layer of `module`,
+    as OpenAI baselines' Atari nets are initialised."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            w = torch.empty(m.weight.shape)  # contiguous: channels-last conv weights cannot be viewed flat
+            nn.init.orthogonal_(w, gain)
+            with torch.no_grad():
+                m.weight.copy_(w)
+            nn.init.zeros_(m.bias)
 
 
 def make_net(spec: EnvSpec, cfg: ImpalaConfig) -> ImpalaNet:

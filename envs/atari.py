@@ -157,7 +157,8 @@ def _check_readback(backend: str, env_id: str, expected: dict[str, Any], actual:
 
 
 def _atari_spec(game: str, frame_stack: int, num_actions: int, meanings: list[str] | None) -> EnvSpec:
-    extra: dict[str, Any] = {"obs_scale": 1.0 / 255.0}
+    # frame_stack: the channels are the newest frames, oldest first (pixel control reads the newest one only)
+    extra: dict[str, Any] = {"obs_scale": 1.0 / 255.0, "frame_stack": int(frame_stack)}
     if meanings is not None:
         extra["action_meanings"] = meanings
     return EnvSpec(

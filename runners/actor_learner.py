@@ -10,6 +10,7 @@ changing. Serial mode alternates the two in one thread with one shared net.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -257,6 +258,19 @@ def rollout_to_batch(
     return batch, state
 
 
+def replay_to_batch(sample: Any, device: torch.device, staging: HostStaging, key: str = "replay") -> Any:
+    """An agent's replay sample (nested dicts / lists of numpy arrays) -> the same structure of tensors; every dict
+    with `terminated` and `truncated` also gets `first`, as a rollout batch does."""
+    if isinstance(sample, dict):
+        out = {k: replay_to_batch(v, device, staging, f"{key}/{k}") for k, v in sample.items()}
+        if "terminated" in out and "truncated" in out:
+            out["first"] = out["terminated"] | out["truncated"]
+        return out
+    if isinstance(sample, list | tuple):
+        return tuple(replay_to_batch(v, device, staging, f"{key}/{i}") for i, v in enumerate(sample))
+    return staging.to_device(key, np.asarray(sample), device)
+
+
 class NonFiniteError(RuntimeError):
     pass
 
@@ -273,8 +287,10 @@ class Learner:
         device: torch.device,
         max_grad_norm: float | None,
         max_nonfinite_updates: int,
+        replay: Any = None,
     ):
         self.agent, self.cfg, self.net, self.optimizer, self.device = agent, agent_cfg, net, optimizer, device
+        self.replay = replay  # the agent's replay (envs/replay.py), for agents that learn from replay
         self.max_grad_norm = max_grad_norm
         self.max_nonfinite = max_nonfinite_updates
         self.nonfinite_in_a_row = 0
@@ -284,14 +300,24 @@ class Learner:
         self.dni = SyntheticGradients.for_net(net)  # a dni_lstm core: its module M and M's optimiser
 
     def extra_state(self) -> dict[str, Any]:
-        """What a checkpoint needs beyond the net and the agent's optimiser."""
-        return {"dni": self.dni.state_dict()} if self.dni is not None else {}
+        """What a checkpoint needs beyond the net and the agent's optimiser: M's optimiser, the replay contents."""
+        out: dict[str, Any] = {}
+        if self.dni is not None:
+            out["dni"] = self.dni.state_dict()
+        if self.replay is not None:
+            out["replay"] = self.replay.state_dict()
+        return out
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.dni is not None:
             if "dni" not in state:
                 raise ValueError("the checkpoint has no synthetic-gradient optimiser state for this dni_lstm core")
             self.dni.load_state_dict(state["dni"])
+        if self.replay is not None:
+            if "replay" in state:
+                self.replay.load_state_dict(state["replay"])
+            else:  # e.g. auxiliary costs raised from 0 on resume: nothing was replayed before
+                print("the checkpoint holds no replay contents: the replay starts empty", file=sys.stderr, flush=True)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -304,6 +330,12 @@ class Learner:
             state = self.dni.leaf(state)  # its gradient is the synthetic-gradient module's target
         inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], self.device)
         outputs, _ = self.net(inputs, state)
+        if self.replay is not None:
+            self.replay.add(rollout)
+            sample = self.agent.sample_replay(self.cfg, self.replay)
+            if sample is not None:
+                batch["replay"] = replay_to_batch(sample, self.device, self.staging)
+                outputs["replay"] = self.agent.replay_outputs(self.cfg, self.net, batch["replay"])
         loss, metrics = self.agent.loss_fn(self.cfg, batch, outputs)
         if self.dni is not None:
             injected, dni_metrics = self.dni.inject(batch, outputs)
@@ -333,6 +365,8 @@ class Learner:
             self.version += 1
             if self.dni is not None:
                 result.update(self.dni.update(state, batch, outputs))
+        if self.replay is not None:
+            result["aux/replay/steps"] = self.replay.num_steps
         result["train/nonfinite_skips"] = self.nonfinite_total
         result["train/policy_lag"] = lag
         result["train/lr"] = self.optimizer.param_groups[0]["lr"]

@@ -16,7 +16,8 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
 - `env`: envpool stepping alone with random actions, the training config's env settings;
 - `impala_ff`, `impala_lstm`, `impala_dni`: `decoupled train` of `configs/impala/breakout.yaml` (feed-forward Nature
   CNN, with the LSTM core, with the synthetic-gradient `dni_lstm` core) on the game, agent steps/s from its metrics
-  after a warm-up;
+  after a warm-up; `unreal`: the same for `configs/unreal/breakout.yaml` (the LSTM agent plus UNREAL's auxiliary
+  tasks on replay; its peer is `impala_lstm`);
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 
@@ -143,6 +144,9 @@ TRAIN_VARIANTS: dict[str, list[str]] = {
     "impala_lstm": ["agent.core=lstm", "agent.lstm_size=256"],
     "impala_dni": ["agent.core=dni_lstm", "agent.lstm_size=256"],
 }
+# training measurements with a config of their own (the same game and env count are set on them)
+VARIANT_CONFIGS: dict[str, str] = {"unreal": "configs/unreal/breakout.yaml"}
+TRAIN_VARIANTS["unreal"] = []
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
 
@@ -196,7 +200,7 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
         "wandb.mode=disabled",
         *TRAIN_VARIANTS[a["what"]],
     ]
-    cfg = load_config(_config_path(a["config"]), overrides)
+    cfg = load_config(_config_path(VARIANT_CONFIGS.get(a["what"], a["config"])), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         train(cfg, tmp)
         recs = [json_mod.loads(line) for line in open(f"{tmp}/metrics.jsonl")]
@@ -411,6 +415,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_ff", "sb3_ppo"),
         ("impala_lstm", "impala_ff"),
         ("impala_dni", "impala_lstm"),
+        ("unreal", "impala_lstm"),
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
     ]

@@ -29,8 +29,9 @@ Tasks (one JSON line per method, then a summary line):
   `--seeds`, `--jobs` runs at a time; one JSON line per method (final return per seed, frames until the return
   first reached 0.9) and `delayed_cue.png` with every run's curve in `--out`.
 
-Every update of the supervised tasks uses the learner's window layout: T+1 steps whose last one starts the next window, the loss on the
-first T, Adam for the LSTM and its readout, M with its own Adam (`--sg-lr`), gradient-norm clip 1 for both.
+Every update of the supervised tasks uses the learner's window layout: T+1 steps whose last one starts the next
+window, the loss on the first T, Adam for the LSTM and its readout, M with its own Adam (`--sg-lr`), gradient-norm
+clip 1 for both.
 """
 
 from __future__ import annotations

@@ -217,7 +217,10 @@ def _train_with_env(
 
     net = agent.make_net(env.spec, cfg.agent).to(device)
     optimizer = make_optimizer(cfg, main_parameters(net))  # a dni_lstm core's M has its own
-    learner = Learner(agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates)
+    replay = agent.make_replay(cfg.agent, env.spec, net, r.unroll_length, r.seed) if agent.make_replay else None
+    learner = Learner(
+        agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates, replay
+    )
     if r.mode == "serial":
         actor = Actor(actor_envs[0], net, r.unroll_length, device)
         source: SerialRollouts | AsyncRollouts = SerialRollouts(actor, lambda: learner.version, seeds[0])

@@ -79,6 +79,11 @@ class NatureCNN(_ScaledInput):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.convs(self._float(obs))))
 
+    def forward_maps(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, the last conv layer's maps [N, 64, h, w]) in one pass (UNREAL's feature control)."""
+        maps = self.convs[:-1](self._float(obs))
+        return F.relu(self.fc(maps.flatten(1))), maps
+
 
 class _ResidualBlock(nn.Module):
     def __init__(self, channels: int):
@@ -123,6 +128,11 @@ class ImpalaResNet(_ScaledInput):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.stages(self._float(obs))))
 
+    def forward_maps(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, the last stage's maps after its ReLU [N, C, h, w]) in one pass (UNREAL's feature control)."""
+        maps = self.stages[:-1](self._float(obs))
+        return F.relu(self.fc(maps.flatten(1))), maps
+
 
 class MinAtarCNN(_ScaledInput):
     """The MinAtar baseline torso (Young & Tian 2019): one 3x3 conv with 16 channels and a 128-unit layer."""
@@ -138,6 +148,11 @@ class MinAtarCNN(_ScaledInput):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.conv(self._float(obs)))
         return F.relu(self.fc(x.flatten(1)))
+
+    def forward_maps(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, the conv layer's maps [N, 16, h, w]) in one pass (UNREAL's feature control)."""
+        x = F.relu(self.conv(self._float(obs)))
+        return F.relu(self.fc(x.flatten(1))), x
 
 
 TORSOS = ("mlp", "nature_cnn", "impala_resnet", "minatar_cnn")

@@ -104,3 +104,20 @@ def test_channels_last_layout_computes_the_same_net(torso):
     b.sum().backward()
     assert all(p.grad is not None for p in nhwc.parameters())
     nchw.load_state_dict(nhwc.state_dict())
+
+
+@pytest.mark.parametrize("torso", ["nature_cnn", "impala_resnet"])
+def test_orthogonal_init_gains_and_layout(torso):
+    """agent.init=orthogonal: orthogonal rows scaled by the gain (sqrt 2 torso, 0.01 policy, 1 baseline), zero
+    biases, and the channels-last layout kept; torch's init is the default and differs."""
+    hidden = (512,) if torso == "nature_cnn" else (256,)
+    net = ImpalaNet(ATARI, ImpalaConfig(torso=torso, hidden_sizes=hidden, init="orthogonal"))
+    w = net.heads.policy.weight.detach()  # [A, H]: rows orthonormal times the gain
+    torch.testing.assert_close(w @ w.T, 0.01**2 * torch.eye(w.shape[0]), atol=1e-7, rtol=1e-4)
+    fc = net.torso.fc.weight.detach()
+    torch.testing.assert_close(fc @ fc.T, 2.0 * torch.eye(fc.shape[0]), atol=1e-4, rtol=1e-4)
+    conv = next(m for m in net.torso.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.bias.any()
+    assert net.heads.baseline.bias.item() == 0.0
+    default = ImpalaNet(ATARI, ImpalaConfig(torso=torso, hidden_sizes=hidden))
+    assert default.heads.policy.weight.abs().max() > 0.02  # torch's uniform init is larger than 0.01 rows

@@ -1,0 +1,159 @@
+"""The UNREAL agent (agents/unreal.py): which gradients each auxiliary loss may send where (spec checks U-7 and
+pitfall 8), the loss scale, config errors, and the zero-weight agent being exactly the base agent."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agents import get_agent
+from agents.impala import ImpalaNet
+from agents.unreal import UnrealNet
+from envs import make_vec_env
+from envs.base import EnvSpec
+from runners.actor_learner import HostStaging, replay_to_batch, rollout_to_batch
+from runners.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+UNREAL_CATCH = ROOT / "configs" / "unreal" / "catch.yaml"
+UNREAL = get_agent("unreal")
+
+
+def _setup(*overrides):
+    cfg = load_config(UNREAL_CATCH, ["agent.replay_start_steps=0", *overrides])
+    env = make_vec_env("catch", "catch", 4, seed=0)
+    net = UNREAL.make_net(env.spec, cfg.agent)
+    return cfg, env, net
+
+
+def _rollout(env, net, T=8, seed=0):
+    from runners.actor_learner import Actor
+
+    actor = Actor(env, net, T, torch.device("cpu"))
+    actor.start(seed)
+    return actor.unroll(), actor.unroll()
+
+
+def _losses(cfg, env, net):
+    """Batch, outputs and the loss of one learner step, with the replay filled from two rollouts."""
+    replay = UNREAL.make_replay(cfg.agent, env.spec, net, 8, 0)
+    r1, r2 = _rollout(env, net)
+    replay.add(r1)
+    replay.add(r2)
+    batch, state = rollout_to_batch(r2, torch.device("cpu"))
+    from runners.actor_learner import net_inputs
+
+    outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), state)
+    batch["replay"] = replay_to_batch(UNREAL.sample_replay(cfg.agent, replay), torch.device("cpu"), HostStaging())
+    outputs["replay"] = UNREAL.replay_outputs(cfg.agent, net, batch["replay"])
+    return batch, outputs
+
+
+def _grads(net, loss):
+    net.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    return {n: (p.grad is not None and bool(p.grad.abs().sum() > 0)) for n, p in net.named_parameters()}
+
+
+def test_value_replay_trains_the_value_but_not_the_policy():
+    """U-7: L_VR alone gives the value head a gradient and the policy head none."""
+    cfg, env, net = _setup("agent.pixel_control_cost=0", "agent.reward_prediction_cost=0")
+    batch, outputs = _losses(cfg, env, net)
+    from agents.impala import vtrace_inputs
+    from agents.ops.auxiliary import value_replay_loss
+
+    o, s = outputs["replay"]["seq"], batch["replay"]["seq"]
+    vi = vtrace_inputs(cfg.agent, s, o["baseline"])
+    vr, _ = value_replay_loss(o["baseline"][:-1], vi["rewards"], vi["discounts"], vi["continues"], vi["next_values"])
+    g = _grads(net, vr.mean())
+    assert g["heads.baseline.weight"] and g["core.lstm.weight_ih"] and g["torso.net.1.weight"]
+    assert not g["heads.policy.weight"] and not g["heads.policy.bias"]
+
+
+def test_reward_prediction_trains_the_torso_only_and_pixel_control_not_the_policy():
+    """Pitfall 8: RP must not touch the LSTM (nor the policy/value heads); PC gives no policy gradient."""
+    cfg, env, net = _setup()
+    batch, outputs = _losses(cfg, env, net)
+    from agents.ops.auxiliary import pixel_control_loss, reward_prediction_loss
+
+    ce, _ = reward_prediction_loss(outputs["replay"]["rp_logits"], batch["replay"]["rp"]["reward"])
+    g = _grads(net, ce.mean())
+    assert g["torso.net.1.weight"] and g["reward_prediction.net.0.weight"]
+    assert not any(v for k, v in g.items() if k.startswith(("core.", "heads.", "pixel_control.")))
+    o, s = outputs["replay"]["seq"], batch["replay"]["seq"]
+    cont = (~(s["terminated"][1:] | s["truncated"][1:])).float()
+    pc, _ = pixel_control_loss(o["pixel_control_q"], s["action"][1:], o["pixel_change"], 0.9 * cont, cont, cont)
+    g = _grads(net, pc.sum())
+    assert g["pixel_control.fc.weight"] and g["pixel_control.value.weight"] and g["core.lstm.weight_hh"]
+    assert not g["heads.policy.weight"] and not any(k.startswith("reward_prediction.") and v for k, v in g.items())
+
+
+def test_unreal_loss_logs_every_auxiliary_task_and_scales_like_the_base_loss():
+    cfg, env, net = _setup()
+    batch, outputs = _losses(cfg, env, net)
+    loss, metrics = UNREAL.loss_fn(cfg.agent, batch, outputs)
+    for task in ("pixel_control", "reward_prediction", "value_replay"):
+        assert f"aux/{task}/loss" in metrics and torch.isfinite(metrics[f"aux/{task}/loss"])
+    base, _ = get_agent("impala").loss_fn(cfg.agent, batch, outputs)
+    a = cfg.agent
+    T = batch["action"].shape[0] - 1
+    expected = (
+        base
+        + a.pixel_control_cost * metrics["aux/pixel_control/loss"]
+        + a.value_replay_cost * metrics["aux/value_replay/loss"]
+        + a.reward_prediction_cost * metrics["aux/reward_prediction/loss"] / T
+    )  # loss_reduction: mean -> per-transition units; RP one window per sequence
+    torch.testing.assert_close(loss.detach(), expected)
+    # no replay batch yet (warm-up): the base loss alone
+    loss0, metrics0 = UNREAL.loss_fn(cfg.agent, {k: v for k, v in batch.items() if k != "replay"}, outputs)
+    torch.testing.assert_close(loss0, base)
+    assert not any(k.startswith("aux/") for k in metrics0)
+
+
+def test_feature_control_on_a_conv_torso():
+    cfg = load_config(
+        ROOT / "configs" / "unreal" / "minatar_breakout.yaml",
+        ["agent.feature_control_cost=0.1", "agent.replay_start_steps=0", "env.num_envs=2"],
+    )
+    env = make_vec_env("minatar", "breakout", 2, seed=0)
+    net = UNREAL.make_net(env.spec, cfg.agent)
+    batch, outputs = _losses(cfg, env, net)
+    loss, metrics = UNREAL.loss_fn(cfg.agent, batch, outputs)
+    assert torch.isfinite(loss) and torch.isfinite(metrics["aux/feature_control/loss"])
+    assert outputs["replay"]["seq"]["feature_control_q"].shape[-1] == 16  # the MinAtar conv's channels
+    env.close()
+
+
+def test_zero_weights_build_the_base_net_and_no_replay():
+    cfg = load_config(
+        UNREAL_CATCH,
+        ["agent.pixel_control_cost=0", "agent.reward_prediction_cost=0", "agent.value_replay_cost=0"],
+    )
+    spec = EnvSpec("x", (1, 10, 5), np.dtype(np.uint8), 3)
+    net = UNREAL.make_net(spec, cfg.agent)
+    assert type(net) is ImpalaNet and UNREAL.make_replay(cfg.agent, spec, net, 20, 0) is None
+    torch.manual_seed(3)
+    full = UNREAL.make_net(spec, load_config(UNREAL_CATCH).agent)
+    torch.manual_seed(3)
+    base = UNREAL.make_net(spec, cfg.agent)
+    assert isinstance(full, UnrealNet)
+    for k, v in base.state_dict().items():  # the heads come from a forked RNG: the base part is the same
+        assert torch.equal(v, full.state_dict()[k]), k
+    # ... and the global RNG is left where the base net leaves it (the actors sample from it next)
+    torch.manual_seed(3)
+    UNREAL.make_net(spec, cfg.agent)
+    after_base = torch.rand(1)
+    torch.manual_seed(3)
+    UNREAL.make_net(spec, load_config(UNREAL_CATCH).agent)
+    assert torch.equal(torch.rand(1), after_base)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="agent.feature_control_cost"):
+        load_config(UNREAL_CATCH, ["agent.feature_control_cost=0.1"])  # mlp torso: no feature maps
+    with pytest.raises(ConfigError, match="agent.pixel_control_cost"):
+        load_config(UNREAL_CATCH, ["agent.pixel_control_cost=-1"])
+    cfg = load_config(UNREAL_CATCH, ["agent.pixel_control_cell=4"])
+    with pytest.raises(ValueError, match="agent.pixel_control_cell=4"):
+        UNREAL.make_net(EnvSpec("x", (1, 10, 5), np.dtype(np.uint8), 3), cfg.agent)
