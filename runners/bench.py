@@ -9,6 +9,8 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 60] [--repeats 3] [--only a,b]
     decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR   # an SB3 learning curve (runners/peer.py)
     decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench_dni.py)
+    decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench_learning.py)
+    decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
 round-robin order over the repeats (so that a noisy spell hits every measurement alike):
@@ -459,6 +461,14 @@ def add_parser(sub: Any) -> None:
     )
     bench_dni.add_arguments(dn)
     dn.set_defaults(func=lambda a: (bench_dni.bench_dni(a), 0)[1])
+    from runners import bench_learning
+
+    mn = bsub.add_parser("minatar", help="impala on the five MinAtar games, seeds, curves, vs the paper's DQN")
+    bench_learning.add_arguments(mn, "minatar")
+    mn.set_defaults(func=lambda a: (bench_learning.bench_minatar(a), 0)[1])
+    un = bsub.add_parser("unreal", help="UNREAL vs its base agent (auxiliary weights 0) at equal frames, seeds, curves")
+    bench_learning.add_arguments(un, "unreal")
+    un.set_defaults(func=lambda a: (bench_learning.bench_unreal(a), 0)[1])
 
 
 if __name__ == "__main__":  # one throughput measurement in its own process (see _run_worker)

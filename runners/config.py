@@ -115,6 +115,10 @@ class LabyrinthEnvConfig(_EnvBase):
         "RES_160X120", description="engine render size; depth saturates at ~4.5 cells (160x120), ~9 (320x240)"
     )
     max_restarts: int = Field(3, ge=0, description="restarts of a dead env worker before the run stops")
+    apple_density: float = Field(
+        0.1, ge=0.0, le=1.0, description="share of lattice cells with a +1 apple (DMLab: 0.1); 0: goal reward only"
+    )
+    episode_frames: int | None = Field(None, ge=1, description="episode length in frames; null: the task's")
 
     def options(self) -> dict[str, Any]:
         return {
@@ -122,6 +126,8 @@ class LabyrinthEnvConfig(_EnvBase):
             "obs_size": self.obs_size,
             "resolution": self.resolution,
             "max_restarts": self.max_restarts,
+            "apple_density": self.apple_density,
+            "episode_frames": self.episode_frames,
         }
 
 

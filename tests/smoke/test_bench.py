@@ -114,3 +114,26 @@ def test_bench_dni_delayed_cue_trains_each_method_and_plots(tmp_path):
         assert ("dni_lstm" in cfg) == (m == "dni")
         assert (out / f"{m}_s0" / "metrics.jsonl").stat().st_size > 0
     assert (out / "delayed_cue.png").stat().st_size > 1000
+
+
+def test_bench_unreal_and_minatar_run_seeds_and_print_their_lines(tmp_path):
+    """The learning benchmarks for real, tiny: a line per run and per method, curves, and a rerun reuses runs."""
+    cmd = [sys.executable, "-m", "runners.cli", "bench", "unreal", "--configs", "configs/unreal/catch.yaml",
+           "--seeds", "1", "--frames", "3200", "--jobs", "2", "--out", str(tmp_path / "u"),
+           "--override", "agent.replay_start_steps=320"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    methods = {x["method"]: x for x in lines if x.get("what") == "method"}
+    assert set(methods) == {"base", "unreal"} and (tmp_path / "u" / "catch.png").is_file()
+    assert "aux" in methods["unreal"] and "aux" not in methods["base"]
+    assert 0 <= methods["unreal"]["aux"]["aux/reward_prediction/accuracy"]["first"] <= 1
+    cmd = [sys.executable, "-m", "runners.cli", "bench", "minatar", "--games", "breakout", "--seeds", "1",
+           "--frames", "3200", "--eval-episodes", "2", "--jobs", "1", "--out", str(tmp_path / "m")]  # fmt: skip
+    for _ in range(2):  # the second time the finished run is reused, not retrained
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    (rec,) = [x for x in lines if x.get("what") == "method"]
+    assert rec["name"] == "breakout" and len(rec["eval_mean_per_seed"]) == 1 and rec["minatar_paper_dqn_read_off"] > 0
+    assert "training" not in proc.stdout  # reused: `decoupled train` printed nothing the second time

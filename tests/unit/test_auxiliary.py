@@ -43,7 +43,8 @@ def test_pixel_change_averages_channels_and_reads_only_the_selected_ones():
     stack_b[0, 10:14, 14:18] = 51  # an old frame
     assert pixel_change_rewards(stack_a, stack_b, channels=slice(-1, None)).abs().max() == 0
     stack_b[3, 10:14, 14:18] = 51
-    torch.testing.assert_close(pixel_change_rewards(stack_a, stack_b, channels=slice(-1, None))[2, 3], torch.tensor(0.2))
+    newest = pixel_change_rewards(stack_a, stack_b, channels=slice(-1, None))
+    torch.testing.assert_close(newest[2, 3], torch.tensor(0.2))
     # batched leading dims, and MinAtar's 10x10 grid of 1-pixel cells
     x, y = torch.zeros(5, 2, 4, 10, 10), torch.ones(5, 2, 4, 10, 10)
     assert pixel_change_rewards(x, y, crop=0, cell=1, obs_scale=1.0).shape == (5, 2, 10, 10)

@@ -1,0 +1,262 @@
+"""Learning benchmarks: several seeds of real training runs, curves, and one JSON line per run and per method.
+
+    decoupled bench minatar [--games breakout,asterix,freeway,seaquest,space_invaders] [--seeds 3] [--frames 5000000]
+    decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml[,...] [--seeds 3] [--frames N]
+
+`bench minatar` trains `configs/impala/minatar_<game>.yaml` on each game and seed, evaluates the final policy for
+`--eval-episodes` (sampled actions, MinAtar's sticky actions) and prints, per game, the final training return (the
+mean over the last 10% of the frames, the way Young & Tian 2019 plot their curves) and the evaluation return next to
+the MinAtar paper's DQN baseline as read off its 5M-frame learning curves (see `MINATAR_DQN_READ_OFF`: no table of
+numbers was published, so these are approximate and cited as such).
+
+`bench unreal` trains each UNREAL config twice per seed: as shipped, and with every auxiliary weight at 0, which is
+exactly the base agent (the same net, optimiser, seed and data stream; tested). It prints, per config and method,
+the final return, the area under the learning curve (mean return over the run), and for UNREAL the auxiliary
+metrics at the start (the first three log records that have them) and over the last 10% of training
+(reward-prediction accuracy per class, pixel-control loss).
+
+Runs go `--jobs` at a time in worker processes (one torch thread each), into `--out/<name>/<method>_s<seed>/`; a
+run dir that already holds a finished run is reused, so an interrupted benchmark continues where it stopped.
+Curves: `--out/<name>.png` (env frames and wall-clock axes, every seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+MINATAR_GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
+# The MinAtar paper's DQN (with replay and target network) at 5M frames, as read off its learning-curve figure by a
+# third party (nickgreenquist/deep-rl-from-scratch README, "Paper ~" column): the paper gives curves, no table
+# (kenjyoung/MinAtar README: "Each curve is the average of 30 independent runs"). Approximate by construction.
+MINATAR_DQN_READ_OFF = {"breakout": 10.0, "asterix": 16.5, "freeway": 50.5, "seaquest": 20.0, "space_invaders": 45.0}
+NO_AUX = ["agent.pixel_control_cost=0", "agent.reward_prediction_cost=0", "agent.value_replay_cost=0",
+          "agent.feature_control_cost=0"]  # fmt: skip
+AUX_KEYS = (
+    "aux/reward_prediction/accuracy", "aux/reward_prediction/accuracy_zero", "aux/reward_prediction/accuracy_nonzero",
+    "aux/pixel_control/loss", "aux/value_replay/loss", "aux/reward_prediction/loss",
+)  # fmt: skip
+
+
+def _repo_path(name: str) -> Path:
+    path = Path(name)
+    return path if path.is_file() else Path(__file__).resolve().parents[1] / name
+
+
+def _finished(run_dir: Path, frames: int) -> bool:
+    from runners.plot import read_metrics
+
+    try:
+        recs = read_metrics(run_dir)
+    except FileNotFoundError:
+        return False
+    return bool(recs) and recs[-1]["env_frames"] >= frames and (run_dir / "checkpoints").is_dir()
+
+
+def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_episodes: int) -> dict[str, Any]:
+    """One training run (in a worker process), then an evaluation of its final policy; returns its curve."""
+    import shutil
+
+    import torch
+
+    from runners.config import load_config
+    from runners.evaluate import load_policy, run_episodes
+    from runners.plot import read_metrics
+    from runners.train import train
+
+    torch.set_num_threads(1)
+    path = Path(run_dir)
+    t0 = time.time()
+    if not _finished(path, frames):
+        shutil.rmtree(path, ignore_errors=True)
+        train(load_config(config, overrides), path)
+    recs = read_metrics(path)
+    out: dict[str, Any] = {
+        "curve": [
+            (int(r["env_frames"]), float(r["train/episode_return"]), float(r.get("perf/wall_time_s", 0.0)))
+            for r in recs
+            if "train/episode_return" in r
+        ],  # fmt: skip
+        "aux": {k: [(int(r["env_frames"]), float(r[k])) for r in recs if k in r] for k in AUX_KEYS},
+        "train_seconds": recs[-1].get("perf/wall_time_s"),
+    }
+    if eval_episodes > 0:
+        cfg, net, _ = load_policy(path)
+        result = run_episodes(cfg, eval_episodes, seed=10_000, net=net)
+        out["eval_scores"] = [float(x) for x in result["episode_scores"]]
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def _summarise(curve: list[tuple], frames: int) -> dict[str, float]:
+    """Final return (mean over the last 10% of the frames) and the mean return over the whole run (AUC / frames)."""
+    if not curve:
+        return {"final": float("nan"), "auc": float("nan")}
+    tail = [r for f, r, _ in curve if f >= 0.9 * frames] or [curve[-1][1]]
+    return {"final": round(statistics.fmean(tail), 3), "auc": round(statistics.fmean(r for _, r, _ in curve), 3)}
+
+
+def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: argparse.Namespace) -> dict:
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {
+            key: pool.submit(run_job, config, overrides, run_dir, args.frames, args.eval_episodes)
+            for key, (config, overrides, run_dir) in jobs.items()
+        }
+        results = {}
+        for key, fut in futures.items():
+            results[key] = fut.result()
+            name, method, seed = key
+            r = results[key]
+            line = {"bench": args.bench, "name": name, "method": method, "seed": seed}
+            line.update(_summarise(r["curve"], args.frames))
+            if "eval_scores" in r:
+                line["eval_mean"] = round(statistics.fmean(r["eval_scores"]), 3)
+            line["train_seconds"] = r["train_seconds"]
+            print(json.dumps(line), flush=True)
+    return results
+
+
+def plot_curves(results: dict, name: str, methods: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for i, m in enumerate(methods):
+        seeds = sorted(s for (n, mm, s) in results if n == name and mm == m)
+        for s in seeds:
+            c = results[(name, m, s)]["curve"]
+            if not c:
+                continue
+            f, r, w = zip(*c, strict=True)
+            label = f"{m} ({len(seeds)} seeds)" if s == seeds[0] else None
+            axes[0].plot(f, r, color=f"C{i}", lw=1, alpha=0.85, label=label)
+            axes[1].plot([x / 60 for x in w], r, color=f"C{i}", lw=1, alpha=0.85)
+    axes[0].set_xlabel("env frames")
+    axes[0].set_ylabel("train return (episodes ended in each log interval)")
+    axes[1].set_xlabel("wall-clock (minutes)")
+    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _method_records(
+    results: dict, name: str, methods: list[str], args: argparse.Namespace, extra: dict | None = None
+) -> list[dict]:
+    records = []
+    for m in methods:
+        seeds = sorted(s for (n, mm, s) in results if n == name and mm == m)
+        summ = [_summarise(results[(name, m, s)]["curve"], args.frames) for s in seeds]
+        rec: dict[str, Any] = {
+            "bench": args.bench, "what": "method", "name": name, "method": m, "seeds": seeds,
+            "final_per_seed": [x["final"] for x in summ], "median_final": statistics.median(x["final"] for x in summ),
+            "auc_per_seed": [x["auc"] for x in summ], "median_auc": statistics.median(x["auc"] for x in summ),
+            "frames": args.frames,
+        }  # fmt: skip
+        evals = [results[(name, m, s)].get("eval_scores") for s in seeds]
+        if all(e is not None for e in evals):
+            rec["eval_mean_per_seed"] = [round(statistics.fmean(e), 3) for e in evals]
+            rec["median_eval_mean"] = statistics.median(rec["eval_mean_per_seed"])
+        aux = {}
+        for k in AUX_KEYS:
+            series = [results[(name, m, s)]["aux"][k] for s in seeds if results[(name, m, s)]["aux"][k]]
+            if series:  # the first three log records that have it, and the last 10% of the run; mean over seeds
+                first = [statistics.fmean(v for _, v in ser[:3]) for ser in series]
+                last = [statistics.fmean(v for f, v in ser if f >= 0.9 * args.frames) for ser in series
+                        if any(f >= 0.9 * args.frames for f, _ in ser)]  # fmt: skip
+                aux[k] = {"first": round(statistics.fmean(first), 4),
+                          "last_10pct": round(statistics.fmean(last), 4) if last else None}  # fmt: skip
+        if aux:
+            rec["aux"] = aux
+        rec.update(extra or {})
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    return records
+
+
+def bench_minatar(args: argparse.Namespace) -> list[dict[str, Any]]:
+    games = [g.strip() for g in args.games.split(",")]
+    bad = [g for g in games if g not in MINATAR_GAMES]
+    if bad:
+        raise SystemExit(f"bench minatar: unknown game(s) {bad}; choose from {', '.join(MINATAR_GAMES)}")
+    out = Path(args.out)
+    jobs = {}
+    for g in games:
+        config = str(_repo_path(f"configs/impala/minatar_{g}.yaml"))
+        for s in range(args.seeds):
+            overrides = [f"runner.seed={s}", f"runner.total_env_frames={args.frames}", "wandb.mode=disabled",
+                         "runner.progress_every_seconds=60"]  # fmt: skip
+            jobs[(g, "impala", s)] = (config, overrides, str(out / g / f"impala_s{s}"))
+    t0 = time.time()
+    results = run_all(jobs, args)
+    records = []
+    for g in games:
+        (rec,) = _method_records(results, g, ["impala"], args, {"minatar_paper_dqn_read_off": MINATAR_DQN_READ_OFF[g]})
+        records.append(rec)
+        plot_curves(results, g, ["impala"], out / f"{g}.png", f"MinAtar {g}: impala, {args.frames:,} frames")
+    games = {
+        r["name"]: {"median_final": r["median_final"], "median_eval_mean": r.get("median_eval_mean"),
+                    "dqn_paper_read_off": r["minatar_paper_dqn_read_off"]}
+        for r in records
+    }  # fmt: skip
+    summary = {"bench": "minatar", "what": "summary", "seconds": round(time.time() - t0, 1), "out": str(out)}
+    summary["games"] = games
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
+def bench_unreal(args: argparse.Namespace) -> list[dict[str, Any]]:
+    configs = [c.strip() for c in args.configs.split(",")]
+    out = Path(args.out)
+    methods = ["base", "unreal"]
+    jobs = {}
+    names = []
+    for c in configs:
+        name = Path(c).stem
+        names.append(name)
+        for s in range(args.seeds):
+            overrides = [f"runner.seed={s}", f"runner.total_env_frames={args.frames}", "wandb.mode=disabled",
+                         "runner.progress_every_seconds=60", *args.override]  # fmt: skip
+            for m in methods:
+                extra = NO_AUX if m == "base" else []
+                jobs[(name, m, s)] = (str(_repo_path(c)), overrides + extra, str(out / name / f"{m}_s{s}"))
+    t0 = time.time()
+    results = run_all(jobs, args)
+    records = []
+    for name in names:
+        records += _method_records(results, name, methods, args)
+        plot_curves(results, name, methods, out / f"{name}.png",
+                    f"{name}: UNREAL vs the base agent (every auxiliary weight 0), {args.frames:,} frames")  # fmt: skip
+    summary = {"bench": "unreal", "what": "summary", "seconds": round(time.time() - t0, 1), "out": str(out)}
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
+def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
+    if which == "minatar":
+        p.add_argument("--games", default=",".join(MINATAR_GAMES))
+        p.add_argument("--frames", type=int, default=5_000_000, help="env frames per run (MinAtar: 5M)")
+        p.add_argument("--eval-episodes", type=int, default=30)
+        p.add_argument("--out", default="runs/bench_minatar")
+    else:
+        p.add_argument("--configs", default="configs/unreal/minatar_breakout.yaml", help="comma-separated configs")
+        p.add_argument("--frames", type=int, default=5_000_000, help="env frames per run")
+        p.add_argument("--eval-episodes", type=int, default=0)
+        p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
+        p.add_argument("--out", default="runs/bench_unreal")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    p.set_defaults(bench=which)
