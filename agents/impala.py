@@ -63,6 +63,18 @@ class ImpalaConfig(AgentConfigBase):
     clip_rho_threshold: float | None = Field(1.0, gt=0.0, description="rho-bar of V-trace; null: no clipping")
     clip_c_threshold: float | None = Field(1.0, gt=0.0, description="c-bar of V-trace; null: no clipping")
     clip_pg_rho_threshold: float | None = Field(1.0, gt=0.0, description="clip of rho in the pg advantage")
+    replay_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=8.0,
+        description="replayed sequences per on-policy sequence in every learner batch, learned with V-trace from "
+        "their stored behaviour logits (mixing replay with on-policy data as Schmitt et al. 2019, arXiv:1909.11583, "
+        "LASER); 0: on-policy only, as the IMPALA paper",
+    )
+    replay_capacity_steps: int = Field(
+        20_000, ge=1, description="agent steps kept in replay, over all envs (envs/replay.py), when anything replays"
+    )
+    replay_start_steps: int = Field(2_000, ge=0, description="no update from replay before it holds this many steps")
     loss_reduction: Literal["sum", "mean"] = Field(
         "sum",
         description="'sum' over the T*B batch as the paper's TensorFlow code does, so its learning rate and "
@@ -179,4 +191,55 @@ def impala_loss(
     return loss, metrics
 
 
-AGENT = AgentDef(name="impala", config_class=ImpalaConfig, make_net=make_net, loss_fn=impala_loss)
+def make_replay(cfg: ImpalaConfig, spec: EnvSpec, net: nn.Module, unroll_length: int, seed: int):
+    """The replay of `replay_ratio` > 0 (with the behaviour logits V-trace needs); None otherwise."""
+    if cfg.replay_ratio <= 0:
+        return None
+    from envs.replay import SequenceReplay
+
+    state_shapes = tuple(tuple(s.shape[1:]) for s in net.initial_state(1))
+    return SequenceReplay(
+        cfg.replay_capacity_steps, unroll_length, spec.obs_shape, spec.obs_dtype, state_shapes, seed, spec.num_actions
+    )
+
+
+def sample_replay(cfg: ImpalaConfig, replay: Any) -> dict[str, Any] | None:
+    """`replay_ratio` x (the on-policy batch's sequences) replayed sequences, uniformly from the replay."""
+    if replay.num_steps < max(cfg.replay_start_steps, 1):
+        return None
+    n = max(1, round(cfg.replay_ratio * replay.last_columns))
+    s = replay.sample_sequences(n)
+    return {"seq": s["data"], "seq_state": s["initial_state"]}
+
+
+def replay_outputs(cfg: ImpalaConfig, net: nn.Module, rb: dict[str, Any]) -> dict[str, Any]:
+    s = rb["seq"]
+    inputs = {"obs": s["obs"], "first": s["first"], "prev_action": s["action"], "prev_reward": s["reward"]}
+    outputs, _ = net(inputs, tuple(rb["seq_state"]))
+    return {"seq": outputs}
+
+
+def impala_replay_loss(
+    cfg: ImpalaConfig, batch: dict[str, Any], outputs: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The IMPALA loss on the on-policy batch plus the same loss on the replayed sequences (their sum: one batch of
+    B + n sequences, as if concatenated; V-trace corrects the replayed ones from their stored behaviour logits)."""
+    loss, metrics = impala_loss(cfg, batch, outputs)
+    rb, ro = batch.get("replay"), outputs.get("replay")
+    if rb is None or ro is None:
+        return loss, metrics
+    r_loss, r_metrics = impala_loss(cfg, rb["seq"], ro["seq"])
+    metrics["replay/loss"] = r_metrics["loss/total"]
+    metrics["replay/rho_mean"] = r_metrics["train/rho_mean"]
+    return loss + r_loss, metrics
+
+
+AGENT = AgentDef(
+    name="impala",
+    config_class=ImpalaConfig,
+    make_net=make_net,
+    loss_fn=impala_replay_loss,
+    make_replay=make_replay,
+    sample_replay=sample_replay,
+    replay_outputs=replay_outputs,
+)

@@ -82,10 +82,7 @@ class UnrealConfig(ImpalaConfig):
     )
     reward_prediction_batch: int = Field(16, ge=1, description="RP windows per update")
     replay_sequences: int = Field(4, ge=1, description="replayed sequences per update (PC, VR and FC share them)")
-    replay_capacity_steps: int = Field(
-        20_000, ge=1, description="agent steps kept in replay, over all envs (the paper: 2,000 per A3C thread)"
-    )
-    replay_start_steps: int = Field(2_000, ge=0, description="no auxiliary update before replay holds this many")
+    # replay_capacity_steps / replay_start_steps: the base agent's (the paper keeps 2,000 frames per A3C thread)
 
     @property
     def uses_replay(self) -> bool:
@@ -98,6 +95,13 @@ class UnrealConfig(ImpalaConfig):
                 self.feature_control_cost,
             )
         )
+
+    @model_validator(mode="after")
+    def _no_base_replay(self) -> UnrealConfig:
+        if self.replay_ratio > 0:
+            raise ValueError("agent.replay_ratio (V-trace on replayed sequences) is the impala agent's; UNREAL "
+                             "replays for its auxiliary tasks (agent.value_replay_cost and the others)")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _feature_control_needs_conv(self) -> UnrealConfig:

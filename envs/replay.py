@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 SEQUENCE_KEYS = ("obs", "action", "reward", "terminated", "truncated", "truncation_value")
+# kept when the replay is built with `num_actions`: what V-trace needs to learn from replayed sequences
+BEHAVIOUR_KEY = "behaviour_logits"
 
 
 class SequenceReplay:
@@ -48,6 +50,7 @@ class SequenceReplay:
         obs_dtype: Any,
         state_shapes: tuple[tuple[int, ...], ...] = (),
         seed: int = 0,
+        num_actions: int | None = None,
     ):
         if unroll_length < 1:
             raise ValueError(f"unroll_length must be >= 1, got {unroll_length}")
@@ -66,6 +69,10 @@ class SequenceReplay:
             "truncated": np.zeros((N, L), bool),
             "truncation_value": np.zeros((N, L), np.float32),
         }
+        if num_actions is not None:  # the behaviour policy's logits, for off-policy corrections (V-trace)
+            self.data[BEHAVIOUR_KEY] = np.zeros((N, L, int(num_actions)), np.float32)
+        self.keys = tuple(self.data)
+        self.last_columns = 0  # columns of the last rollout added
         self.state_shapes = tuple(tuple(s) for s in state_shapes)
         self.states = [np.zeros((N, *s), np.float32) for s in self.state_shapes]
         self.size = 0  # sequences stored
@@ -88,10 +95,11 @@ class SequenceReplay:
         init = rollout.get("initial_state", [])
         if len(init) != len(self.states):
             raise ValueError(f"rollout core state has {len(init)} parts, the replay {len(self.states)}")
+        self.last_columns = B
         for start in range(0, B, self.capacity):  # more columns than capacity: only the last ones stay
             cols = np.arange(start, min(B, start + self.capacity))
             where = (self.next + np.arange(len(cols))) % self.capacity
-            for k in SEQUENCE_KEYS:
+            for k in self.keys:
                 self.data[k][where] = np.swapaxes(data[k][:, cols], 0, 1)
             for store, s in zip(self.states, init, strict=True):
                 store[where] = np.asarray(s)[cols]

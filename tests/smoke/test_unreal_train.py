@@ -4,6 +4,7 @@ resume (bit-identical in serial mode), and the zero-weight agent training exactl
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,39 @@ def test_unreal_with_every_auxiliary_weight_at_zero_is_exactly_the_base_agent(tm
     for k in a["net"]:
         assert torch.equal(a["net"][k], b["net"][k]), k
     assert _records(tmp_path / "impala") == _records(tmp_path / "unreal")
+
+
+@pytest.mark.parametrize("core", ["dni_lstm", "none"])
+def test_unreal_heads_work_with_any_core(tmp_path, core):
+    cfg = load_config(CATCH, ["runner.total_env_frames=1920", "runner.log_every_env_frames=320",
+                              "agent.replay_start_steps=320", f"agent.core={core}"])  # fmt: skip
+    out = train_mod.train(cfg, tmp_path)
+    assert out["status"] == "finished"
+    last = _records(tmp_path)[-1]
+    assert all(f"aux/{t}/loss" in last for t in TASKS)
+    if core == "dni_lstm":
+        assert "dni/sg_loss" in last
+
+
+def test_impala_replay_ratio_mixes_replayed_sequences_into_every_batch(tmp_path):
+    """agent.replay_ratio (LASER-style): each update also learns, with V-trace, from replayed sequences whose stored
+    behaviour logits are older than the current policy (rho departs from 1), and the replay is checkpointed."""
+    cfg = load_config(ROOT / "configs" / "impala" / "catch.yaml",
+                      ["runner.total_env_frames=6400", "runner.log_every_env_frames=640", "agent.replay_ratio=0.5",
+                       "agent.replay_start_steps=320", "agent.replay_capacity_steps=3200"])  # fmt: skip
+    out = train_mod.train(cfg, tmp_path)
+    assert out["status"] == "finished"
+    recs = [r for r in _records(tmp_path) if "replay/loss" in r]
+    assert len(recs) >= 5 and all(r["aux/replay/steps"] <= 3200 for r in recs)
+    assert any(abs(r["replay/rho_mean"] - 1.0) > 1e-3 for r in recs)  # off-policy data, corrected
+    state, _ = CheckpointManager(tmp_path / "checkpoints").load_latest()
+    assert state["learner_extra"]["replay"]["data"]["behaviour_logits"].shape[-1] == 3
+    from agents import get_agent
+    from envs.replay import SequenceReplay
+
+    rep = SequenceReplay(1000, 20, (1, 10, 5), np.float32, (), 0, num_actions=3)
+    rep.add({"data": {k: np.zeros((21, 16, *s)) for k, s in [("obs", (1, 10, 5)), ("action", ()), ("reward", ()),
+             ("terminated", ()), ("truncated", ()), ("truncation_value", ()), ("behaviour_logits", (3,))]},
+             "initial_state": []})  # fmt: skip
+    sample = get_agent("impala").sample_replay(cfg.agent, rep)
+    assert sample["seq"]["obs"].shape[1] == 8  # replay_ratio 0.5 of the 16 on-policy sequences
