@@ -212,10 +212,13 @@ def sample_replay(cfg: ImpalaConfig, replay: Any) -> dict[str, Any] | None:
     return {"seq": s["data"], "seq_state": s["initial_state"]}
 
 
+def sequence_inputs(seq: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The net's inputs for a batch of replayed sequences in the rollout layout (prev action/reward = slot's own)."""
+    return {"obs": seq["obs"], "first": seq["first"], "prev_action": seq["action"], "prev_reward": seq["reward"]}
+
+
 def replay_outputs(cfg: ImpalaConfig, net: nn.Module, rb: dict[str, Any]) -> dict[str, Any]:
-    s = rb["seq"]
-    inputs = {"obs": s["obs"], "first": s["first"], "prev_action": s["action"], "prev_reward": s["reward"]}
-    outputs, _ = net(inputs, tuple(rb["seq_state"]))
+    outputs, _ = net(sequence_inputs(rb["seq"]), tuple(rb["seq_state"]))
     return {"seq": outputs}
 
 

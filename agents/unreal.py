@@ -46,7 +46,7 @@ import torch
 from pydantic import Field, model_validator
 
 from agents.base import AgentDef
-from agents.impala import ImpalaConfig, ImpalaNet, impala_loss, vtrace_inputs
+from agents.impala import ImpalaConfig, ImpalaNet, impala_loss, sequence_inputs, vtrace_inputs
 from agents.nets.heads import FeatureControlHead, PixelControlHead, RewardPredictionHead
 from agents.ops.auxiliary import (
     feature_change_rewards,
@@ -218,9 +218,7 @@ def sample_replay(cfg: UnrealConfig, replay: SequenceReplay) -> dict[str, Any] |
 def replay_outputs(cfg: UnrealConfig, net: UnrealNet, rb: dict[str, Any]) -> dict[str, torch.Tensor]:
     out: dict[str, Any] = {}
     if "seq" in rb:
-        s = rb["seq"]
-        inputs = {"obs": s["obs"], "first": s["first"], "prev_action": s["action"], "prev_reward": s["reward"]}
-        out["seq"] = net.replay_forward(inputs, tuple(rb["seq_state"]))
+        out["seq"] = net.replay_forward(sequence_inputs(rb["seq"]), tuple(rb["seq_state"]))
     if "rp" in rb:
         out["rp_logits"] = net.reward_prediction_logits(rb["rp"]["obs"])
     return out
