@@ -6,7 +6,7 @@ the median, because the machines we run on are shared and noisy; peers are measu
 ratios, not absolute numbers, carry the comparison.
 
     decoupled bench labyrinth [--task T] [--num-envs 4] [--seconds 10] [--repeats 3]
-    decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 60] [--repeats 3] [--only a,b]
+    decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 30] [--repeats 3] [--only a,b]
     decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR   # an SB3 learning curve (runners/peer.py)
     decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench_dni.py)
     decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench_learning.py)
@@ -19,7 +19,8 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
 - `impala_ff`, `impala_lstm`, `impala_dni`: `decoupled train` of `configs/impala/breakout.yaml` (feed-forward Nature
   CNN, with the LSTM core, with the synthetic-gradient `dni_lstm` core) on the game, agent steps/s from its metrics
   after a warm-up; `unreal`: the same for `configs/unreal/breakout.yaml` (the LSTM agent plus UNREAL's auxiliary
-  tasks on replay; its peer is `impala_lstm`);
+  tasks on replay; its peer is `impala_lstm`); `impala_ff_t10`: the feed-forward agent with configs/impala/pong.yaml's
+  unroll of 10 and orthogonal init (half the learner batch of `impala_ff`);
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 
@@ -145,6 +146,7 @@ TRAIN_VARIANTS: dict[str, list[str]] = {
     "impala_ff": [],
     "impala_lstm": ["agent.core=lstm", "agent.lstm_size=256"],
     "impala_dni": ["agent.core=dni_lstm", "agent.lstm_size=256"],
+    "impala_ff_t10": ["runner.unroll_length=10", "agent.init=orthogonal"],  # the Pong recipe's learner batches
 }
 # training measurements with a config of their own (the same game and env count are set on them)
 VARIANT_CONFIGS: dict[str, str] = {"unreal": "configs/unreal/breakout.yaml"}
@@ -418,6 +420,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_lstm", "impala_ff"),
         ("impala_dni", "impala_lstm"),
         ("unreal", "impala_lstm"),
+        ("impala_ff_t10", "impala_ff"),
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
     ]
@@ -443,8 +446,8 @@ def add_parser(sub: Any) -> None:
     )
     tp.add_argument("--game", default="Breakout")
     tp.add_argument("--num-envs", type=int, default=16, help="envs of our training and of the env-only measurement")
-    tp.add_argument("--seconds", type=float, default=60.0, help="measured seconds per repeat, after the warm-up")
-    tp.add_argument("--warmup", type=float, default=20.0, help="seconds before measuring (start-up, first updates)")
+    tp.add_argument("--seconds", type=float, default=30.0, help="measured seconds per repeat, after the warm-up")
+    tp.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring (start-up, first updates)")
     tp.add_argument("--repeats", type=int, default=3)
     tp.add_argument("--config", default=THROUGHPUT_CONFIG, help="the training config of the impala_* measurements")
     tp.add_argument("--only", help=f"comma-separated subset of: {', '.join(THROUGHPUT_MEASUREMENTS)}")
