@@ -16,7 +16,8 @@ metrics at the start (the first three log records that have them) and over the l
 (reward-prediction accuracy per class, pixel-control loss).
 
 Runs go `--jobs` at a time in worker processes (one torch thread each), into `--out/<name>/<method>_s<seed>/`; a
-run dir that already holds a finished run is reused, so an interrupted benchmark continues where it stopped.
+run dir that already holds a finished run is reused and an interrupted one resumes from its newest checkpoint, so an
+interrupted benchmark continues where it stopped.
 Curves: `--out/<name>.png` (env frames and wall-clock axes, every seed).
 """
 
@@ -72,8 +73,12 @@ def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_e
     path = Path(run_dir)
     t0 = time.time()
     if not _finished(path, frames):
-        shutil.rmtree(path, ignore_errors=True)
-        train(load_config(config, overrides), path)
+        ckpt_dir = path / "checkpoints"
+        if (path / "config.yaml").is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+            train(load_config(path / "config.yaml", overrides), path, resume=True)  # an interrupted run continues
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            train(load_config(config, overrides), path)
     recs = read_metrics(path)
     out: dict[str, Any] = {
         "curve": [
