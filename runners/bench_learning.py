@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,10 +78,12 @@ def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_e
     if not _finished(path, frames):
         ckpt_dir = path / "checkpoints"
         if (path / "config.yaml").is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
-            train(load_config(path / "config.yaml", overrides), path, resume=True)  # an interrupted run continues
+            result = train(load_config(path / "config.yaml", overrides), path, resume=True)  # continue where it was
         else:
             shutil.rmtree(path, ignore_errors=True)
-            train(load_config(config, overrides), path)
+            result = train(load_config(config, overrides), path)
+        if result["status"] == "stopped":  # Ctrl-C / SIGTERM: the checkpoint is written; take no further job
+            os._exit(0)
     recs = read_metrics(path)
     out: dict[str, Any] = {
         "curve": [
@@ -105,11 +110,31 @@ def _summarise(curve: list[tuple], frames: int) -> dict[str, float]:
     return {"final": round(statistics.fmean(tail), 3), "auc": round(statistics.fmean(r for _, r, _ in curve), 3)}
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: when the benchmark process dies (killed), stop this worker too, as Ctrl-C would.
+
+    SIGTERM makes a training run write its checkpoint and return (then `run_job` exits the worker); between runs it
+    ends the worker at once. Without this, orphaned workers would go on training the queued runs unseen."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(2.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(300.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: argparse.Namespace) -> dict:
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+    pool = cf.ProcessPoolExecutor(
+        max_workers=args.jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )  # fmt: skip
+    try:
         futures = {
             key: pool.submit(run_job, config, overrides, run_dir, args.frames, args.eval_episodes)
             for key, (config, overrides, run_dir) in jobs.items()
@@ -125,6 +150,10 @@ def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: 
                 line["eval_mean"] = round(statistics.fmean(r["eval_scores"]), 3)
             line["train_seconds"] = r["train_seconds"]
             print(json.dumps(line), flush=True)
+    except BaseException:  # Ctrl-C or a failed run: queued runs must not start (the with-block would wait for them)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
 
 

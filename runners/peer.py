@@ -170,10 +170,13 @@ def train_peer(args: argparse.Namespace) -> dict[str, Any]:
         scores = np.asarray(result["episode_scores"])
         doc = {
             "games": {args.game: result},
-            "protocol": {"name": "dqn_noop30", "noop_max": 30, "frame_skip": FRAME_SKIP, "sticky_actions": 0.0,
-                         "episodic_life": False, "reward_clip": False, "max_episode_frames": EVAL_MAX_FRAMES,
-                         "full_action_space": False, "backend": "sb3_atari_wrappers"},
+            # the keys of `decoupled eval`'s scores.json, so `decoupled report` compares the two correctly
+            "protocol": {"protocol": "dqn_noop30", "name": f"{args.game}NoFrameskip-v4", "noop_max": 30,
+                         "frame_skip": FRAME_SKIP, "repeat_action_probability": 0.0, "life_loss_terminal": False,
+                         "reward_clip": False, "max_episode_frames": EVAL_MAX_FRAMES, "full_action_space": False,
+                         "backend": "sb3_atari_wrappers"},
             "checkpoint": str(out / "model.zip"), "table_id": None, "label": f"sb3_{args.algo}", "policy": "sampled",
+            "greedy": False,
         }  # fmt: skip
         (out / "eval").mkdir(exist_ok=True)
         (out / "eval" / "scores.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -64,7 +64,11 @@ def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_o
     doc = json.loads((out / "eval" / "scores.json").read_text())
     pong = doc["games"]["Pong"]
     assert len(pong["episode_scores"]) == 1 and -21 <= pong["episode_scores"][0] <= 21
-    assert 0 < pong["episode_frames"][0] <= 108_000 and doc["protocol"]["name"] == "dqn_noop30"
+    assert 0 < pong["episode_frames"][0] <= 108_000
+    from runners.report import load_score_file
+
+    run = load_score_file(out / "eval" / "scores.json")  # read the way `decoupled report` reads ours
+    assert (run.protocol, run.max_episode_frames, run.greedy) == ("dqn_noop30", 108_000, False)
     assert (out / "model.zip").is_file()
     # overlaid with itself under two labels: the CLI takes several run dirs
     png = tmp_path / "both.png"
@@ -137,3 +141,53 @@ def test_bench_unreal_and_minatar_run_seeds_and_print_their_lines(tmp_path):
     (rec,) = [x for x in lines if x.get("what") == "method"]
     assert rec["name"] == "breakout" and len(rec["eval_mean_per_seed"]) == 1 and rec["minatar_paper_dqn_read_off"] > 0
     assert "training" not in proc.stdout  # reused: `decoupled train` printed nothing the second time
+
+
+def test_an_interrupted_benchmark_run_resumes_from_its_checkpoint(tmp_path, capsys):
+    """A bench run dir left with a checkpoint but short of its frames continues from it, keeping what it had."""
+    from runners.bench_learning import run_job
+    from runners.plot import read_metrics
+
+    config = str(ROOT / "configs/impala/catch.yaml")
+    common = ["wandb.mode=disabled", "runner.log_every_env_frames=400", "runner.checkpoint_every_env_frames=1600"]
+    run_dir = tmp_path / "run"
+    run_job(config, [*common, "runner.total_env_frames=3200"], str(run_dir), 3200, 0)  # the "interrupted" run
+    first = read_metrics(run_dir)
+    capsys.readouterr()
+    out = run_job(config, [*common, "runner.total_env_frames=6400"], str(run_dir), 6400, 0)
+    assert "resumed" in capsys.readouterr().out
+    recs = read_metrics(run_dir)
+    assert recs[0] == first[0]  # the same run, continued: its early records are the ones written before
+    assert recs[-1]["env_frames"] >= 6400 and out["curve"][-1][0] >= 6400
+    frames = [r["env_frames"] for r in recs]
+    assert frames == sorted(set(frames))  # no records written twice across the resume
+
+
+@pytest.mark.slow
+def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no_queued_run(tmp_path):
+    """SIGKILL of `decoupled bench minatar`: its worker processes checkpoint their runs and exit, none is left."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "runners.cli", "bench", "minatar", "--games", "breakout", "--seeds", "3",
+           "--frames", "5000000", "--jobs", "2", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((out / "breakout" / f"impala_s{s}" / "metrics.jsonl").is_file()
+                                             for s in (0, 1)):  # fmt: skip
+        time.sleep(0.5)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the benchmark started no worker processes"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=60)
+    for p in alive:
+        p.kill()
+    assert not alive, f"workers outlived the killed benchmark: {[p.pid for p in alive]}"
+    for s in (0, 1):  # the started runs stopped with a checkpoint to resume from
+        assert any((out / "breakout" / f"impala_s{s}" / "checkpoints").iterdir())
+    assert not (out / "breakout" / "impala_s2").exists()  # the queued run never started
