@@ -1,7 +1,7 @@
 """Learning benchmarks: several seeds of real training runs, curves, and one JSON line per run and per method.
 
     decoupled bench minatar [--games breakout,asterix,freeway,seaquest,space_invaders] [--seeds 3] [--frames 5000000]
-    decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml[,...] [--seeds 3] [--frames N]
+    decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml[,...] [--seeds 3] [--frames N] [--methods M]
 
 `bench minatar` trains `configs/impala/minatar_<game>.yaml` on each game and seed, evaluates the final policy for
 `--eval-episodes` (sampled actions, MinAtar's sticky actions) and prints, per game, the final training return (the
@@ -13,12 +13,14 @@ numbers was published, so these are approximate and cited as such).
 exactly the base agent (the same net, optimiser, seed and data stream; tested). It prints, per config and method,
 the final return, the area under the learning curve (mean return over the run), and for UNREAL the auxiliary
 metrics at the start (the first three log records that have them) and over the last 10% of training
-(reward-prediction accuracy per class, pixel-control loss).
+(reward-prediction accuracy per class, pixel-control loss). `--methods unreal` skips the base runs (for an ablation
+through `--override`, e.g. `agent.reward_prediction_sampling=uniform`, whose base runs would be the same).
 
 Runs go `--jobs` at a time in worker processes (one torch thread each), into `--out/<name>/<method>_s<seed>/`; a
 run dir that already holds a finished run is reused and an interrupted one resumes from its newest checkpoint, so an
 interrupted benchmark continues where it stopped.
-Curves: `--out/<name>.png` (env frames and wall-clock axes, every seed).
+Curves: `--out/<name>.png` (env frames and wall-clock axes, every seed); for UNREAL also `--out/<name>_aux.png`
+(reward-prediction accuracy per class, pixel-control and value-replay losses of every seed).
 """
 
 from __future__ import annotations
@@ -187,6 +189,45 @@ def plot_curves(results: dict, name: str, methods: list[str], path: Path, title:
     plt.close(fig)
 
 
+def plot_aux(results: dict, name: str, path: Path, title: str) -> None:
+    """Every UNREAL seed's auxiliary curves: reward-prediction accuracy per class, pixel-control and VR losses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("reward prediction: accuracy per class (replayed windows)", [
+            ("aux/reward_prediction/accuracy_zero", "zero reward", "-"),
+            ("aux/reward_prediction/accuracy_nonzero", "non-zero reward", "--"),
+        ]),
+        ("pixel control: TD loss", [("aux/pixel_control/loss", "loss", "-")]),
+        ("value replay: loss", [("aux/value_replay/loss", "loss", "-")]),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+    seeds = sorted(s for (n, m, s) in results if n == name and m == "unreal")
+    for ax, (label, series) in zip(axes, panels, strict=True):
+        for key, what, style in series:
+            for j, s in enumerate(seeds):
+                pts = results[(name, "unreal", s)]["aux"].get(key) or []
+                if pts:
+                    f, v = zip(*pts, strict=True)
+                    ax.plot(
+                        f, v, style, color=f"C{j}", lw=1, label=f"seed {s}, {what}" if len(series) > 1 else f"seed {s}"
+                    )
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("env frames")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].axhline(1 / 3, color="grey", lw=0.8, ls=":")  # chance for three classes
+    axes[0].set_ylim(0, 1.02)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _method_records(
     results: dict, name: str, methods: list[str], args: argparse.Namespace, extra: dict | None = None
 ) -> list[dict]:
@@ -255,7 +296,9 @@ def bench_minatar(args: argparse.Namespace) -> list[dict[str, Any]]:
 def bench_unreal(args: argparse.Namespace) -> list[dict[str, Any]]:
     configs = [c.strip() for c in args.configs.split(",")]
     out = Path(args.out)
-    methods = ["base", "unreal"]
+    methods = [m.strip() for m in args.methods.split(",")]
+    if not methods or any(m not in ("base", "unreal") for m in methods):
+        raise SystemExit(f"bench unreal: --methods takes base and/or unreal, got {args.methods!r}")
     jobs = {}
     names = []
     for c in configs:
@@ -274,6 +317,10 @@ def bench_unreal(args: argparse.Namespace) -> list[dict[str, Any]]:
         records += _method_records(results, name, methods, args)
         plot_curves(results, name, methods, out / f"{name}.png",
                     f"{name}: UNREAL vs the base agent (every auxiliary weight 0), {args.frames:,} frames")  # fmt: skip
+        if "unreal" in methods:
+            plot_aux(
+                results, name, out / f"{name}_aux.png", f"{name}: UNREAL's auxiliary tasks, {args.frames:,} frames"
+            )
     summary = {"bench": "unreal", "what": "summary", "seconds": round(time.time() - t0, 1), "out": str(out)}
     print(json.dumps(summary), flush=True)
     return [*records, summary]
@@ -290,6 +337,7 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
         p.add_argument("--frames", type=int, default=5_000_000, help="env frames per run")
         p.add_argument("--eval-episodes", type=int, default=0)
         p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
+        p.add_argument("--methods", default="base,unreal", help="base (every auxiliary weight 0) and/or unreal")
         p.add_argument("--out", default="runs/bench_unreal")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")

@@ -130,8 +130,17 @@ def test_bench_unreal_and_minatar_run_seeds_and_print_their_lines(tmp_path):
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     methods = {x["method"]: x for x in lines if x.get("what") == "method"}
     assert set(methods) == {"base", "unreal"} and (tmp_path / "u" / "catch.png").is_file()
+    assert (tmp_path / "u" / "catch_aux.png").read_bytes()[:4] == b"\x89PNG"
     assert "aux" in methods["unreal"] and "aux" not in methods["base"]
     assert 0 <= methods["unreal"]["aux"]["aux/reward_prediction/accuracy"]["first"] <= 1
+    ablation = [str(tmp_path / "a") if x == str(tmp_path / "u") else x for x in cmd]
+    ablation += ["--methods", "unreal", "--override", "agent.reward_prediction_sampling=uniform"]
+    proc = subprocess.run(ablation, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [x["method"] for x in _json_lines(proc.stdout) if x.get("what") == "method"] == ["unreal"]
+    assert not (tmp_path / "a" / "catch" / "base_s0").exists()
+    proc = subprocess.run([*cmd, "--methods", "nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--methods takes base and/or unreal" in proc.stderr
     cmd = [sys.executable, "-m", "runners.cli", "bench", "minatar", "--games", "breakout", "--seeds", "1",
            "--frames", "3200", "--eval-episodes", "2", "--jobs", "1", "--out", str(tmp_path / "m")]  # fmt: skip
     for _ in range(2):  # the second time the finished run is reused, not retrained
