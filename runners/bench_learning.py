@@ -72,14 +72,13 @@ def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_e
     from runners.config import load_config
     from runners.evaluate import load_policy, run_episodes
     from runners.plot import read_metrics
-    from runners.train import train
+    from runners.train import has_checkpoints, train
 
     torch.set_num_threads(1)
     path = Path(run_dir)
     t0 = time.time()
     if not _finished(path, frames):
-        ckpt_dir = path / "checkpoints"
-        if (path / "config.yaml").is_file() and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        if (path / "config.yaml").is_file() and has_checkpoints(path):
             result = train(load_config(path / "config.yaml", overrides), path, resume=True)  # continue where it was
         else:
             shutil.rmtree(path, ignore_errors=True)
@@ -159,13 +158,27 @@ def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: 
     return results
 
 
-def plot_curves(results: dict, name: str, methods: list[str], path: Path, title: str) -> None:
+def _subplots(ncols: int, figsize: tuple[float, float], **kw: Any) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    return plt.subplots(1, ncols, figsize=figsize, **kw)
+
+
+def _save(fig: Any, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(results: dict, name: str, methods: list[str], path: Path, title: str) -> None:
+    fig, axes = _subplots(2, (10, 3.8), sharey=True)
     for i, m in enumerate(methods):
         seeds = sorted(s for (n, mm, s) in results if n == name and mm == m)
         for s in seeds:
@@ -182,20 +195,11 @@ def plot_curves(results: dict, name: str, methods: list[str], path: Path, title:
     axes[0].legend(fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, title, path)
 
 
 def plot_aux(results: dict, name: str, path: Path, title: str) -> None:
     """Every UNREAL seed's auxiliary curves: reward-prediction accuracy per class, pixel-control and VR losses."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [
         ("reward prediction: accuracy per class (replayed windows)", [
             ("aux/reward_prediction/accuracy_zero", "zero reward", "-"),
@@ -204,7 +208,7 @@ def plot_aux(results: dict, name: str, path: Path, title: str) -> None:
         ("pixel control: TD loss", [("aux/pixel_control/loss", "loss", "-")]),
         ("value replay: loss", [("aux/value_replay/loss", "loss", "-")]),
     ]  # fmt: skip
-    fig, axes = plt.subplots(1, len(panels), figsize=(13, 3.6))
+    fig, axes = _subplots(len(panels), (13, 3.6))
     seeds = sorted(s for (n, m, s) in results if n == name and m == "unreal")
     for ax, (label, series) in zip(axes, panels, strict=True):
         for key, what, style in series:
@@ -221,11 +225,7 @@ def plot_aux(results: dict, name: str, path: Path, title: str) -> None:
         ax.legend(fontsize=7)
     axes[0].axhline(1 / 3, color="grey", lw=0.8, ls=":")  # chance for three classes
     axes[0].set_ylim(0, 1.02)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, title, path)
 
 
 def _method_records(

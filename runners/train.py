@@ -429,6 +429,12 @@ def _restore_actor(source: SerialRollouts | AsyncRollouts, snapshot: dict[str, A
     return True
 
 
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether `run_dir` holds anything to resume from (`train(..., resume=True)` picks the newest that verifies)."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    return ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+
+
 def train_from_files(
     config_path: str | None, overrides: list[str], run_dir: str | None, resume_dir: str | None
 ) -> dict[str, Any]:
@@ -441,6 +447,6 @@ def train_from_files(
         return train(cfg, run, resume=True)
     cfg = load_config(config_path, overrides)
     run = Path(run_dir) if run_dir else Path(os.environ.get("DECOUPLED_RUNS", "runs")) / run_name(cfg)
-    if (run / "checkpoints").is_dir() and any((run / "checkpoints").iterdir()):
+    if has_checkpoints(run):
         raise FileExistsError(f"{run} already holds checkpoints: continue it with `decoupled train --resume {run}`")
     return train(cfg, run, resume=False)

@@ -56,6 +56,14 @@ def test_run_dir_contents_and_final_counts_agree(tmp_path):
     assert segment["run_id"] == state["wandb_run_id"]
 
 
+def test_training_into_a_run_dir_with_checkpoints_is_refused_with_the_resume_command(tmp_path):
+    assert not train_mod.has_checkpoints(tmp_path)
+    train_mod.train(_cfg("runner.total_env_frames=3200"), tmp_path)
+    assert train_mod.has_checkpoints(tmp_path)
+    with pytest.raises(FileExistsError, match="continue it with `decoupled train --resume"):
+        train_mod.train_from_files(str(CATCH), SMALL, str(tmp_path), None)
+
+
 def test_sigterm_checkpoints_and_resume_is_bit_identical(tmp_path, monkeypatch):
     ref = train_mod.train(_cfg(), tmp_path / "ref")
     _stop_after(monkeypatch, 13)
