@@ -16,6 +16,10 @@ Tasks (gymnasium ids `decoupled/<task>-v0`, registered on `import envs.labyrinth
 | random_maze_0{k}           | as static_0{k}         | as static_0{k} | as static_0{k}        | + the maze itself    |
 | random_maze                | 11 x 21 (`maze_size`)  | 3600           | 900                   | + the maze itself    |
 
+`maze_size` (an odd rows x cols) replaces any task's maze size: a static or random-goal task then has one smaller
+fixed maze, drawn from the same task seed (configs/unreal/nav_maze_small_sparse.yaml: static_01 at 7 x 9, no apples,
+1800-frame episodes, a sparse task sized for a CPU).
+
 - Maze sizes are DeepMind Lab's: its nav_maze_*_01/02/03 level scripts use 11x21, 19x31 and 27x41 text mazes (the
   paper's "5x10" and "9x15" count the 2-cell lattice squares). One text cell is `CELL_SIZE` = 96 map units here
   (100 in DMLab); the player is 32 units wide, so corridors have DMLab's proportions.
@@ -593,7 +597,10 @@ class LabyrinthEnv(gym.Env):
             further (walls saturate at about half the screen height in depth levels) and cost speed.
         episode_frames: episode length in frames; default the task's (`TASKS[task].episode_frames`). Rounded up
             to whole agent steps.
-        maze_size: random_maze only: an odd (rows, cols) instead of the task's size.
+        maze_size: an odd (rows, cols) instead of the task's size. Random maze: the size of every drawn maze. Static
+            and random goal: the task's one fixed maze is drawn at this size instead (from the same task seed, so
+            it is the same everywhere for a given task id and size; a static task keeps fixed goal and starts) —
+            smaller, cheaper sparse-reward mazes than DMLab's, e.g. for a CPU-sized UNREAL comparison.
         maze_pool_size: random_maze only: how many layouts one WAD holds (default 32). Each episode takes the next
             layout of a shuffled pool; when the pool is used up, a new one is generated and the engine restarted
             (about 0.2-0.5 s per pool, i.e. per `maze_pool_size` episodes), because a WAD cannot be swapped into a
@@ -629,8 +636,8 @@ class LabyrinthEnv(gym.Env):
         if task not in TASKS:
             raise ValueError(f"unknown labyrinth task {task!r}; choose one of {', '.join(TASKS)}")
         spec = TASKS[task]
-        if spec.family != "random_maze" and (maze_size is not None or maze_pool_size is not None):
-            raise ValueError(f"maze_size and maze_pool_size only apply to random_maze tasks, not {task}")
+        if spec.family != "random_maze" and maze_pool_size is not None:
+            raise ValueError(f"maze_pool_size only applies to random_maze tasks, not {task}")
         if frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
         if render_mode not in (None, "rgb_array"):
@@ -705,7 +712,7 @@ class LabyrinthEnv(gym.Env):
         self._fixed: Placement | None = None
         if spec.family != "random_maze":
             # One maze per task id, the same everywhere: its seed is the task's, not the env's.
-            layout = generate_maze(spec.size, task_seed(spec.name))
+            layout = generate_maze(self._maze_size, task_seed(spec.name))
             self._install_pool([layout], key=(layout.seed,))
             if spec.family == "static":
                 self._fixed = place_objects(layout, np.random.default_rng(task_seed(spec.name)), self.apple_density)

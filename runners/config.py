@@ -119,9 +119,21 @@ class LabyrinthEnvConfig(_EnvBase):
         0.1, ge=0.0, le=1.0, description="share of lattice cells with a +1 apple (DMLab: 0.1); 0: goal reward only"
     )
     episode_frames: int | None = Field(None, ge=1, description="episode length in frames; null: the task's")
+    maze_size: tuple[int, int] | None = Field(
+        None,
+        description="odd (rows, cols) text maze instead of the task's, e.g. [7, 9]: a smaller fixed maze for a "
+        "static or random-goal task, the drawn size for random_maze; null: the task's (DMLab's)",
+    )
+
+    @model_validator(mode="after")
+    def _odd_maze(self) -> LabyrinthEnvConfig:
+        if self.maze_size is not None and any(v < 5 or v % 2 == 0 for v in self.maze_size):
+            raise ValueError(f"env.maze_size must be odd and at least 5x5 (labmaze's lattice), got {self.maze_size}")
+        return self
 
     def options(self) -> dict[str, Any]:
         return {
+            "maze_size": self.maze_size,
             "frame_skip": self.frame_skip,
             "obs_size": self.obs_size,
             "resolution": self.resolution,

@@ -4,7 +4,13 @@ Plays one labyrinth episode (a random policy, or a trained run's policy) and wri
 
 * `<task>_map.png`: the maze from above (walls, goal, apples), with the agent's trajectory; a respawn after the
   goal breaks the line and is marked, so a person can check the maze, the goal and where the agent went;
-* `<task>_strip.png`: RGB frames above their depth maps at evenly spaced steps of the episode.
+* `<task>_strip.png`: RGB frames above their depth maps at evenly spaced steps of the episode;
+* `<task>_pixel_control.png`, for a run whose net has UNREAL's pixel-control head: the same frames above
+  max_a Q^aux on the pixel-control grid (drawn over the cropped region of the frame), the map the UNREAL paper's
+  check is about: it should be high where the agent's actions change the pixels.
+
+With `--run`, the env is built with the run's env settings (maze size, observation size, apples, episode length),
+which the policy was trained on; TASK must then be the run's task.
 """
 
 from __future__ import annotations
@@ -27,13 +33,25 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
     from envs.labyrinth import LabyrinthEnv
     from runners.actor_learner import net_inputs, sample_actions
 
-    env = LabyrinthEnv(task, **env_kwargs)
-    net, state = None, None
+    net, state, pc = None, None, None
     if run_dir is not None:
         from runners.evaluate import load_policy
 
-        _, net, _ = load_policy(Path(run_dir))
+        cfg, net, _ = load_policy(Path(run_dir))
+        if cfg.env.backend != "labyrinth" or cfg.env.id != task:
+            raise ValueError(f"run {run_dir} trained on {cfg.env.backend}:{cfg.env.id}, not the labyrinth task {task}")
+        options = {k: v for k, v in cfg.env.options().items() if k != "max_restarts" and v is not None}
+        env_kwargs = {**options, **env_kwargs}
         state = net.initial_state(1)
+        if getattr(net, "pixel_control", None) is not None:
+            pc = {"maps": [], "crop": net.cfg.pixel_control_crop, "cell": net.cfg.pixel_control_cell}
+            # max_a Q^aux of the acting step, from the core's output (the head's input in training too).
+            net.core.register_forward_hook(
+                lambda _m, _i, output: pc["maps"].append(
+                    net.pixel_control(output[0].reshape(-1, output[0].shape[-1])).amax(dim=1)[0].numpy()
+                )
+            )
+    env = LabyrinthEnv(task, **env_kwargs)
     rng = np.random.default_rng(seed)
     try:
         obs, info = env.reset(seed=seed)
@@ -68,6 +86,7 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
             "goals": int(info.get("episode_goals", 0)),
             "apples": int(info.get("episode_apples", 0)),
             "max_depth": float(env.max_depth),
+            "pixel_control": pc,
         }
     finally:
         env.close()
@@ -127,11 +146,44 @@ def draw_strip(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
     return path
 
 
+def draw_pixel_control(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
+    """RGB frames above max_a Q^aux of UNREAL's pixel-control head (one colour scale for the whole figure)."""
+    pc = ep["pixel_control"]
+    maps = np.asarray(pc["maps"])
+    n = len(ep["rgb"])
+    idx = np.unique(np.linspace(0, n - 1, min(count, n)).astype(int))
+    h, w = ep["rgb"][0].shape[:2]
+    c = pc["crop"]
+    extent = (c - 0.5, w - c - 0.5, h - c - 0.5, c - 0.5)
+    vmin, vmax = float(maps[idx].min()), float(maps[idx].max())
+    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.8), squeeze=False)
+    for j, t in enumerate(idx):
+        axes[0, j].imshow(ep["rgb"][t])
+        axes[0, j].set_title(f"step {t}", fontsize=8)
+        axes[1, j].imshow(ep["rgb"][t], alpha=0.35)
+        im = axes[1, j].imshow(maps[t], cmap="magma", vmin=vmin, vmax=vmax, extent=extent, alpha=0.8)
+        for a in axes[:, j]:
+            a.set_xticks([])
+            a.set_yticks([])
+    axes[0, 0].set_ylabel("RGB", fontsize=8)
+    axes[1, 0].set_ylabel("max_a Q_aux", fontsize=8)
+    fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
+    g = maps.shape[-1]
+    fig.suptitle(f"{ep['task']}: pixel-control max_a Q on its {maps.shape[-2]}x{g} grid ({pc['cell']}px cells)",
+                 fontsize=9)  # fmt: skip
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def render_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ep = play_episode(args.task, args.steps, args.seed, args.run)
     m = draw_map(ep, out / f"{args.task}_map.png")
     s = draw_strip(ep, out / f"{args.task}_strip.png")
-    print(f"{args.task}: {len(ep['rewards'])} steps, return {ep['rewards'].sum():.0f}; wrote {m} and {s}")
+    wrote = f"{m} and {s}"
+    if ep["pixel_control"] is not None:
+        wrote = f"{m}, {s} and {draw_pixel_control(ep, out / f'{args.task}_pixel_control.png')}"
+    print(f"{args.task}: {len(ep['rewards'])} steps, return {ep['rewards'].sum():.0f}; wrote {wrote}")
     return 0

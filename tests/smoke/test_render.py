@@ -64,3 +64,29 @@ def test_render_with_a_trained_policy(tmp_path):
     train(cfg, tmp_path / "run")
     ep = play_episode("nav_maze_static_01", 25, seed=0, run_dir=str(tmp_path / "run"))
     assert len(ep["rgb"]) == 25 and np.isfinite(ep["positions"]).all()
+
+
+def test_render_an_unreal_run_uses_its_env_and_draws_pixel_control(tmp_path):
+    """A run trained on the small 42x42 maze renders in that env (not the task's default 84x84 one), and UNREAL's
+    pixel-control map comes out on its 20x20 grid; a run of another task is refused."""
+    from pathlib import Path
+
+    import pytest
+
+    from runners.config import load_config
+    from runners.render import draw_pixel_control, play_episode
+    from runners.train import train
+
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(
+        root / "configs" / "unreal" / "nav_maze_small_sparse.yaml",
+        ["env.num_envs=2", "runner.unroll_length=10", "runner.total_env_frames=80", "wandb.mode=disabled"],
+    )
+    train(cfg, tmp_path / "run")
+    ep = play_episode("nav_maze_static_01", 12, seed=0, run_dir=str(tmp_path / "run"))
+    assert ep["rgb"][0].shape == (42, 42, 3) and ep["top"].walls.shape == (7, 9)
+    maps = np.asarray(ep["pixel_control"]["maps"])
+    assert maps.shape == (12, 20, 20) and np.isfinite(maps).all() and maps.std() > 0
+    assert draw_pixel_control(ep, tmp_path / "pc.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="not the labyrinth task nav_maze_static_02"):
+        play_episode("nav_maze_static_02", 5, seed=0, run_dir=str(tmp_path / "run"))

@@ -79,6 +79,15 @@ def test_inconsistent_keys_fail():
         validate_config(raw)
 
 
+def test_labyrinth_maze_size_must_be_odd():
+    raw = {"agent": {"name": "impala", "torso": "nature_cnn"}, "runner": {"total_env_frames": 10},
+           "env": {"backend": "labyrinth", "id": "nav_maze_static_01", "maze_size": [7, 8]}}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"env.maze_size must be odd .* got \(7, 8\)"):
+        validate_config(raw)
+    raw["env"]["maze_size"] = [7, 9]
+    assert validate_config(raw).env.options()["maze_size"] == (7, 9)
+
+
 def test_round_trip_is_identical(tmp_path):
     from runners.config import dump_config
 

@@ -78,8 +78,8 @@ def test_bad_arguments_are_refused() -> None:
     _engine()
     with pytest.raises(ValueError, match="unknown labyrinth task"):
         lab.LabyrinthEnv("nav_maze_static_04")
-    with pytest.raises(ValueError, match="only apply to random_maze"):
-        lab.LabyrinthEnv("nav_maze_static_01", maze_size=(9, 9))
+    with pytest.raises(ValueError, match="only applies to random_maze"):
+        lab.LabyrinthEnv("nav_maze_static_01", maze_pool_size=2)
     with pytest.raises(ValueError, match="odd"):
         lab.LabyrinthEnv("random_maze", maze_size=(10, 9))
 
@@ -315,6 +315,32 @@ def test_static_maze_is_fixed_by_the_task_id() -> None:
 
 
 STATIC_01_FINGERPRINT = "5baefa34202b71c0"  # walls of nav_maze_static_01 with labmaze 1.0.6
+
+
+def test_static_task_at_a_smaller_maze_size() -> None:
+    """`maze_size` on a static task: one smaller fixed maze per (task id, size), goal fixed, starts far from it, and
+    the goal pays +10 when a scripted driver walks there (configs/unreal/nav_maze_small_sparse.yaml's task)."""
+    _engine()
+    kwargs = dict(maze_size=(7, 9), apple_density=0.0, episode_frames=1800)
+    a, b = lab.LabyrinthEnv("nav_maze_static_01", **kwargs), lab.LabyrinthEnv("nav_maze_static_01", **kwargs)
+    try:
+        assert a.maze_shape == (7, 9) and a.episode_steps == 450
+        _, info_a = a.reset(seed=1)
+        _, info_b = b.reset(seed=2)
+        ma, mb = a.top_down_map(), b.top_down_map()
+        assert ma.walls.shape == (7, 9) and np.array_equal(ma.walls, mb.walls) and ma.goal_cell == mb.goal_cell
+        assert len(ma.apple_cells) == 0
+        expected = lab.generate_maze((7, 9), lab.task_seed("nav_maze_static_01")).walls
+        assert np.array_equal(ma.walls, expected)
+        steps = lab.generate_maze((7, 9), lab.task_seed("nav_maze_static_01")).bfs_steps(ma.goal_cell)
+        assert all(steps[tuple(c)] > lab.MIN_SPAWN_GOAL_STEPS for c in ma.spawn_cells.tolist())
+        obs, info = a.reset(seed=3)
+        obs, log = drive(a, obs, shortest_path(ma.walls, info["cell"], ma.goal_cell), stop=lambda r, i: i["goal_found"])
+        assert [r for r, _ in log].count(lab.GOAL_REWARD) == 1 and sum(r for r, _ in log) == lab.GOAL_REWARD
+        assert log[-1][1]["respawned"]
+    finally:
+        a.close()
+        b.close()
 
 
 def test_random_goal_moves_the_goal_but_not_the_maze() -> None:

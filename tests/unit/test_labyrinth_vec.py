@@ -78,6 +78,37 @@ def test_impala_trains_on_the_labyrinth(tmp_path):
     assert not list(Path.cwd().glob("_vizdoom*"))
 
 
+def test_unreal_trains_on_the_small_sparse_maze(tmp_path):
+    """configs/unreal/nav_maze_small_sparse.yaml end to end: env.maze_size etc. reach the worker processes (42x42 RGB,
+    the 7x9 maze's 450-step episodes) and every auxiliary loss is computed on the 20x20 pixel-control grid."""
+    import json
+
+    from envs.labyrinth import CELL_SIZE
+    from runners.config import load_config
+    from runners.train import train
+
+    cfg = load_config(
+        ROOT / "configs" / "unreal" / "nav_maze_small_sparse.yaml",
+        ["env.num_envs=2", "runner.unroll_length=10", "runner.total_env_frames=2400", "runner.log_every_env_frames=1",
+         "agent.replay_start_steps=40", "wandb.mode=disabled"],
+    )  # fmt: skip
+    assert cfg.env.options()["maze_size"] == (7, 9)
+    out = train(cfg, tmp_path)
+    assert out["status"] == "finished" and out["env_frames"] == 2400
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("aux/pixel_control/loss", "aux/reward_prediction/loss", "aux/value_replay/loss"):
+        assert np.isfinite(last[key]), key
+    venv = make_vec_env("labyrinth", cfg.env.id, 1, seed=0, options=cfg.env.options())
+    try:
+        assert venv.reset().shape == (1, 3, 42, 42)
+        for _ in range(20):
+            _, _, _, _, info = venv.step(np.array([2]))
+            x, y = info["extras"]["position"][0]
+            assert 0 < x < 9 * CELL_SIZE and -7 * CELL_SIZE < y < 0, "the worker's maze is not the 7x9 one"
+    finally:
+        venv.close()
+
+
 def test_env_info_reaches_the_learner(venv):
     venv.reset()
     _, _, _, _, info = venv.step(np.array([2, 2]))
