@@ -152,6 +152,12 @@ def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: 
             line["train_seconds"] = r["train_seconds"]
             print(json.dumps(line), flush=True)
     except BaseException:  # Ctrl-C or a failed run: queued runs must not start (the with-block would wait for them)
+        # A SIGINT sent to this process alone (`kill -INT`, not a terminal's Ctrl-C to the whole group) leaves the
+        # workers training, and the interpreter's exit would wait for their runs: SIGTERM makes each running run
+        # write its checkpoint and its worker exit (an idle worker just exits).
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()

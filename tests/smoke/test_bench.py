@@ -173,8 +173,10 @@ def test_an_interrupted_benchmark_run_resumes_from_its_checkpoint(tmp_path, caps
 
 
 @pytest.mark.slow
-def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no_queued_run(tmp_path):
-    """SIGKILL of `decoupled bench minatar`: its worker processes checkpoint their runs and exit, none is left."""
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no_queued_run(tmp_path, sig):
+    """SIGKILL, or a SIGINT sent to `decoupled bench minatar` alone (not to its process group, as Ctrl-C would): its
+    worker processes checkpoint their runs and exit, none is left, and the benchmark itself exits."""
     import os
     import signal
     import time
@@ -191,8 +193,8 @@ def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no
         time.sleep(0.5)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers, "the benchmark started no worker processes"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, getattr(signal, sig))
+    proc.wait(timeout=90)
     _, alive = psutil.wait_procs(workers, timeout=60)
     for p in alive:
         p.kill()
