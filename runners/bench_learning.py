@@ -11,7 +11,8 @@ numbers was published, so these are approximate and cited as such).
 
 `bench unreal` trains each UNREAL config twice per seed: as shipped, and with every auxiliary weight at 0, which is
 exactly the base agent (the same net, optimiser, seed and data stream; tested). It prints, per config and method,
-the final return, the area under the learning curve (mean return over the run), and for UNREAL the auxiliary
+the final return, the area under the learning curve (mean return over the run), with `--threshold R` the env
+frames each run took to first log a return of R (and their median over seeds), and for UNREAL the auxiliary
 metrics at the start (the first three log records that have them) and over the last 10% of training
 (reward-prediction accuracy per class, pixel-control loss). `--methods unreal` skips the base runs (for an ablation
 through `--override`, e.g. `agent.reward_prediction_sampling=uniform`, whose base runs would be the same).
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -103,12 +105,26 @@ def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_e
     return out
 
 
-def _summarise(curve: list[tuple], frames: int) -> dict[str, float]:
-    """Final return (mean over the last 10% of the frames) and the mean return over the whole run (AUC / frames)."""
-    if not curve:
-        return {"final": float("nan"), "auc": float("nan")}
-    tail = [r for f, r, _ in curve if f >= 0.9 * frames] or [curve[-1][1]]
-    return {"final": round(statistics.fmean(tail), 3), "auc": round(statistics.fmean(r for _, r, _ in curve), 3)}
+def _summarise(curve: list[tuple], frames: int, threshold: float | None = None) -> dict[str, Any]:
+    """Final return (mean over the last 10% of the frames), the mean return over the whole run (AUC / frames) and,
+    with a `threshold`, the env frames at which the logged return (a mean over recent episodes) first reached it
+    (None: never)."""
+    out: dict[str, Any] = {"final": float("nan"), "auc": float("nan")}
+    if curve:
+        tail = [r for f, r, _ in curve if f >= 0.9 * frames] or [curve[-1][1]]
+        out = {"final": round(statistics.fmean(tail), 3), "auc": round(statistics.fmean(r for _, r, _ in curve), 3)}
+    if threshold is not None:
+        out["frames_to_threshold"] = next((f for f, r, _ in curve if r >= threshold), None)
+    return out
+
+
+def _median_frames(values: list[int | None]) -> int | float | None:
+    """Median of frames-to-threshold over seeds, a run that never got there counting as later than any: None when
+    the median run never got there."""
+    ranked = sorted(values, key=lambda v: math.inf if v is None else v)
+    n = len(ranked)
+    mid = ranked[(n - 1) // 2 : n // 2 + 1]
+    return None if None in mid else statistics.fmean(mid)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -146,7 +162,7 @@ def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: 
             name, method, seed = key
             r = results[key]
             line = {"bench": args.bench, "name": name, "method": method, "seed": seed}
-            line.update(_summarise(r["curve"], args.frames))
+            line.update(_summarise(r["curve"], args.frames, getattr(args, "threshold", None)))
             if "eval_scores" in r:
                 line["eval_mean"] = round(statistics.fmean(r["eval_scores"]), 3)
             line["train_seconds"] = r["train_seconds"]
@@ -184,6 +200,9 @@ def _save(fig: Any, title: str, path: Path) -> None:
 
 
 def plot_curves(results: dict, name: str, methods: list[str], path: Path, title: str) -> None:
+    """Every seed's training curve over env frames and wall-clock, and per method the median over seeds."""
+    import numpy as np
+
     fig, axes = _subplots(2, (10, 3.8), sharey=True)
     for i, m in enumerate(methods):
         seeds = sorted(s for (n, mm, s) in results if n == name and mm == m)
@@ -193,8 +212,14 @@ def plot_curves(results: dict, name: str, methods: list[str], path: Path, title:
                 continue
             f, r, w = zip(*c, strict=True)
             label = f"{m} ({len(seeds)} seeds)" if s == seeds[0] else None
-            axes[0].plot(f, r, color=f"C{i}", lw=1, alpha=0.85, label=label)
-            axes[1].plot([x / 60 for x in w], r, color=f"C{i}", lw=1, alpha=0.85)
+            thin = len(seeds) > 1
+            axes[0].plot(f, r, color=f"C{i}", lw=0.8 if thin else 1, alpha=0.4 if thin else 0.85, label=label)
+            axes[1].plot([x / 60 for x in w], r, color=f"C{i}", lw=0.8 if thin else 1, alpha=0.4 if thin else 0.85)
+        curves = [results[(name, m, s)]["curve"] for s in seeds if results[(name, m, s)]["curve"]]
+        if len(curves) > 1:  # the median over seeds on a common frame grid (each seed interpolated)
+            grid = np.linspace(max(c[0][0] for c in curves), min(c[-1][0] for c in curves), 50)
+            per_seed = [np.interp(grid, [p[0] for p in c], [p[1] for p in c]) for c in curves]
+            axes[0].plot(grid, np.median(per_seed, axis=0), color=f"C{i}", lw=2.2, label=f"{m}: median over seeds")
     axes[0].set_xlabel("env frames")
     axes[0].set_ylabel("train return (episodes ended in each log interval)")
     axes[1].set_xlabel("wall-clock (minutes)")
@@ -240,13 +265,18 @@ def _method_records(
     records = []
     for m in methods:
         seeds = sorted(s for (n, mm, s) in results if n == name and mm == m)
-        summ = [_summarise(results[(name, m, s)]["curve"], args.frames) for s in seeds]
+        threshold = getattr(args, "threshold", None)
+        summ = [_summarise(results[(name, m, s)]["curve"], args.frames, threshold) for s in seeds]
         rec: dict[str, Any] = {
             "bench": args.bench, "what": "method", "name": name, "method": m, "seeds": seeds,
             "final_per_seed": [x["final"] for x in summ], "median_final": statistics.median(x["final"] for x in summ),
             "auc_per_seed": [x["auc"] for x in summ], "median_auc": statistics.median(x["auc"] for x in summ),
             "frames": args.frames,
         }  # fmt: skip
+        if threshold is not None:
+            rec["threshold"] = threshold
+            rec["frames_to_threshold_per_seed"] = [x["frames_to_threshold"] for x in summ]
+            rec["median_frames_to_threshold"] = _median_frames(rec["frames_to_threshold_per_seed"])
         evals = [results[(name, m, s)].get("eval_scores") for s in seeds]
         if all(e is not None for e in evals):
             rec["eval_mean_per_seed"] = [round(statistics.fmean(e), 3) for e in evals]
@@ -344,6 +374,7 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
         p.add_argument("--eval-episodes", type=int, default=0)
         p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
         p.add_argument("--methods", default="base,unreal", help="base (every auxiliary weight 0) and/or unreal")
+        p.add_argument("--threshold", type=float, help="also report the env frames each run took to reach this return")
         p.add_argument("--out", default="runs/bench_unreal")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")

@@ -202,3 +202,16 @@ def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no
     for s in (0, 1):  # the started runs stopped with a checkpoint to resume from
         assert any((out / "breakout" / f"impala_s{s}" / "checkpoints").iterdir())
     assert not (out / "breakout" / "impala_s2").exists()  # the queued run never started
+
+
+def test_frames_to_threshold_and_its_median_over_seeds():
+    from runners.bench_learning import _median_frames, _summarise
+
+    curve = [(100, 0.0, 1.0), (200, 4.0, 2.0), (300, 6.0, 3.0), (400, 5.0, 4.0)]
+    assert _summarise(curve, 400, threshold=5.0)["frames_to_threshold"] == 300
+    assert _summarise(curve, 400, threshold=7.0)["frames_to_threshold"] is None
+    assert "frames_to_threshold" not in _summarise(curve, 400)
+    # a seed that never got there ranks after every other one
+    assert _median_frames([300, None, 100]) == 300
+    assert _median_frames([300, None, 100, 200]) == 250
+    assert _median_frames([None, None, 100]) is None
