@@ -17,7 +17,7 @@ Tasks (gymnasium ids `decoupled/<task>-v0`, registered on `import envs.labyrinth
 | random_maze                | 11 x 21 (`maze_size`)  | 3600           | 900                   | + the maze itself    |
 
 `maze_size` (an odd rows x cols) replaces any task's maze size: a static or random-goal task then has one smaller
-fixed maze, drawn from the same task seed (configs/unreal/nav_maze_small_sparse.yaml: static_01 at 7 x 9, no apples,
+fixed maze, drawn from the same task seed (configs/unreal/nav_maze_small_sparse.yaml: static_03 at 7 x 9, no apples,
 1800-frame episodes, a sparse task sized for a CPU).
 
 - Maze sizes are DeepMind Lab's: its nav_maze_*_01/02/03 level scripts use 11x21, 19x31 and 27x41 text mazes (the
