@@ -186,7 +186,9 @@ def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no
     out = tmp_path / "m"
     cmd = [sys.executable, "-m", "runners.cli", "bench", "minatar", "--games", "breakout", "--seeds", "3",
            "--frames", "5000000", "--jobs", "2", "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell's background job inherits SIGINT ignored (and Python then keeps it so): give the benchmark the default.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     while time.time() < deadline and not all((out / "breakout" / f"impala_s{s}" / "metrics.jsonl").is_file()
                                              for s in (0, 1)):  # fmt: skip
@@ -194,7 +196,10 @@ def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers, "the benchmark started no worker processes"
     os.kill(proc.pid, getattr(signal, sig))
-    proc.wait(timeout=90)
+    try:
+        proc.wait(timeout=90)
+    finally:
+        proc.kill()  # no-op when it exited; a benchmark that hung must not outlive the test
     _, alive = psutil.wait_procs(workers, timeout=60)
     for p in alive:
         p.kill()
