@@ -804,11 +804,15 @@ class LabyrinthEnv(gym.Env):
         try:
             import psutil
 
-            for child in psutil.Process().children():
+            children = psutil.Process().children()
+        except Exception:  # noqa: BLE001 - diagnostics only: no psutil
+            return None
+        for child in children:
+            try:
                 if any(self._tmp in part for part in child.cmdline()):
                     return child.pid
-        except Exception:  # noqa: BLE001 - diagnostics only: no psutil, or a child vanished while we looked
-            return None
+            except Exception:  # noqa: BLE001 - another child that vanished or is a zombie: look at the next one
+                continue
         return None
 
     def close(self) -> None:

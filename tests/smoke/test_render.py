@@ -83,7 +83,7 @@ def test_render_an_unreal_run_uses_its_env_and_draws_pixel_control(tmp_path):
         ["env.num_envs=2", "runner.unroll_length=10", "runner.total_env_frames=80", "wandb.mode=disabled"],
     )
     train(cfg, tmp_path / "run")
-    ep = play_episode("nav_maze_static_01", 12, seed=0, run_dir=str(tmp_path / "run"))
+    ep = play_episode("nav_maze_static_03", 12, seed=0, run_dir=str(tmp_path / "run"))
     assert ep["rgb"][0].shape == (42, 42, 3) and ep["top"].walls.shape == (7, 9)
     maps = np.asarray(ep["pixel_control"]["maps"])
     assert maps.shape == (12, 20, 20) and np.isfinite(maps).all() and maps.std() > 0

@@ -428,6 +428,27 @@ def _gone(psutil, pid: int) -> bool:
         return True
 
 
+def test_engine_pid_is_found_next_to_a_zombie_child() -> None:
+    """A finished, not yet reaped child of this process (psutil raises on its cmdline) must not hide the engine."""
+    import subprocess
+    import sys
+    import time
+
+    _engine()
+    psutil = pytest.importorskip("psutil")
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.05)
+    env = lab.LabyrinthEnv("nav_maze_static_01")
+    try:
+        assert psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE
+        assert env.engine_pid is not None and "vizdoom" in psutil.Process(env.engine_pid).name()
+    finally:
+        env.close()
+        zombie.wait()
+
+
 def test_engine_and_temp_dir_are_released_with_or_without_close() -> None:
     _engine()
     psutil = pytest.importorskip("psutil")
