@@ -212,9 +212,13 @@ def plot_curves(results: dict, name: str, methods: list[str], path: Path, title:
                 continue
             f, r, w = zip(*c, strict=True)
             label = f"{m} ({len(seeds)} seeds)" if s == seeds[0] else None
-            thin = len(seeds) > 1
-            axes[0].plot(f, r, color=f"C{i}", lw=0.8 if thin else 1, alpha=0.4 if thin else 0.85, label=label)
-            axes[1].plot([x / 60 for x in w], r, color=f"C{i}", lw=0.8 if thin else 1, alpha=0.4 if thin else 0.85)
+            style = (
+                {"color": f"C{i}", "lw": 0.8, "alpha": 0.4}
+                if len(seeds) > 1
+                else {"color": f"C{i}", "lw": 1, "alpha": 0.85}
+            )
+            axes[0].plot(f, r, label=label, **style)
+            axes[1].plot([x / 60 for x in w], r, **style)
         curves = [results[(name, m, s)]["curve"] for s in seeds if results[(name, m, s)]["curve"]]
         if len(curves) > 1:  # the median over seeds on a common frame grid (each seed interpolated)
             grid = np.linspace(max(c[0][0] for c in curves), min(c[-1][0] for c in curves), 50)

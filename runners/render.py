@@ -40,7 +40,7 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
         cfg, net, _ = load_policy(Path(run_dir))
         if cfg.env.backend != "labyrinth" or cfg.env.id != task:
             raise ValueError(f"run {run_dir} trained on {cfg.env.backend}:{cfg.env.id}, not the labyrinth task {task}")
-        options = {k: v for k, v in cfg.env.options().items() if k != "max_restarts" and v is not None}
+        options = {k: v for k, v in cfg.env.options().items() if k != "max_restarts"}  # a worker setting
         env_kwargs = {**options, **env_kwargs}
         state = net.initial_state(1)
         if getattr(net, "pixel_control", None) is not None:
@@ -126,19 +126,27 @@ def draw_map(ep: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def draw_strip(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
+def _frames_over(ep: dict[str, Any], count: int, height: float, label: str) -> tuple[Any, Any, np.ndarray]:
+    """A figure of RGB frames at `count` evenly spaced steps above an empty row (ylabel `label`) for the caller to
+    draw in; returns (fig, axes [2, k], the steps)."""
     n = len(ep["rgb"])
     idx = np.unique(np.linspace(0, n - 1, min(count, n)).astype(int))
-    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), height), squeeze=False)
     for j, t in enumerate(idx):
         axes[0, j].imshow(ep["rgb"][t])
         axes[0, j].set_title(f"step {t}", fontsize=8)
-        axes[1, j].imshow(ep["depth"][t], cmap="viridis", vmin=0.0, vmax=ep["max_depth"])
         for a in axes[:, j]:
             a.set_xticks([])
             a.set_yticks([])
     axes[0, 0].set_ylabel("RGB", fontsize=8)
-    axes[1, 0].set_ylabel("depth", fontsize=8)
+    axes[1, 0].set_ylabel(label, fontsize=8)
+    return fig, axes, idx
+
+
+def draw_strip(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
+    fig, axes, idx = _frames_over(ep, count, 3.6, "depth")
+    for j, t in enumerate(idx):
+        axes[1, j].imshow(ep["depth"][t], cmap="viridis", vmin=0.0, vmax=ep["max_depth"])
     fig.suptitle(f"{ep['task']}: RGB and depth (map units, 0-{ep['max_depth']:.0f})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -150,27 +158,17 @@ def draw_pixel_control(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
     """RGB frames above max_a Q^aux of UNREAL's pixel-control head (one colour scale for the whole figure)."""
     pc = ep["pixel_control"]
     maps = np.asarray(pc["maps"])
-    n = len(ep["rgb"])
-    idx = np.unique(np.linspace(0, n - 1, min(count, n)).astype(int))
+    fig, axes, idx = _frames_over(ep, count, 3.8, "max_a Q_aux")
     h, w = ep["rgb"][0].shape[:2]
     c = pc["crop"]
     extent = (c - 0.5, w - c - 0.5, h - c - 0.5, c - 0.5)
     vmin, vmax = float(maps[idx].min()), float(maps[idx].max())
-    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.8), squeeze=False)
     for j, t in enumerate(idx):
-        axes[0, j].imshow(ep["rgb"][t])
-        axes[0, j].set_title(f"step {t}", fontsize=8)
         axes[1, j].imshow(ep["rgb"][t], alpha=0.35)
         im = axes[1, j].imshow(maps[t], cmap="magma", vmin=vmin, vmax=vmax, extent=extent, alpha=0.8)
-        for a in axes[:, j]:
-            a.set_xticks([])
-            a.set_yticks([])
-    axes[0, 0].set_ylabel("RGB", fontsize=8)
-    axes[1, 0].set_ylabel("max_a Q_aux", fontsize=8)
     fig.colorbar(im, ax=axes[1, :].tolist(), fraction=0.02, pad=0.01)
-    g = maps.shape[-1]
-    fig.suptitle(f"{ep['task']}: pixel-control max_a Q on its {maps.shape[-2]}x{g} grid ({pc['cell']}px cells)",
-                 fontsize=9)  # fmt: skip
+    grid = "x".join(str(v) for v in maps.shape[-2:])
+    fig.suptitle(f"{ep['task']}: pixel-control max_a Q on its {grid} grid ({pc['cell']}px cells)", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -330,9 +330,9 @@ def test_static_task_at_a_smaller_maze_size() -> None:
         ma, mb = a.top_down_map(), b.top_down_map()
         assert ma.walls.shape == (7, 9) and np.array_equal(ma.walls, mb.walls) and ma.goal_cell == mb.goal_cell
         assert len(ma.apple_cells) == 0
-        expected = lab.generate_maze((7, 9), lab.task_seed("nav_maze_static_01")).walls
-        assert np.array_equal(ma.walls, expected)
-        steps = lab.generate_maze((7, 9), lab.task_seed("nav_maze_static_01")).bfs_steps(ma.goal_cell)
+        expected = lab.generate_maze((7, 9), lab.task_seed("nav_maze_static_01"))
+        assert np.array_equal(ma.walls, expected.walls)
+        steps = expected.bfs_steps(ma.goal_cell)
         assert all(steps[tuple(c)] > lab.MIN_SPAWN_GOAL_STEPS for c in ma.spawn_cells.tolist())
         obs, info = a.reset(seed=3)
         obs, log = drive(a, obs, shortest_path(ma.walls, info["cell"], ma.goal_cell), stop=lambda r, i: i["goal_found"])
