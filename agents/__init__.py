@@ -1,22 +1,39 @@
-"""Agents: the maths (nets and losses). `get_agent(name)` returns an agent's `AgentDef`."""
+"""Agents: the maths (nets and losses). `get_agent(name)` returns an agent's `AgentDef`.
+
+Agents are found in a registry: the built-in ones (`impala`, `unreal`), those added with `register_agent`, and
+those that installed packages declare under the entry-point group `decoupled.agents` (docs/extending.md).
+"""
 
 from __future__ import annotations
 
-from agents.base import AgentConfigBase, AgentDef
+import importlib
 
-_AGENT_MODULES = {"impala": "agents.impala", "unreal": "agents.unreal"}
+from decoupled.agents.base import AgentConfigBase, AgentDef, LearnerHook
+from decoupled.plugins import EntryPointRegistry
+
+# built-in agents, imported when first asked for (each module defines AGENT)
+_BUILTIN_MODULES = {"impala": "decoupled.agents.impala", "unreal": "decoupled.agents.unreal"}
+_REGISTRY: EntryPointRegistry[AgentDef] = EntryPointRegistry("decoupled.agents", AgentDef, "agent")
 
 
 def agent_names() -> tuple[str, ...]:
-    return tuple(_AGENT_MODULES)
+    """Every agent name, built-in, registered or declared by an installed package, without importing any."""
+    return tuple(dict.fromkeys([*_BUILTIN_MODULES, *_REGISTRY.names()]))
 
 
 def get_agent(name: str) -> AgentDef:
-    import importlib
+    if name in _BUILTIN_MODULES and name not in _REGISTRY.names():
+        _REGISTRY.register(name, importlib.import_module(_BUILTIN_MODULES[name]).AGENT)
+    if name not in agent_names():
+        raise KeyError(f"unknown agent {name!r}; available: {', '.join(agent_names())}")
+    return _REGISTRY.get(name)
 
-    if name not in _AGENT_MODULES:
-        raise KeyError(f"unknown agent {name!r}; available: {', '.join(_AGENT_MODULES)}")
-    return importlib.import_module(_AGENT_MODULES[name]).AGENT
+
+def register_agent(agent: AgentDef, *, replace: bool = False) -> None:
+    """Add an agent under `agent.name` (an error if the name is taken, unless `replace`)."""
+    if agent.name in _BUILTIN_MODULES and not replace:
+        raise ValueError(f"{agent.name!r} is a built-in agent (pass replace=True to swap it)")
+    _REGISTRY.register(agent.name, agent, replace=replace)
 
 
-__all__ = ["AgentConfigBase", "AgentDef", "agent_names", "get_agent"]
+__all__ = ["AgentConfigBase", "AgentDef", "LearnerHook", "agent_names", "get_agent", "register_agent"]

@@ -1,19 +1,22 @@
-"""`AgentDef`: the one record through which the runner knows an agent.
+"""`AgentDef`: the one record through which the runner knows an agent, and `LearnerHook`, the agent-specific part
+of a training step that a pure loss cannot express.
 
 The runner is generic over AgentDefs: it builds the net with `make_net`, feeds learner batches through
-`net(...)`, and turns them into a loss with `loss_fn`. Nothing in `agents/` knows about processes, files or logging.
+`net(...)`, turns them into a loss with `loss_fn`, and runs the agent's learner hooks around the update (the
+synthetic-gradient core's is one: decoupled/agents/nets/dni.py). Nothing in `agents/` knows about processes,
+files or logging.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from envs.base import EnvSpec
+from decoupled.envs.base import EnvSpec
 
 
 class AgentConfigBase(BaseModel):
@@ -21,6 +24,64 @@ class AgentConfigBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
     name: str
+
+
+class LearnerHook:
+    """A part of the learner's step beyond "loss, backward, clip, step", owned by the agent or by one of its modules.
+
+    Each update the learner calls, in this order:
+
+        state = hook.prepare_state(state)             # the core state at slot 0, before the forward pass
+        term, metrics = hook.extra_loss(batch, outputs)   # after the agent's loss_fn; term (or None) is added
+        ... backward, gradient clip, the agent's optimiser step ...
+        metrics = hook.after_update(state, batch, outputs)  # only after an update that was applied
+
+    Parameters that the hook trains itself (`own_parameters`) are left out of the agent's optimiser and gradient
+    clip. `state_dict` / `load_state_dict` go into checkpoints under the hook's `name`, unique per learner. The
+    defaults do nothing, so a hook overrides only what it needs.
+    """
+
+    name: str = "hook"
+
+    def own_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return ()
+
+    def prepare_state(self, state: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return state
+
+    def extra_loss(
+        self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        return None, {}
+
+    def after_update(
+        self, state: tuple[torch.Tensor, ...], batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def module_learner_hooks(cfg: Any, net: torch.nn.Module) -> list[LearnerHook]:
+    """The hooks of the net's modules: every module with a `learner_hook()` method that returns one (a core with a
+    training step of its own, such as the synthetic-gradient core, brings it to any agent that uses it)."""
+    hooks = []
+    for module in net.modules():
+        make = getattr(module, "learner_hook", None)
+        hook = make() if callable(make) else None
+        if hook is not None:
+            hooks.append(hook)
+    return hooks
+
+
+def trainable_parameters(net: torch.nn.Module, hooks: Iterable[LearnerHook]) -> Iterator[torch.nn.Parameter]:
+    """The parameters the agent's optimiser trains: all of the net's but those a hook trains itself, in order."""
+    own = {id(p) for hook in hooks for p in hook.own_parameters()}
+    return (p for p in net.parameters() if id(p) not in own)
 
 
 @dataclass(frozen=True)
@@ -41,4 +102,7 @@ class AgentDef:
     make_replay: Callable[..., Any] | None = None
     sample_replay: Callable[[Any, Any], dict[str, Any] | None] | None = None
     replay_outputs: Callable[[Any, torch.nn.Module, dict[str, Any]], dict[str, torch.Tensor]] | None = None
+    # learner_hooks(cfg, net) -> the LearnerHooks of this agent's training step (default: those of the net's
+    # modules). An agent with a step of its own (a second optimiser, a target update) returns its hook here.
+    learner_hooks: Callable[[Any, torch.nn.Module], list[LearnerHook]] = module_learner_hooks
     extra: dict[str, Any] = field(default_factory=dict)

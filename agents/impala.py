@@ -22,14 +22,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from agents.base import AgentConfigBase, AgentDef
-from agents.nets.cores import CoreState, make_core
-from agents.nets.dni import DNIConfig
-from agents.nets.heads import PolicyBaselineHead
-from agents.nets.torsos import make_torso
-from agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
-from agents.ops.vtrace import vtrace_from_logits
-from envs.base import EnvSpec
+from decoupled.agents.base import AgentConfigBase, AgentDef
+from decoupled.agents.nets import make_core
+from decoupled.agents.nets.cores import CoreState
+from decoupled.agents.nets.dni import DNIConfig
+from decoupled.agents.nets.heads import PolicyBaselineHead
+from decoupled.agents.nets.torsos import make_torso
+from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
+from decoupled.agents.ops.vtrace import vtrace_from_logits
+from decoupled.envs.base import EnvSpec
 
 
 class ImpalaConfig(AgentConfigBase):
@@ -195,7 +196,7 @@ def make_replay(cfg: ImpalaConfig, spec: EnvSpec, net: nn.Module, unroll_length:
     """The replay of `replay_ratio` > 0 (with the behaviour logits V-trace needs); None otherwise."""
     if cfg.replay_ratio <= 0:
         return None
-    from envs.replay import SequenceReplay
+    from decoupled.envs.replay import SequenceReplay
 
     state_shapes = tuple(tuple(s.shape[1:]) for s in net.initial_state(1))
     return SequenceReplay(

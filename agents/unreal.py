@@ -45,10 +45,10 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from agents.base import AgentDef
-from agents.impala import ImpalaConfig, ImpalaNet, impala_loss, sequence_inputs, vtrace_inputs
-from agents.nets.heads import FeatureControlHead, PixelControlHead, RewardPredictionHead
-from agents.ops.auxiliary import (
+from decoupled.agents.base import AgentDef
+from decoupled.agents.impala import ImpalaConfig, ImpalaNet, impala_loss, sequence_inputs, vtrace_inputs
+from decoupled.agents.nets.heads import FeatureControlHead, PixelControlHead, RewardPredictionHead
+from decoupled.agents.ops.auxiliary import (
     feature_change_rewards,
     feature_control_loss,
     pixel_change_rewards,
@@ -56,8 +56,8 @@ from agents.ops.auxiliary import (
     reward_prediction_loss,
     value_replay_loss,
 )
-from envs.base import EnvSpec
-from envs.replay import SequenceReplay
+from decoupled.envs.base import EnvSpec
+from decoupled.envs.replay import SequenceReplay
 
 
 class UnrealConfig(ImpalaConfig):

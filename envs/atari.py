@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvCrashedError, EnvSpec, EnvStep, EpisodeTracker, PerEnvVecEnv, VecEnv
+from decoupled.envs.base import EnvCrashedError, EnvSpec, EnvStep, EpisodeTracker, PerEnvVecEnv, VecEnv
 
 # Protocol presets. Keys are what the backends must build; `life_loss_terminal_in_training` only applies in
 # mode="train". Reward clipping is not part of a preset: it is the training-only `clip_rewards` switch (DQN-style

@@ -1,11 +1,16 @@
-"""Gymnasium classic-control tasks (CartPole, Acrobot, MountainCar) behind the vectorised env contract.
+"""Any gymnasium env with a Discrete action space and a Box observation behind the vectorised env contract
+(backend `gym`, also known by its older name `classic`): the classic-control tasks (CartPole, Acrobot, MountainCar),
+and a user's own env by its registered id or as `module:Env-v0` (gymnasium imports the module, which registers it).
 
 The copies are stepped in a python loop: these tasks cost microseconds per step, so a subprocess vector env would
 only add overhead. We do the same-step autoreset ourselves (see `envs.base`) instead of relying on gymnasium's
 vector autoreset modes, whose defaults changed between 0.29, 1.0 and 1.1 (Gymnasium #1103, PR #1227).
 
-Unlike the emulator backends, these envs can be snapshotted exactly (`get_state` / `set_state`): their whole
-state is a small float vector, an RNG and a step counter, so a resumed run continues bit-identically.
+The classic-control tasks can be snapshotted exactly (`get_state` / `set_state`): their whole state is a small
+float vector, an RNG and a step counter, so a resumed run continues bit-identically. Any other env cannot be
+(gymnasium has no general way to save an env), so `get_state` returns None and a resumed run starts new episodes,
+as it does on Atari; the train loop says so when it resumes. Observations keep a uint8 Box's dtype (images stay
+uint8 until the torso, scaled by 1/255 there) and are float32 otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvSpec, EnvStep, PerEnvVecEnv
+from decoupled.envs.base import EnvSpec, EnvStep, PerEnvVecEnv
 
 # Attributes of `env.unwrapped`, beyond `state`, that some classic-control tasks carry between steps
 # (CartPole counts the steps taken after termination to warn about stepping a finished episode).
@@ -39,8 +44,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _snapshotable(env: Any) -> bool:
+    """Whether get_state can save this env exactly: gymnasium's classic-control tasks, whose whole state is known."""
+    return type(env.unwrapped).__module__.startswith("gymnasium.envs.classic_control")
+
+
 class ClassicVecEnv(PerEnvVecEnv):
-    """`num_envs` copies of a gymnasium classic-control task with a Discrete action space; float32 obs."""
+    """`num_envs` copies of a gymnasium env with a Discrete action space and a Box observation."""
 
     _label = "classic"
 
@@ -56,20 +66,21 @@ class ClassicVecEnv(PerEnvVecEnv):
         if not isinstance(space, gym.spaces.Discrete) or int(space.start) != 0:
             self.close()
             raise ValueError(
-                f"classic backend supports Discrete action spaces starting at 0 only; {env_id} has {space}. "
+                f"gym backend supports Discrete action spaces starting at 0 only; {env_id} has {space}. "
                 "Continuous-control tasks need a different policy head."
             )
         obs_space = self._envs[0].observation_space
         if not isinstance(obs_space, gym.spaces.Box):
             self.close()
-            raise ValueError(f"classic backend needs a Box observation space; {env_id} has {obs_space}")
+            raise ValueError(f"gym backend needs a Box observation space; {env_id} has {obs_space}")
+        image = obs_space.dtype == np.uint8
         self.spec = EnvSpec(
             name=env_id,
             obs_shape=tuple(obs_space.shape),
-            obs_dtype=np.dtype(np.float32),
+            obs_dtype=np.dtype(np.uint8 if image else np.float32),
             num_actions=int(space.n),
             frame_skip=1,
-            extra={"obs_scale": 1.0},
+            extra={"obs_scale": 1.0 / 255 if image else 1.0},
         )
 
     # ------------------------------------------------------------------ per-env hooks
@@ -105,9 +116,12 @@ class ClassicVecEnv(PerEnvVecEnv):
         }
 
     # ------------------------------------------------------------------ snapshots
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self) -> dict[str, Any] | None:
         """Everything needed to continue bit-identically: each env's physical state, its RNG, its TimeLimit
-        counter, the current obs and the episode statistics. Plain python values and numpy arrays only."""
+        counter, the current obs and the episode statistics. Plain python values and numpy arrays only. None for
+        an env that is not a classic-control task (nothing general saves a gymnasium env)."""
+        if not all(_snapshotable(env) for env in self._envs):
+            return None
         self._require_reset("get_state")
         envs = []
         for env in self._envs:

@@ -1039,7 +1039,7 @@ def _register() -> None:
     for name in TASKS:
         env_id = f"decoupled/{name}-v0"
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="envs.labyrinth:LabyrinthEnv", kwargs={"task": name})
+            gym.register(id=env_id, entry_point="decoupled.envs.labyrinth:LabyrinthEnv", kwargs={"task": name})
 
 
 _register()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvSpec, EpisodeTracker, VecEnv
+from decoupled.envs.base import EnvSpec, EpisodeTracker, VecEnv
 
 
 class DelayedCueVecEnv(VecEnv):

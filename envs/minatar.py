@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvSpec, EnvStep, PerEnvVecEnv
+from decoupled.envs.base import EnvSpec, EnvStep, PerEnvVecEnv
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
 # MinAtar's full action set, in its order (minatar/environments/*.py `action_map`).

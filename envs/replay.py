@@ -6,7 +6,7 @@ skewed towards the rewarding ones. `SequenceReplay` keeps what they need, and is
 replays (FeUdal and the navigation agent attach the same auxiliary heads).
 
 What is stored: every column of every learner rollout, as one *sequence* of T+1 slots in the rollout's layout
-(`runners.actor_learner`: slot t holds obs_t and the action, reward, terminated / truncated flags of the
+(`runners/training/actor_learner.py`: slot t holds obs_t and the action, reward, terminated / truncated flags of the
 transition *into* obs_t; slot 0 repeats the previous rollout's last slot), together with the actor's core state
 at slot 0. So a replayed sequence can be fed to a recurrent core from the state the actor had there (the pitfall
 of reimplementations that restart the LSTM from zeros, miyosuda/unreal#17), and it carries T transitions.

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
+from decoupled.envs.base import EnvCrashedError, EnvSpec, EpisodeTracker, VecEnv
 
 
 def resolve_factory(path: str) -> Callable[..., Any]:

@@ -1,9 +1,9 @@
-"""The machinery: cli, config, the train loop, actors and learner, checkpoints, loggers, evaluation, benchmarks."""
+"""The machinery, split by role into sub-packages that import only downwards:
 
-import os
+* `training`   the config schema, the train loop, the actor and learner, checkpoints, logging;
+* `evaluation` the user tools over runs: eval, suite, report, plot, render, the offline W&B reader;
+* `bench`      speed and learning benchmarks (`decoupled bench ...`);
+* `cli`        the `decoupled` command line over all three.
 
-# torch's OpenMP threads spin while they wait for work by default. Here they share the cores with envpool's threads,
-# the actor and the learner threads, and any other process, and spinning threads starve them: on Breakout with a
-# second process running, the actor made 146 agent steps/s with spinning threads and 928 with passive ones. OpenMP
-# reads this when torch loads it, so it is set before anything imports torch (the CLI imports this package first).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+bench -> evaluation -> training; nothing in training imports the other two.
+"""

@@ -10,6 +10,9 @@
     decoupled bench labyrinth [--num-envs 4] [--seconds 10]      # speed benchmarks, JSON lines
     decoupled render TASK [--steps N] [--seed S] [--run RUN_DIR] [--out DIR]   # a labyrinth episode as PNGs
     decoupled config CONFIG [section.key=value ...]      # print the resolved config, or the errors
+    decoupled configs                                    # the packaged configs, usable by name (impala/catch)
+
+CONFIG is a YAML path or a packaged config's name (`decoupled train impala/catch` works from any directory).
 
 Heavy imports (torch, envs) happen inside the subcommands so that a bad config fails within a second or two.
 """
@@ -22,8 +25,8 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
-    from runners.checkpoint import CheckpointError
-    from runners.config import ConfigError
+    from decoupled.runners.training.checkpoint import CheckpointError
+    from decoupled.runners.training.config import ConfigError
 
     if args.resume is None and args.config is None:
         print("decoupled train: give a CONFIG file or --resume RUN_DIR", file=sys.stderr)
@@ -32,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.config is not None:  # `train --resume DIR k=v`: argparse took k=v as config
         overrides.insert(0, args.config)
     try:
-        from runners.train import train_from_files
+        from decoupled.runners.training.train import train_from_files
 
         result = train_from_files(None if args.resume else args.config, overrides, args.run_dir, args.resume)
     except ConfigError as e:
@@ -47,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     import yaml
 
-    from runners.config import ConfigError, load_config
+    from decoupled.runners.training.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, list(args.overrides))
@@ -58,11 +61,21 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs(args: argparse.Namespace) -> int:
+    from decoupled.configs import names, resolve
+
+    for name in names():
+        first = resolve(name).read_text().splitlines()[:1]
+        about = first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+        print(f"{name:36s} {about}" if about else name)
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
-    from envs.atari import ProtocolMismatchError
-    from runners.checkpoint import CheckpointError
-    from runners.config import ConfigError
-    from runners.evaluate import evaluate_command
+    from decoupled.envs.atari import ProtocolMismatchError
+    from decoupled.runners.evaluation.evaluate import evaluate_command
+    from decoupled.runners.training.checkpoint import CheckpointError
+    from decoupled.runners.training.config import ConfigError
 
     try:
         return evaluate_command(args)
@@ -72,7 +85,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from runners.report import report_command
+    from decoupled.runners.evaluation.report import report_command
 
     try:
         return report_command(args)
@@ -82,8 +95,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _suite(args: argparse.Namespace) -> int:
-    from runners.config import ConfigError
-    from runners.suite import suite_command
+    from decoupled.runners.evaluation.suite import suite_command
+    from decoupled.runners.training.config import ConfigError
 
     try:
         return suite_command(args)
@@ -93,7 +106,7 @@ def _suite(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from runners.plot import plot_run
+    from decoupled.runners.evaluation.plot import plot_run
 
     labels = args.labels.split(",") if args.labels else None
     out = plot_run(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, labels=labels)
@@ -102,7 +115,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from runners.render import render_command
+    from decoupled.runners.evaluation.render import render_command
 
     try:
         return render_command(args)
@@ -140,11 +153,16 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from decoupled import __version__
+
     p = argparse.ArgumentParser(prog="decoupled", description="Actor-learner RL agents: train, evaluate, plot.")
+    p.add_argument("--version", action="version", version=f"decoupled {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train an agent from a YAML config (or resume a run)")
-    t.add_argument("config", nargs="?", help="YAML config, e.g. configs/impala/catch.yaml")
+    t.add_argument(
+        "config", nargs="?", help="YAML config or packaged name, e.g. configs/impala/catch.yaml, impala/catch"
+    )
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. runner.total_env_frames=200000")
     t.add_argument("--run-dir", help="run directory (default: runs/<agent>__<env>__<seed>__<time>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest valid checkpoint")
@@ -155,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*")
     c.set_defaults(func=_config)
 
-    from runners.report import add_report_arguments
-    from runners.suite import add_suite_arguments
+    cs = sub.add_parser("configs", help="list the packaged configs (each usable by name: decoupled train impala/catch)")
+    cs.set_defaults(func=_configs)
+
+    from decoupled.runners.evaluation.report import add_report_arguments
+    from decoupled.runners.evaluation.suite import add_suite_arguments
 
     e = sub.add_parser("eval", help="evaluate a run dir, a checkpoint, a suite dir or a random policy")
     _add_eval_arguments(e)
@@ -184,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs/render", help="output dir (default runs/render)")
     r.set_defaults(func=_render)
 
-    from runners.bench import add_parser as add_bench_parser
+    from decoupled.runners.bench.commands import add_parser as add_bench_parser
 
     add_bench_parser(sub)
     return p

@@ -13,8 +13,6 @@ there); the net merges them into its outputs. Actors pass no `extras`.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -91,19 +89,3 @@ class LSTMCore(nn.Module):
             if t in keep_at:
                 kept[keep_at[t]] = (h, c)
         return torch.stack(outputs), (h, c), kept
-
-
-CORES = ("none", "lstm", "dni_lstm")
-
-
-def make_core(kind: str, input_size: int, num_actions: int, hidden_size: int, dni: Any = None) -> nn.Module:
-    """`dni`: the `DNIConfig` of a `dni_lstm` core (its defaults when None)."""
-    if kind == "none":
-        return FeedForwardCore(input_size, num_actions)
-    if kind == "lstm":
-        return LSTMCore(input_size, num_actions, hidden_size)
-    if kind == "dni_lstm":
-        from agents.nets.dni import DNIConfig, DNILSTMCore
-
-        return DNILSTMCore(input_size, num_actions, hidden_size, dni if dni is not None else DNIConfig())
-    raise ValueError(f"unknown core {kind!r}; choose one of {', '.join(CORES)}")

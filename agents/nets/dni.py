@@ -35,21 +35,23 @@ Options: `dni.context` conditions M on more than the state (cDNI): the clipped r
 the agent's (detached) value there. `dni.aux_cost` > 0 adds DNI+Aux: a head on the state after the window's first
 step predicts the synthetic gradient injected at the window's end, an MSE loss whose gradient trains the core.
 
-`SyntheticGradients` does the learner's part (leaf state, injection, M's update, checkpoint state); the learner
-finds it with `SyntheticGradients.for_net(net)`, so an agent that uses the `dni_lstm` core needs no code for it.
+`SyntheticGradients` does the learner's part (leaf state, injection, M's update, checkpoint state) as a
+`LearnerHook` (decoupled/agents/base.py) that the core hands out (`DNILSTMCore.learner_hook`), so an agent that
+uses the `dni_lstm` core needs no code for it and the runner knows nothing of synthetic gradients.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from agents.nets.cores import CoreState, LSTMCore, core_inputs
+from decoupled.agents.base import LearnerHook
+from decoupled.agents.nets.cores import CoreState, LSTMCore, core_inputs
 
 
 class DNIConfig(BaseModel):
@@ -94,8 +96,6 @@ class DNILSTMCore(LSTMCore):
     """The LSTM core plus the synthetic-gradient module M (and the DNI+Aux head). Acting is the LSTM's; in the
     learner's forward (`extras` given) it also hands out the window's boundary state and its first-step state."""
 
-    own_optimizer_modules = ("sg",)  # trained by `SyntheticGradients`, not by the agent's optimiser
-
     def __init__(self, input_size: int, num_actions: int, hidden_size: int, cfg: DNIConfig):
         super().__init__(input_size, num_actions, hidden_size)  # the LSTM first: same init as LSTMCore's
         self.cfg = cfg
@@ -116,29 +116,21 @@ class DNILSTMCore(LSTMCore):
         extras["dni/boundary_state"] = kept[-2]  # before the last slot: where the next unroll starts
         return outputs, final
 
-
-def dni_cores(net: nn.Module) -> list[DNILSTMCore]:
-    return [m for m in net.modules() if isinstance(m, DNILSTMCore) and m.cfg.enabled]
-
-
-def main_parameters(net: nn.Module) -> Iterator[nn.Parameter]:
-    """The parameters the agent's optimiser trains: all but those of modules with an optimiser of their own."""
-    own = set()
-    for m in net.modules():
-        for name in getattr(m, "own_optimizer_modules", ()):
-            sub = getattr(m, name, None)
-            if sub is not None:
-                own.update(id(p) for p in sub.parameters())
-    return (p for p in net.parameters() if id(p) not in own)
+    def learner_hook(self) -> SyntheticGradients | None:
+        """The learner's side of this core (M's update, the injection); M is trained by it, not the agent."""
+        return SyntheticGradients(self) if self.cfg.enabled else None
 
 
 def _cat(state: CoreState) -> torch.Tensor:
     return torch.cat(list(state), -1)
 
 
-class SyntheticGradients:
+class SyntheticGradients(LearnerHook):
     """The learner's side of a `dni_lstm` core: call `leaf(state)` before the forward pass, add `inject(...)` to
-    the loss before its backward pass, then `update(...)` once the gradients are there."""
+    the loss before its backward pass, then `update(...)` once the gradients are there (as a `LearnerHook`:
+    `prepare_state`, `extra_loss`, `after_update`)."""
+
+    name = "dni"
 
     def __init__(self, core: DNILSTMCore):
         self.core, self.cfg = core, core.cfg
@@ -147,12 +139,18 @@ class SyntheticGradients:
         self.sigma = 1.0  # the running RMS of the target entries (dni.normalize); 1 until the first target
         self.sigma_seen = False
 
-    @classmethod
-    def for_net(cls, net: nn.Module) -> SyntheticGradients | None:
-        cores = dni_cores(net)
-        if len(cores) > 1:
-            raise ValueError("one dni_lstm core per net is supported")
-        return cls(cores[0]) if cores else None
+    # ------------------------------------------------------------------------------------------------ the hook
+    def own_parameters(self) -> Iterable[nn.Parameter]:
+        return self.core.sg.parameters()
+
+    def prepare_state(self, state: CoreState) -> CoreState:
+        return self.leaf(state)
+
+    def extra_loss(self, batch, outputs):
+        return self.inject(batch, outputs)
+
+    def after_update(self, state, batch, outputs):
+        return self.update(state, batch, outputs)
 
     # ------------------------------------------------------------------------------------------------ pieces
     def leaf(self, state: CoreState) -> CoreState:

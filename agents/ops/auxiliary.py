@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from agents.ops.returns import lambda_returns
+from decoupled.agents.ops.returns import lambda_returns
 
 
 def pixel_change_rewards(

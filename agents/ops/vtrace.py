@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from agents.ops.losses import action_log_probs
+from decoupled.agents.ops.losses import action_log_probs
 
 
 class VTraceReturns(NamedTuple):

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.config import load_config
-from runners.evaluate import load_policy, run_episodes
-from runners.train import train
+from decoupled.runners.evaluation.evaluate import load_policy, run_episodes
+from decoupled.runners.training.config import load_config
+from decoupled.runners.training.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.learning

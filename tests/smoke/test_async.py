@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from envs import make_vec_env
-from envs.base import EnvCrashedError
-from envs.catch import CatchVecEnv
-from runners import train as train_mod
-from runners.actor_learner import Actor
-from runners.async_actors import ParamSnapshot
-from runners.checkpoint import CheckpointManager
-from runners.config import ConfigError, load_config
+from decoupled.envs import make_vec_env
+from decoupled.envs.base import EnvCrashedError
+from decoupled.envs.catch import CatchVecEnv
+from decoupled.runners.training import train as train_mod
+from decoupled.runners.training.actor_learner import Actor
+from decoupled.runners.training.async_actors import ParamSnapshot
+from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"
@@ -58,7 +58,7 @@ def test_async_mode_trains_with_bounded_policy_lag(tmp_path):
 @pytest.mark.learning
 @pytest.mark.parametrize("mode", ["serial", "async"])
 def test_serial_and_async_learn_catch_alike(tmp_path, mode):
-    from runners.evaluate import load_policy, run_episodes
+    from decoupled.runners.evaluation.evaluate import load_policy, run_episodes
 
     cfg = load_config(CATCH, [f"runner.mode={mode}"])
     assert train_mod.train(cfg, tmp_path)["status"] == "finished"

@@ -15,7 +15,7 @@ def test_bench_throughput_prints_one_line_per_measurement_and_the_ratios(tmp_pat
     pytest.importorskip("envpool")
     pytest.importorskip("stable_baselines3")
     # 5 s, not 3: on a loaded machine async impala once logged fewer than the two metrics records a rate needs in 3 s
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "throughput", "--seconds", "5", "--warmup", "3"]
+    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "5", "--warmup", "3"]
     cmd += ["--repeats", "1", "--only", "env,impala_ff,sb3_a2c,breakdown"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)  # configs found from any cwd
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,7 +39,7 @@ def test_bench_throughput_prints_one_line_per_measurement_and_the_ratios(tmp_pat
 
 def test_bench_throughput_rejects_an_unknown_measurement():
     proc = subprocess.run(
-        [sys.executable, "-m", "runners.cli", "bench", "throughput", "--only", "env,warp_drive"],
+        [sys.executable, "-m", "decoupled", "bench", "throughput", "--only", "env,warp_drive"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -52,7 +52,19 @@ def test_bench_throughput_rejects_an_unknown_measurement():
 def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_ours(tmp_path):
     pytest.importorskip("stable_baselines3")
     out = tmp_path / "peer"
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "peer", "--algo", "ppo", "--game", "Pong", "--seconds", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "decoupled",
+        "bench",
+        "peer",
+        "--algo",
+        "ppo",
+        "--game",
+        "Pong",
+        "--seconds",
+        "4",
+    ]
     cmd += ["--eval-episodes", "1", "--log-every-env-frames", "2048", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -66,7 +78,7 @@ def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_o
     pong = doc["games"]["Pong"]
     assert len(pong["episode_scores"]) == 1 and -21 <= pong["episode_scores"][0] <= 21
     assert 0 < pong["episode_frames"][0] <= 108_000
-    from runners.report import load_score_file
+    from decoupled.runners.evaluation.report import load_score_file
 
     run = load_score_file(out / "eval" / "scores.json")  # read the way `decoupled report` reads ours
     assert (run.protocol, run.max_episode_frames, run.greedy) == ("dqn_noop30", 108_000, False)
@@ -75,7 +87,18 @@ def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_o
     png = tmp_path / "both.png"
     records[-1].setdefault("train/episode_return", -21.0)  # a 4-second run may not finish a Pong game
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    plot = [sys.executable, "-m", "runners.cli", "plot", str(out), str(out), "--labels", "a,b", "--out", str(png)]
+    plot = [
+        sys.executable,
+        "-m",
+        "decoupled",
+        "plot",
+        str(out),
+        str(out),
+        "--labels",
+        "a,b",
+        "--out",
+        str(png),
+    ]
     proc = subprocess.run(plot, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -87,7 +110,7 @@ def _json_lines(stdout: str) -> list[dict]:
 
 def test_bench_dni_recall_solves_delays_inside_the_window_with_every_method():
     """Delays 1 and 2 fit in a window of 3: truncated BPTT and DNI alike must solve them within the budget."""
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "dni", "--task", "recall", "--truncation", "3"]
+    cmd = [sys.executable, "-m", "decoupled", "bench", "dni", "--task", "recall", "--truncation", "3"]
     cmd += ["--seeds", "1", "--max-level", "2", "--updates-per-level", "2500"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,7 +128,7 @@ def test_bench_dni_recall_solves_delays_inside_the_window_with_every_method():
 @pytest.mark.slow
 def test_bench_dni_delayed_cue_trains_each_method_and_plots(tmp_path):
     out = tmp_path / "dc"
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "dni", "--task", "delayed_cue", "--truncation", "2"]
+    cmd = [sys.executable, "-m", "decoupled", "bench", "dni", "--task", "delayed_cue", "--truncation", "2"]
     cmd += ["--delay", "3", "--seeds", "1", "--frames", "6000", "--jobs", "1", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # the config from any cwd
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,7 +146,7 @@ def test_bench_dni_delayed_cue_trains_each_method_and_plots(tmp_path):
 
 def test_bench_unreal_and_minatar_run_seeds_and_print_their_lines(tmp_path):
     """The learning benchmarks for real, tiny: a line per run and per method, curves, and a rerun reuses runs."""
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "unreal", "--configs", "configs/unreal/catch.yaml",
+    cmd = [sys.executable, "-m", "decoupled", "bench", "unreal", "--configs", "configs/unreal/catch.yaml",
            "--seeds", "1", "--frames", "3200", "--jobs", "2", "--out", str(tmp_path / "u"),
            "--override", "agent.replay_start_steps=320"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -142,7 +165,7 @@ def test_bench_unreal_and_minatar_run_seeds_and_print_their_lines(tmp_path):
     assert not (tmp_path / "a" / "catch" / "base_s0").exists()
     proc = subprocess.run([*cmd, "--methods", "nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--methods takes base and/or unreal" in proc.stderr
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "minatar", "--games", "breakout", "--seeds", "1",
+    cmd = [sys.executable, "-m", "decoupled", "bench", "minatar", "--games", "breakout", "--seeds", "1",
            "--frames", "3200", "--eval-episodes", "2", "--jobs", "1", "--out", str(tmp_path / "m")]  # fmt: skip
     for _ in range(2):  # the second time the finished run is reused, not retrained
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -155,8 +178,8 @@ def test_bench_unreal_and_minatar_run_seeds_and_print_their_lines(tmp_path):
 
 def test_an_interrupted_benchmark_run_resumes_from_its_checkpoint(tmp_path, capsys):
     """A bench run dir left with a checkpoint but short of its frames continues from it, keeping what it had."""
-    from runners.bench_learning import run_job
-    from runners.plot import read_metrics
+    from decoupled.runners.bench.learning import run_job
+    from decoupled.runners.evaluation.plot import read_metrics
 
     config = str(ROOT / "configs/impala/catch.yaml")
     common = ["wandb.mode=disabled", "runner.log_every_env_frames=400", "runner.checkpoint_every_env_frames=1600"]
@@ -185,7 +208,7 @@ def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no
     import psutil
 
     out = tmp_path / "m"
-    cmd = [sys.executable, "-m", "runners.cli", "bench", "minatar", "--games", "breakout", "--seeds", "3",
+    cmd = [sys.executable, "-m", "decoupled", "bench", "minatar", "--games", "breakout", "--seeds", "3",
            "--frames", "5000000", "--jobs", "2", "--out", str(out)]  # fmt: skip
     # A shell's background job inherits SIGINT ignored (and Python then keeps it so): give the benchmark the default.
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -211,7 +234,7 @@ def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no
 
 
 def test_frames_to_threshold_and_its_median_over_seeds():
-    from runners.bench_learning import _median_frames, _summarise
+    from decoupled.runners.bench.learning import _median_frames, _summarise
 
     curve = [(100, 0.0, 1.0), (200, 4.0, 2.0), (300, 6.0, 3.0), (400, 5.0, 4.0)]
     assert _summarise(curve, 400, threshold=5.0)["frames_to_threshold"] == 300

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.checkpoint import CheckpointManager
-from runners.wandb_reader import read_run_dir
+from decoupled.runners.evaluation.wandb_reader import read_run_dir
+from decoupled.runners.training.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"
@@ -25,7 +25,11 @@ def _env():
 
 def _cli(*args, **kw):
     return subprocess.run(
-        [sys.executable, "-m", "runners.cli", *map(str, args)], capture_output=True, text=True, env=_env(), **kw
+        [sys.executable, "-m", "decoupled", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        **kw,
     )
 
 
@@ -43,7 +47,7 @@ def test_sigkill_then_resume_finishes_with_consistent_counts(tmp_path):
         run,
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runners.cli", *map(str, args)],
+        [sys.executable, "-m", "decoupled", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=_env(),
@@ -83,7 +87,7 @@ def test_sigint_writes_final_checkpoint_and_exits_zero(tmp_path):
         [
             sys.executable,
             "-m",
-            "runners.cli",
+            "decoupled",
             "train",
             str(CATCH),
             "runner.total_env_frames=5000000",

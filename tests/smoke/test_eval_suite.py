@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from envs import make_vec_env
-from runners.evaluate import (
+from decoupled.envs import make_vec_env
+from decoupled.runners.evaluation.evaluate import (
     EvalTask,
     Policy,
     atari_game,
@@ -49,7 +49,11 @@ def _env() -> dict[str, str]:
 
 def _cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "runners.cli", *map(str, args)], capture_output=True, text=True, env=_env(), **kw
+        [sys.executable, "-m", "decoupled", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        **kw,
     )
 
 
@@ -145,7 +149,7 @@ def test_eval_score_is_unclipped_over_all_lives_whatever_the_training_used(backe
 @pytest.mark.atari
 def test_eval_refuses_an_env_not_in_eval_form() -> None:
     _needs_atari()
-    from envs.atari import ProtocolMismatchError
+    from decoupled.envs.atari import ProtocolMismatchError
 
     env = make_vec_env("atari", "Breakout", 1, 0, mode="train", options={"protocol": "dqn_noop30"})
     settings = env.settings()
@@ -194,7 +198,7 @@ def test_eval_bad_input_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_eval_task_builds_the_env_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # A checkpoint is evaluated on one env build (the net is made from that env's spec).
-    import runners.evaluate as ev
+    import decoupled.runners.evaluation.evaluate as ev
 
     built = []
     real = ev.make_vec_env
@@ -216,7 +220,7 @@ CATCH_TASK = {"game": "catch", "backend": "catch", "env_id": "catch", "options":
 def test_eval_seeds_never_share_an_env_seed(monkeypatch: pytest.MonkeyPatch) -> None:
     # Seed s plays env seeds s * num_envs + i: --seeds 0,1 on 4 envs use 0-3 and 4-7 (with seed + i they would share
     # 1-3, and a greedy policy under dqn_noop30 would replay the same episodes).
-    import runners.evaluate as ev
+    import decoupled.runners.evaluation.evaluate as ev
 
     for n in (1, 3, 8):
         for a in range(6):
@@ -273,7 +277,7 @@ def test_eval_of_an_ale_id_is_scored_as_the_game(tmp_path: Path) -> None:
 def test_eval_cache_depends_on_num_envs_and_keeps_only_checked_results(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runners.evaluate as ev
+    import decoupled.runners.evaluation.evaluate as ev
 
     task = EvalTask(**CATCH_TASK, checkpoint="ckpt")
     cache = tmp_path / "games" / "catch.json"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from runners.config import load_config
-from runners.train import train
+from decoupled.runners.training.config import load_config
+from decoupled.runners.training.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["env.num_envs=4", "runner.unroll_length=5", "runner.log_every_env_frames=1"]

@@ -13,7 +13,17 @@ def test_render_writes_map_and_strip(tmp_path):
     from PIL import Image
 
     out = subprocess.run(
-        [sys.executable, "-m", "runners.cli", "render", "nav_maze_static_01", "--steps", "60", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "decoupled",
+            "render",
+            "nav_maze_static_01",
+            "--steps",
+            "60",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -26,7 +36,7 @@ def test_render_writes_map_and_strip(tmp_path):
 
 
 def test_map_shows_walls_goal_and_trajectory(tmp_path):
-    from runners.render import draw_map, play_episode
+    from decoupled.runners.evaluation.render import draw_map, play_episode
 
     ep = play_episode("nav_maze_static_01", 40, seed=1)
     assert len(ep["rgb"]) == 40 and ep["positions"].shape == (41, 2)
@@ -41,7 +51,7 @@ def test_map_shows_walls_goal_and_trajectory(tmp_path):
 
 def test_render_unknown_task_is_a_clear_error(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "runners.cli", "render", "nav_maze_nope", "--out", str(tmp_path)],
+        [sys.executable, "-m", "decoupled", "render", "nav_maze_nope", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -52,9 +62,9 @@ def test_render_unknown_task_is_a_clear_error(tmp_path):
 def test_render_with_a_trained_policy(tmp_path):
     from pathlib import Path
 
-    from runners.config import load_config
-    from runners.render import play_episode
-    from runners.train import train
+    from decoupled.runners.evaluation.render import play_episode
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import train
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(
@@ -73,9 +83,9 @@ def test_render_an_unreal_run_uses_its_env_and_draws_pixel_control(tmp_path):
 
     import pytest
 
-    from runners.config import load_config
-    from runners.render import draw_pixel_control, play_episode
-    from runners.train import train
+    from decoupled.runners.evaluation.render import draw_pixel_control, play_episode
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import train
 
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(

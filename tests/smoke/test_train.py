@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from runners import train as train_mod
-from runners.checkpoint import CheckpointManager
-from runners.config import load_config
-from runners.wandb_reader import read_run_dir
+from decoupled.runners.evaluation.wandb_reader import read_run_dir
+from decoupled.runners.training import train as train_mod
+from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"
@@ -120,7 +120,7 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
 
 
 def test_env_crash_saves_checkpoint_and_run_resumes(tmp_path, monkeypatch):
-    from envs.catch import CatchVecEnv
+    from decoupled.envs.catch import CatchVecEnv
 
     real = CatchVecEnv.step
     calls = {"n": 0}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from runners import train as train_mod
-from runners.checkpoint import CheckpointManager
-from runners.config import load_config
+from decoupled.runners.training import train as train_mod
+from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "unreal" / "catch.yaml"
@@ -116,8 +116,8 @@ def test_impala_replay_ratio_mixes_replayed_sequences_into_every_batch(tmp_path)
     assert any(abs(r["replay/rho_mean"] - 1.0) > 1e-3 for r in recs)  # off-policy data, corrected
     state, _ = CheckpointManager(tmp_path / "checkpoints").load_latest()
     assert state["learner_extra"]["replay"]["data"]["behaviour_logits"].shape[-1] == 3
-    from agents import get_agent
-    from envs.replay import SequenceReplay
+    from decoupled.agents import get_agent
+    from decoupled.envs.replay import SequenceReplay
 
     rep = SequenceReplay(1000, 20, (1, 10, 5), np.float32, (), 0, num_actions=3)
     rep.add({"data": {k: np.zeros((21, 16, *s)) for k, s in [("obs", (1, 10, 5)), ("action", ()), ("reward", ()),

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import VecEnv
+from decoupled.envs.base import VecEnv
 
 
 @dataclass
@@ -138,7 +138,7 @@ def streams_equal(a: list[tuple[np.ndarray, ...]], b: list[tuple[np.ndarray, ...
 def roundtrip_checkpoint(state: dict[str, Any], tmp_path: Any) -> dict[str, Any]:
     """Pass an env snapshot through the project's checkpoint writer/reader (torch.save / weights_only=True load),
     the way a resumed run will see it."""
-    from runners.checkpoint import CheckpointManager
+    from decoupled.runners.training.checkpoint import CheckpointManager
 
     manager = CheckpointManager(tmp_path / "ckpt")
     path = manager.save(1, {"env": state})

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.labyrinth import ACTION_NAMES, CELL_SIZE, cell_center
+from decoupled.envs.labyrinth import ACTION_NAMES, CELL_SIZE, cell_center
 
 A = {name: i for i, name in enumerate(ACTION_NAMES)}
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from envs.atari_data import (
+from decoupled.envs.atari_data import (
     ATARI5,
     ATARI5_WEIGHTS,
     ATARI10,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.nets.heads import FeatureControlHead, PixelControlHead, RewardPredictionHead
-from agents.ops.auxiliary import (
+from decoupled.agents.nets.heads import FeatureControlHead, PixelControlHead, RewardPredictionHead
+from decoupled.agents.ops.auxiliary import (
     feature_change_rewards,
     pixel_change_rewards,
     pixel_control_loss,

@@ -1,4 +1,4 @@
-"""Unit tests for runners.checkpoint (user_needs §3, §10 and test list §4-A5/A6/A7).
+"""Unit tests for decoupled.runners.training.checkpoint (user_needs §3, §10 and test list §4-A5/A6/A7).
 
 Why: a checkpoint that silently fails to restore (numpy state lost, a corrupt newest file picked, a pickle that runs
 code, retention that deletes the last good one) costs whole training runs; each test below targets one of those.
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from runners.checkpoint import (
+from decoupled.runners.training.checkpoint import (
     SCHEMA_VERSION,
     CheckpointError,
     CheckpointManager,
@@ -420,7 +420,7 @@ def test_stale_tmp_dirs_are_removed_at_construction(tmp_path: Path, caplog: pyte
     pruned = directory / "ckpt-000000000050.pruned.tmp"
     pruned.mkdir()
     (directory / "notes.txt").write_text("not ours")
-    with caplog.at_level(logging.WARNING, logger="runners.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="decoupled.runners.training.checkpoint"):
         mgr2 = CheckpointManager(directory)
     assert not half.exists() and not pruned.exists()
     assert (directory / "notes.txt").exists()

@@ -1,7 +1,7 @@
 """kill -9 during a checkpoint save must never cost the last complete checkpoint (user_needs §3, test list §4-A3).
 
 Why a fork server: importing torch costs ~2 s, so one fresh interpreter per kill would blow the time budget. A small
-server script imports torch and runners.checkpoint once, runs no torch op itself (so forking is safe), and forks one
+server script imports torch and the checkpoint module once, runs no torch op itself (so forking is safe), and forks one
 writer process per round. The writer is a separate OS process that keeps saving large checkpoints until the test
 SIGKILLs it at a chosen fraction of a measured save duration, so kills land in torch.save, fsync, manifest writing,
 the renames (each env_frames is saved twice, exercising the replace path) and pruning.
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runners.checkpoint import CheckpointManager, CheckpointWarning
+from decoupled.runners.training.checkpoint import CheckpointManager, CheckpointWarning
 
 SERVER = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np
     import torch
-    from runners.checkpoint import CheckpointManager
+    from decoupled.runners.training.checkpoint import CheckpointManager
 
     def writer(directory, seq, n_elems):
         mgr = CheckpointManager(directory, keep=2)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from runners.config import ConfigError, apply_overrides, load_config, validate_config
+from decoupled.runners.training.config import ConfigError, apply_overrides, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -89,7 +89,7 @@ def test_labyrinth_maze_size_must_be_odd():
 
 
 def test_round_trip_is_identical(tmp_path):
-    from runners.config import dump_config
+    from decoupled.runners.training.config import dump_config
 
     cfg = load_config(CATCH, ["runner.seed=7"])
     dump_config(cfg, tmp_path / "c.yaml")
@@ -100,7 +100,16 @@ def test_round_trip_is_identical(tmp_path):
 def test_cli_bad_key_exits_nonzero_fast_and_names_key(tmp_path):
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "runners.cli", "train", str(CATCH), "runner.no_such_key=1", "--run-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "decoupled",
+            "train",
+            str(CATCH),
+            "runner.no_such_key=1",
+            "--run-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -115,7 +124,7 @@ def test_rmsprop_tf_is_tensorflows_rmsprop():
     """optim.name=rmsprop_tf: the mean square starts at 1 and eps sits inside the square root (tf.train.RMSProp)."""
     import torch
 
-    from runners.train import make_optimizer
+    from decoupled.runners.training.train import make_optimizer
 
     cfg = load_config("configs/impala/catch.yaml", ["optim.name=rmsprop_tf", "optim.lr=0.1", "optim.eps=0.01"])
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))

@@ -8,12 +8,13 @@ import pytest
 import torch
 import yaml
 
-from agents import get_agent
-from agents.impala import ImpalaConfig, ImpalaNet
-from agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradientModule, SyntheticGradients, main_parameters
-from envs.base import EnvSpec
-from runners.actor_learner import Learner
-from runners.config import ConfigError, load_config
+from decoupled.agents import get_agent
+from decoupled.agents.base import module_learner_hooks, trainable_parameters
+from decoupled.agents.impala import ImpalaConfig, ImpalaNet
+from decoupled.agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradientModule, SyntheticGradients
+from decoupled.envs.base import EnvSpec
+from decoupled.runners.training.actor_learner import Learner
+from decoupled.runners.training.config import ConfigError, load_config
 
 SPEC = EnvSpec("vec", (6,), np.dtype(np.float32), 3)
 T, B = 5, 4
@@ -45,7 +46,7 @@ def _learner(core, **dni):
         kw["dni"] = DNIConfig(**dni)
     cfg = ImpalaConfig(**kw)
     net = ImpalaNet(SPEC, cfg)
-    opt = torch.optim.RMSprop(main_parameters(net), lr=1e-2, eps=1e-5)
+    opt = torch.optim.RMSprop(trainable_parameters(net, module_learner_hooks(cfg, net)), lr=1e-2, eps=1e-5)
     return Learner(get_agent("impala"), cfg, net, opt, torch.device("cpu"), 40.0, 3), net
 
 
@@ -56,7 +57,7 @@ def _core_params(net):
 def test_dni_disabled_is_bit_identical_to_the_lstm_core():
     (la, a), (lb, b) = _learner("lstm"), _learner("dni_lstm", enabled=False)
     assert list(a.state_dict()) == list(b.state_dict())  # no M built, the same parameters in the same order
-    assert lb.dni is None
+    assert lb.hooks == []
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
     for seed in range(4):
@@ -143,19 +144,19 @@ def test_m_loss_does_not_reach_the_core_and_m_is_not_in_the_agent_optimiser():
     assert not sg_params & {id(p) for g in learner.optimizer.param_groups for p in g["params"]}
     learner.step(_rollout(0))  # M gets a first, non-zero step
     rollout = _rollout(1)
-    from runners.actor_learner import net_inputs, rollout_to_batch
+    from decoupled.runners.training.actor_learner import net_inputs, rollout_to_batch
 
     batch, state = rollout_to_batch(rollout, torch.device("cpu"))
-    leaf = learner.dni.leaf(state)
+    leaf = learner.hooks[0].leaf(state)
     inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu")
     outputs, _ = net(inputs, leaf)
     loss, _ = learner.agent.loss_fn(learner.cfg, batch, outputs)
-    term, _ = learner.dni.inject(batch, outputs)
+    term, _ = learner.hooks[0].inject(batch, outputs)
     (loss + term).backward()
     assert all(p.grad is None for p in net.core.sg.parameters())  # the injection treats M's output as a constant
     before = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
     m_before = [p.detach().clone() for p in net.core.sg.parameters()]
-    metrics = learner.dni.update(leaf, batch, outputs)
+    metrics = learner.hooks[0].update(leaf, batch, outputs)
     after = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
     assert before.keys() == after.keys() and all(torch.equal(before[n], after[n]) for n in before)
     assert any(not torch.equal(a, b) for a, b in zip(m_before, net.core.sg.parameters(), strict=True))
@@ -166,13 +167,13 @@ def test_episode_starts_cut_the_synthetic_gradient():
     learner, net = _learner("dni_lstm", scale=0.5)
     with torch.no_grad():
         net.core.sg.out.bias.fill_(1.0)  # a synthetic gradient everywhere
-    from runners.actor_learner import net_inputs, rollout_to_batch
+    from decoupled.runners.training.actor_learner import net_inputs, rollout_to_batch
 
     # column 0: the next window starts an episode (slot T); column 1: one starts inside; 2, 3: none
     batch, state = rollout_to_batch(_rollout(0, first_at=[(T, 0), (2, 1)]), torch.device("cpu"))
-    leaf = learner.dni.leaf(state)
+    leaf = learner.hooks[0].leaf(state)
     outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), leaf)
-    term, _ = learner.dni.inject(batch, outputs)
+    term, _ = learner.hooks[0].inject(batch, outputs)
     term.backward()  # the injected term alone
     grad = torch.cat([s.grad for s in leaf], -1)
     assert torch.equal(grad[0], torch.zeros_like(grad[0]))  # nothing injected where the next window resets
@@ -180,11 +181,11 @@ def test_episode_starts_cut_the_synthetic_gradient():
     assert grad[2].abs().sum() > 0 and grad[3].abs().sum() > 0
     # a window that starts an episode everywhere gives M nothing to learn from: no update
     batch, state = rollout_to_batch(_rollout(1, first_at=[(0, b) for b in range(B)]), torch.device("cpu"))
-    leaf = learner.dni.leaf(state)
+    leaf = learner.hooks[0].leaf(state)
     outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), leaf)
     m_before = [p.detach().clone() for p in net.core.sg.parameters()]
-    (learner.agent.loss_fn(learner.cfg, batch, outputs)[0] + learner.dni.inject(batch, outputs)[0]).backward()
-    assert learner.dni.update(leaf, batch, outputs) == {}
+    (learner.agent.loss_fn(learner.cfg, batch, outputs)[0] + learner.hooks[0].inject(batch, outputs)[0]).backward()
+    assert learner.hooks[0].update(leaf, batch, outputs) == {}
     assert all(torch.equal(a, b) for a, b in zip(m_before, net.core.sg.parameters(), strict=True))
 
 

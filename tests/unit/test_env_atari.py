@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs import EnvCrashedError, make_vec_env
-from envs.atari import (
+from decoupled.envs import EnvCrashedError, make_vec_env
+from decoupled.envs.atari import (
     PRESETS,
     EnvpoolAtariVecEnv,
     GymAtariVecEnv,
@@ -108,7 +108,7 @@ def test_ale_rom_names() -> None:
 
 def test_every_atari57_game_has_a_rom() -> None:
     ale_py = pytest.importorskip("ale_py")
-    from envs.atari_data import ATARI57
+    from decoupled.envs.atari_data import ATARI57
 
     assert len(ATARI57) == 57
     for game in ATARI57:

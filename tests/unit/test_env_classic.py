@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs import EnvCrashedError, make_vec_env
-from envs.classic import ClassicVecEnv
+from decoupled.envs import EnvCrashedError, make_vec_env
+from decoupled.envs.classic import ClassicVecEnv
 
 try:
     from tests.unit.env_contract import check_contract, roundtrip_checkpoint, run_stream, streams_equal

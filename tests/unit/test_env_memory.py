@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from envs import make_vec_env
-from envs.memory import DelayedCueVecEnv
-from runners.config import ConfigError, load_config
+from decoupled.envs import make_vec_env
+from decoupled.envs.memory import DelayedCueVecEnv
+from decoupled.runners.training.config import ConfigError, load_config
 
 try:
     from tests.unit.env_contract import check_contract

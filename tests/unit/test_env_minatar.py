@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("minatar")
 
-from envs import EnvCrashedError, make_vec_env  # noqa: E402
-from envs.minatar import GAMES, MinAtarVecEnv, canonical_game  # noqa: E402
+from decoupled.envs import EnvCrashedError, make_vec_env  # noqa: E402
+from decoupled.envs.minatar import GAMES, MinAtarVecEnv, canonical_game  # noqa: E402
 
 try:
     from tests.unit.env_contract import check_contract, roundtrip_checkpoint, run_stream, streams_equal

@@ -6,9 +6,9 @@ import signal
 import numpy as np
 import pytest
 
-from envs.base import EnvCrashedError
-from envs.classic import ClassicVecEnv
-from envs.subproc import ProcessVecEnv, resolve_factory
+from decoupled.envs.base import EnvCrashedError
+from decoupled.envs.classic import ClassicVecEnv
+from decoupled.envs.subproc import ProcessVecEnv, resolve_factory
 
 CARTPOLE = {"factory": "gymnasium:make", "kwargs": {"id": "CartPole-v1"}, "channels_first": False, "name": "CartPole"}
 

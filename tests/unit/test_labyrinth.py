@@ -20,7 +20,7 @@ import pytest
 
 gym = pytest.importorskip("gymnasium")
 
-import envs.labyrinth as lab  # noqa: E402  (pure-numpy parts work without the engine)
+import decoupled.envs.labyrinth as lab  # noqa: E402  (pure-numpy parts work without the engine)
 
 try:
     from tests.unit.labyrinth_helpers import A, drive, shortest_path, turn_towards, wrap

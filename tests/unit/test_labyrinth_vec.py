@@ -11,7 +11,7 @@ pytest.importorskip("vizdoom")
 pytest.importorskip("labmaze")
 pytest.importorskip("omg")
 
-from envs import make_vec_env  # noqa: E402
+from decoupled.envs import make_vec_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,8 +66,8 @@ def test_dead_worker_is_restarted_with_a_report(venv):
 
 
 def test_impala_trains_on_the_labyrinth(tmp_path):
-    from runners.config import load_config
-    from runners.train import train
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import train
 
     cfg = load_config(
         ROOT / "configs" / "impala" / "nav_maze_static_01.yaml",
@@ -83,9 +83,9 @@ def test_unreal_trains_on_the_small_sparse_maze(tmp_path):
     the 7x9 maze's 450-step episodes) and every auxiliary loss is computed on the 20x20 pixel-control grid."""
     import json
 
-    from envs.labyrinth import CELL_SIZE
-    from runners.config import load_config
-    from runners.train import train
+    from decoupled.envs.labyrinth import CELL_SIZE
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import train
 
     cfg = load_config(
         ROOT / "configs" / "unreal" / "nav_maze_small_sparse.yaml",

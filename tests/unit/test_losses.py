@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.ops.losses import action_log_probs, baseline_loss, entropy_loss, policy_gradient_loss
+from decoupled.agents.ops.losses import action_log_probs, baseline_loss, entropy_loss, policy_gradient_loss
 
 
 def assert_close(actual, expected, rtol=1e-7, atol=1e-7, msg=""):

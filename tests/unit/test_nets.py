@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.impala import ImpalaConfig, ImpalaNet
-from agents.nets.cores import LSTMCore
-from agents.nets.torsos import ImpalaResNet, MinAtarCNN, NatureCNN, make_torso
-from envs.base import EnvSpec
+from decoupled.agents.impala import ImpalaConfig, ImpalaNet
+from decoupled.agents.nets.cores import LSTMCore
+from decoupled.agents.nets.torsos import ImpalaResNet, MinAtarCNN, NatureCNN, make_torso
+from decoupled.envs.base import EnvSpec
 
 ATARI = EnvSpec("atari", (4, 84, 84), np.dtype(np.uint8), 6, 4, {"obs_scale": 1 / 255})
 

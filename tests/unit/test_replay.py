@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from envs.replay import SequenceReplay
+from decoupled.envs.replay import SequenceReplay
 
 
 def _rollout(T, B, rng, reward_p=0.0, done_p=0.0, start=0, obs_shape=(2, 3, 3)):

@@ -1,4 +1,4 @@
-"""Unit tests for runners.report: HNS per game, aggregates and CIs against rliable, the files and plots, errors.
+"""Unit tests for the report: HNS per game, aggregates and CIs against rliable, the files and plots, errors.
 
 Why: the report is what papers are compared on. The aggregates must be rliable's (same estimator, same stratified
 bootstrap), every normalised number must carry the score table's id, fewer than 5 seeds must be flagged, and bad
@@ -22,8 +22,8 @@ pytest.importorskip("rliable")
 from rliable import library as rly  # noqa: E402
 from rliable import metrics  # noqa: E402
 
-from envs.atari_data import ATARI_SCORES, TABLE_ID, UnknownGameError  # noqa: E402
-from runners.report import (  # noqa: E402
+from decoupled.envs.atari_data import ATARI_SCORES, TABLE_ID, UnknownGameError  # noqa: E402
+from decoupled.runners.evaluation.report import (  # noqa: E402
     aggregate_fn,
     build_report,
     check_comparable,
@@ -205,7 +205,7 @@ def test_different_backends_and_greedy_vs_sampled_are_flagged(tmp_path: Path) ->
 
 
 def test_report_goes_to_wandb_offline(two_agents, tmp_path: Path) -> None:
-    from runners.wandb_reader import read_run
+    from decoupled.runners.evaluation.wandb_reader import read_run
 
     files_good, _, _, _ = two_agents
     out = tmp_path / "report"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.ops.returns import discounted_returns, lambda_returns, n_step_returns
+from decoupled.agents.ops.returns import discounted_returns, lambda_returns, n_step_returns
 
 GAMMA = 0.9
 

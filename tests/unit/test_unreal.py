@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from agents import get_agent
-from agents.impala import ImpalaNet
-from agents.unreal import UnrealNet
-from envs import make_vec_env
-from envs.base import EnvSpec
-from runners.actor_learner import HostStaging, replay_to_batch, rollout_to_batch
-from runners.config import ConfigError, load_config
+from decoupled.agents import get_agent
+from decoupled.agents.impala import ImpalaNet
+from decoupled.agents.unreal import UnrealNet
+from decoupled.envs import make_vec_env
+from decoupled.envs.base import EnvSpec
+from decoupled.runners.training.actor_learner import HostStaging, replay_to_batch, rollout_to_batch
+from decoupled.runners.training.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 UNREAL_CATCH = ROOT / "configs" / "unreal" / "catch.yaml"
@@ -28,7 +28,7 @@ def _setup(*overrides):
 
 
 def _rollout(env, net, T=8, seed=0):
-    from runners.actor_learner import Actor
+    from decoupled.runners.training.actor_learner import Actor
 
     actor = Actor(env, net, T, torch.device("cpu"))
     actor.start(seed)
@@ -42,7 +42,7 @@ def _losses(cfg, env, net):
     replay.add(r1)
     replay.add(r2)
     batch, state = rollout_to_batch(r2, torch.device("cpu"))
-    from runners.actor_learner import net_inputs
+    from decoupled.runners.training.actor_learner import net_inputs
 
     outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), state)
     batch["replay"] = replay_to_batch(UNREAL.sample_replay(cfg.agent, replay), torch.device("cpu"), HostStaging())
@@ -60,8 +60,8 @@ def test_value_replay_trains_the_value_but_not_the_policy():
     """U-7: L_VR alone gives the value head a gradient and the policy head none."""
     cfg, env, net = _setup("agent.pixel_control_cost=0", "agent.reward_prediction_cost=0")
     batch, outputs = _losses(cfg, env, net)
-    from agents.impala import vtrace_inputs
-    from agents.ops.auxiliary import value_replay_loss
+    from decoupled.agents.impala import vtrace_inputs
+    from decoupled.agents.ops.auxiliary import value_replay_loss
 
     o, s = outputs["replay"]["seq"], batch["replay"]["seq"]
     vi = vtrace_inputs(cfg.agent, s, o["baseline"])
@@ -75,7 +75,7 @@ def test_reward_prediction_trains_the_torso_only_and_pixel_control_not_the_polic
     """Pitfall 8: RP must not touch the LSTM (nor the policy/value heads); PC gives no policy gradient."""
     cfg, env, net = _setup()
     batch, outputs = _losses(cfg, env, net)
-    from agents.ops.auxiliary import pixel_control_loss, reward_prediction_loss
+    from decoupled.agents.ops.auxiliary import pixel_control_loss, reward_prediction_loss
 
     ce, _ = reward_prediction_loss(outputs["replay"]["rp_logits"], batch["replay"]["rp"]["reward"])
     g = _grads(net, ce.mean())
@@ -95,7 +95,7 @@ def test_unreal_loss_logs_every_auxiliary_task_and_scales_like_the_base_loss():
     loss, metrics = UNREAL.loss_fn(cfg.agent, batch, outputs)
     for task in ("pixel_control", "reward_prediction", "value_replay"):
         assert f"aux/{task}/loss" in metrics and torch.isfinite(metrics[f"aux/{task}/loss"])
-    from agents.impala import impala_loss
+    from decoupled.agents.impala import impala_loss
 
     base, _ = impala_loss(cfg.agent, batch, outputs)
     a = cfg.agent

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from agents.ops.returns import lambda_returns
-from agents.ops.vtrace import VTraceReturns, vtrace_from_importance_weights, vtrace_from_logits
+from decoupled.agents.ops.returns import lambda_returns
+from decoupled.agents.ops.vtrace import VTraceReturns, vtrace_from_importance_weights, vtrace_from_logits
 
 GAMMA = 0.9
 

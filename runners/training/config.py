@@ -13,13 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from agents import agent_names, get_agent
-from agents.base import AgentConfigBase
+from decoupled.agents import agent_names, get_agent
+from decoupled.agents.base import AgentConfigBase
+from decoupled.envs import env_backends, get_env_backend
+from decoupled.envs.config import EnvConfigBase
 
 
 class ConfigError(ValueError):
@@ -30,124 +32,14 @@ class ConfigError(ValueError):
         lines = [f"  {path}: {msg}" for path, msg in errors]
         where = f" in {source}" if source else ""
         super().__init__(f"invalid config{where}:\n" + "\n".join(lines))
+        self.source = source
+
+    def __reduce__(self):  # picklable, so that a worker process can report it
+        return (type(self), (self.errors, self.source))
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ----------------------------------------------------------------------------------------------- env sections
-class _EnvBase(_Section):
-    num_envs: int = Field(16, ge=1, le=4096, description="envs stepped together by the actor")
-
-
-class CatchEnvConfig(_EnvBase):
-    backend: Literal["catch"]
-    id: Literal["catch"] = "catch"
-    rows: int = Field(10, ge=2, le=100)
-    columns: int = Field(5, ge=1, le=100)
-
-    def options(self) -> dict[str, Any]:
-        return {"rows": self.rows, "columns": self.columns}
-
-
-class MemoryEnvConfig(_EnvBase):
-    backend: Literal["memory"]
-    id: Literal["delayed_cue"] = "delayed_cue"
-    delay: int = Field(10, ge=1, le=10_000, description="steps between the cue and the query (envs/memory.py)")
-    num_cues: int = Field(2, ge=2, le=64)
-
-    def options(self) -> dict[str, Any]:
-        return {"delay": self.delay, "num_cues": self.num_cues}
-
-
-class ClassicEnvConfig(_EnvBase):
-    backend: Literal["classic"]
-    id: str = Field(description="a gymnasium classic-control id with discrete actions, e.g. CartPole-v1")
-    max_episode_steps: int | None = Field(None, ge=1)
-
-    def options(self) -> dict[str, Any]:
-        return {"max_episode_steps": self.max_episode_steps}
-
-
-class MinAtarEnvConfig(_EnvBase):
-    backend: Literal["minatar"]
-    id: Literal["breakout", "asterix", "freeway", "seaquest", "space_invaders"]
-    sticky_action_prob: float = Field(0.1, ge=0.0, le=1.0, description="MinAtar's default (Young & Tian 2019)")
-    difficulty_ramping: bool = True
-    max_episode_steps: int | None = Field(None, ge=1)
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "sticky_action_prob": self.sticky_action_prob,
-            "difficulty_ramping": self.difficulty_ramping,
-            "max_episode_steps": self.max_episode_steps,
-        }
-
-
-class AtariEnvConfig(_EnvBase):
-    backend: Literal["atari", "atari_gym"] = Field(description="atari: envpool (fast); atari_gym: gymnasium+ale-py")
-    id: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", description="ALE game name as in ALE ids, e.g. Breakout")
-    protocol: Literal["dqn_noop30", "machado2018"] = "dqn_noop30"
-    frame_stack: int = Field(4, ge=1, le=16)
-    clip_rewards: bool = Field(True, description="clip training rewards to [-1, 1]; evaluation never clips")
-    max_episode_frames: int = Field(108_000, ge=1, description="the episode cap in emulator frames (30 minutes)")
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "protocol": self.protocol,
-            "frame_stack": self.frame_stack,
-            "clip_rewards": self.clip_rewards,
-            "max_episode_frames": self.max_episode_frames,
-        }
-
-
-class LabyrinthEnvConfig(_EnvBase):
-    backend: Literal["labyrinth"]
-    id: str = Field(
-        pattern=r"^(nav_maze_static_0[123]|nav_maze_random_goal_0[123]|random_maze_0[123]|random_maze)$",
-        description="a 3D maze task of envs/labyrinth.py, e.g. nav_maze_static_01",
-    )
-    num_envs: int = Field(4, ge=1, le=64, description="one worker process per env")
-    frame_skip: int = Field(4, ge=1, le=16)
-    obs_size: tuple[int, int] = (84, 84)
-    resolution: Literal["RES_160X120", "RES_320X240"] = Field(
-        "RES_160X120", description="engine render size; depth saturates at ~4.5 cells (160x120), ~9 (320x240)"
-    )
-    max_restarts: int = Field(3, ge=0, description="restarts of a dead env worker before the run stops")
-    apple_density: float = Field(
-        0.1, ge=0.0, le=1.0, description="share of lattice cells with a +1 apple (DMLab: 0.1); 0: goal reward only"
-    )
-    episode_frames: int | None = Field(None, ge=1, description="episode length in frames; null: the task's")
-    maze_size: tuple[int, int] | None = Field(
-        None,
-        description="odd (rows, cols) text maze instead of the task's, e.g. [7, 9]: a smaller fixed maze for a "
-        "static or random-goal task, the drawn size for random_maze; null: the task's (DMLab's)",
-    )
-
-    @model_validator(mode="after")
-    def _odd_maze(self) -> LabyrinthEnvConfig:
-        if self.maze_size is not None and any(v < 5 or v % 2 == 0 for v in self.maze_size):
-            raise ValueError(f"env.maze_size must be odd and at least 5x5 (labmaze's lattice), got {self.maze_size}")
-        return self
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "maze_size": self.maze_size,
-            "frame_skip": self.frame_skip,
-            "obs_size": self.obs_size,
-            "resolution": self.resolution,
-            "max_restarts": self.max_restarts,
-            "apple_density": self.apple_density,
-            "episode_frames": self.episode_frames,
-        }
-
-
-EnvConfig = Annotated[
-    CatchEnvConfig | MemoryEnvConfig | ClassicEnvConfig | MinAtarEnvConfig | AtariEnvConfig | LabyrinthEnvConfig,
-    Field(discriminator="backend"),
-]
-_ENV_TAGS = {"catch", "memory", "classic", "minatar", "atari", "atari_gym", "labyrinth"}
 
 
 # ----------------------------------------------------------------------------------------------- other sections
@@ -219,7 +111,7 @@ class WandbConfig(_Section):
 
 
 class ConfigBase(_Section):
-    env: EnvConfig
+    env: EnvConfigBase  # each run's model replaces it with the union of the registered backends' sections
     optim: OptimConfig = OptimConfig()
     runner: RunnerConfig
     wandb: WandbConfig = WandbConfig()
@@ -227,7 +119,7 @@ class ConfigBase(_Section):
     @model_validator(mode="after")
     def _torso_fits_env(self) -> ConfigBase:
         torso = getattr(self.agent, "torso", None)  # type: ignore[attr-defined]
-        if torso is not None and torso != "mlp" and self.env.backend in ("classic", "memory"):
+        if torso is not None and torso != "mlp" and get_env_backend(self.env.backend).observations == "vector":
             raise ValueError(
                 f"agent.torso={torso} needs image observations; env backend {self.env.backend} gives vectors"
             )
@@ -257,15 +149,27 @@ class ConfigBase(_Section):
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_MODELS: dict[str, type[ConfigBase]] = {}
+_MODELS: dict[tuple[str, tuple[str, ...]], type[ConfigBase]] = {}
+
+
+def env_section_union() -> Any:
+    """The `env` section's type: one class per registered backend, told apart by `backend`."""
+    classes = tuple(dict.fromkeys(b.config_class for b in env_backends().values()))
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[classes], Field(discriminator="backend")]  # noqa: UP007 - a runtime tuple of classes
 
 
 def config_model(agent: str) -> type[ConfigBase]:
-    """The full config class for one agent: the shared sections plus that agent's own `agent` section."""
-    if agent not in _MODELS:
+    """The full config class for one agent: the shared sections, that agent's own `agent` section and the `env`
+    section of every registered backend (plug-ins included)."""
+    key = (agent, tuple(env_backends()))
+    if key not in _MODELS:
         agent_cfg: type[AgentConfigBase] = get_agent(agent).config_class
-        _MODELS[agent] = create_model(f"{agent.title()}RunConfig", __base__=ConfigBase, agent=(agent_cfg, ...))
-    return _MODELS[agent]
+        _MODELS[key] = create_model(
+            f"{agent.title()}RunConfig", __base__=ConfigBase, agent=(agent_cfg, ...), env=(env_section_union(), ...)
+        )
+    return _MODELS[key]
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -302,7 +206,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def _path(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     # a discriminated union adds its tag to the location (env.catch.rows): drop it so the path is the YAML's
-    if len(parts) > 1 and parts[0] == "env" and parts[1] in _ENV_TAGS:
+    if len(parts) > 1 and parts[0] == "env" and parts[1] in env_backends():
         parts.pop(1)
     return ".".join(parts) if parts else "<root>"
 
@@ -327,15 +231,27 @@ def validate_config(raw: dict[str, Any], source: str = "") -> ConfigBase:
         raise ConfigError(errors, source) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ConfigBase:
-    """Read a YAML config, apply dotted overrides and validate everything."""
-    path = Path(path)
+def read_config_file(path: str | Path) -> tuple[Path, Any]:
+    """The parsed YAML of a config file, or of a packaged config by name (`impala/catch`; `decoupled configs`
+    lists them), with the file it came from."""
+    from decoupled.configs import resolve
+
+    path = resolve(path)
     if not path.is_file():
-        raise ConfigError([("<file>", f"no config file at {path}")], str(path))
+        raise ConfigError(
+            [("<file>", f"no config file at {path} (and no packaged config of that name; see `decoupled configs`)")],
+            str(path),
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError([("<file>", f"not valid YAML: {e}")], str(path)) from None
+    return path, raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ConfigBase:
+    """Read a YAML config (a path or a packaged config's name), apply dotted overrides and validate everything."""
+    path, raw = read_config_file(path)
     return validate_config(apply_overrides(raw, overrides or []), str(path))
 
 

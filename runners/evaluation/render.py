@@ -30,12 +30,12 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
     """Play `steps` agent steps of `task` and record what the plots need."""
     import torch
 
-    from envs.labyrinth import LabyrinthEnv
-    from runners.actor_learner import net_inputs, sample_actions
+    from decoupled.envs.labyrinth import LabyrinthEnv
+    from decoupled.runners.training.actor_learner import net_inputs, sample_actions
 
     net, state, pc = None, None, None
     if run_dir is not None:
-        from runners.evaluate import load_policy
+        from decoupled.runners.evaluation.evaluate import load_policy
 
         cfg, net, _ = load_policy(Path(run_dir))
         if cfg.env.backend != "labyrinth" or cfg.env.id != task:

@@ -61,8 +61,8 @@ def bench_labyrinth(args: argparse.Namespace) -> list[dict[str, Any]]:
     this process (the peer: what a single env costs), and the maze generator's time per maze."""
     import tempfile
 
-    from envs import make_vec_env
-    from envs.labyrinth import LabyrinthEnv, generate_maze, write_wad
+    from decoupled.envs import make_vec_env
+    from decoupled.envs.labyrinth import LabyrinthEnv, generate_maze, write_wad
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,17 +161,14 @@ def _peak_rss_mb() -> float:
 
 
 def _config_path(name: str) -> str:
-    from pathlib import Path
+    from decoupled.configs import resolve
 
-    path = Path(name)
-    if not path.is_file():  # run from elsewhere than the repository root
-        path = Path(__file__).resolve().parents[1] / name
-    return str(path)
+    return str(resolve(name))  # a path, or a packaged config (configs/impala/breakout.yaml from any directory)
 
 
 def _measure_env(a: dict[str, Any]) -> dict[str, Any]:
-    from envs import make_vec_env
-    from runners.config import load_config
+    from decoupled.envs import make_vec_env
+    from decoupled.runners.training.config import load_config
 
     cfg = load_config(_config_path(a["config"]), [f"env.id={a['game']}", f"env.num_envs={a['num_envs']}"])
     env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, 0, options=cfg.env.options())
@@ -189,8 +186,8 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     import json as json_mod
     import tempfile
 
-    from runners.config import load_config
-    from runners.train import train
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import train
 
     overrides = [
         f"env.id={a['game']}",
@@ -231,13 +228,12 @@ def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
     in milliseconds per agent step (16 envs, unroll 20), parts interleaved so that noise hits them alike."""
     import torch
 
-    from agents import get_agent
-    from agents.nets.dni import main_parameters
-    from envs import make_vec_env
-    from runners.actor_learner import Actor, Learner, net_inputs, rollout_to_batch, sample_actions
-    from runners.async_actors import ParamSnapshot
-    from runners.config import load_config
-    from runners.train import make_optimizer
+    from decoupled.agents import get_agent
+    from decoupled.envs import make_vec_env
+    from decoupled.runners.training.actor_learner import Actor, net_inputs, rollout_to_batch, sample_actions
+    from decoupled.runners.training.async_actors import ParamSnapshot
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import make_learner
 
     cfg = load_config(_config_path(a["config"]), [f"env.id={a['game']}", f"env.num_envs={a['num_envs']}"])
     env = make_vec_env(cfg.env.backend, cfg.env.id, cfg.env.num_envs, 0, options=cfg.env.options())
@@ -247,10 +243,8 @@ def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
         for layout in (True, False)
     }
     net = nets[True]
-    learner = Learner(agent, cfg.agent, net, make_optimizer(cfg, main_parameters(net)), torch.device("cpu"), 40.0, 10)
-    learner_nchw = Learner(
-        agent, cfg.agent, nets[False], make_optimizer(cfg, main_parameters(nets[False])), torch.device("cpu"), 40.0, 10
-    )
+    learner = make_learner(cfg, agent, net, torch.device("cpu"))
+    learner_nchw = make_learner(cfg, agent, nets[False], torch.device("cpu"))
     actor = Actor([env], net, cfg.runner.unroll_length, torch.device("cpu"))
     B, T = env.num_envs, cfg.runner.unroll_length
     rng = np.random.default_rng(0)
@@ -372,7 +366,7 @@ def _run_worker(a: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """One measurement in a fresh interpreter; its last stdout line is the JSON result."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "runners.bench", "--throughput-worker", json.dumps(a)]
+    cmd = [sys.executable, "-m", "decoupled.runners.bench.commands", "--throughput-worker", json.dumps(a)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
@@ -452,19 +446,19 @@ def add_parser(sub: Any) -> None:
     tp.add_argument("--config", default=THROUGHPUT_CONFIG, help="the training config of the impala_* measurements")
     tp.add_argument("--only", help=f"comma-separated subset of: {', '.join(THROUGHPUT_MEASUREMENTS)}")
     tp.set_defaults(func=lambda a: (bench_throughput(a), 0)[1])
-    from runners import peer
+    from decoupled.runners.bench import peer
 
     pp = bsub.add_parser("peer", help="train an SB3 peer (PPO/A2C, zoo Atari defaults) for a wall-clock budget; eval")
     peer.add_arguments(pp)
     pp.set_defaults(func=lambda a: (peer.train_peer(a), 0)[1])
-    from runners import bench_dni
+    from decoupled.runners.bench import dni as bench_dni
 
     dn = bsub.add_parser(
         "dni", help="DNI vs truncated BPTT: the paper's recall/copy tasks (longest dependency), RL delayed cue (curves)"
     )
     bench_dni.add_arguments(dn)
     dn.set_defaults(func=lambda a: (bench_dni.bench_dni(a), 0)[1])
-    from runners import bench_learning
+    from decoupled.runners.bench import learning as bench_learning
 
     mn = bsub.add_parser("minatar", help="impala on the five MinAtar games, seeds, curves, vs the paper's DQN")
     bench_learning.add_arguments(mn, "minatar")
@@ -478,4 +472,7 @@ if __name__ == "__main__":  # one throughput measurement in its own process (see
     if len(sys.argv) == 3 and sys.argv[1] == "--throughput-worker":
         print(json.dumps(_throughput_worker(json.loads(sys.argv[2]))), flush=True)
     else:
-        raise SystemExit("usage: python -m runners.bench --throughput-worker JSON (for `decoupled bench throughput`)")
+        raise SystemExit(
+            "usage: python -m decoupled.runners.bench.commands --throughput-worker JSON "
+            "(for `decoupled bench throughput`)"
+        )

@@ -122,7 +122,7 @@ def parse_inputs(specs: list[str]) -> list[Run]:
 def group_runs(runs: list[Run], games: list[str] | None = None) -> tuple[dict[str, list[Run]], list[str]]:
     """Runs by label, and the games to report (every game of every run unless `games` restricts them). Every game
     must be in the score table and every run must have scores on every game."""
-    from envs.atari_data import check_in_table
+    from decoupled.envs.atari_data import check_in_table
 
     agents: dict[str, list[Run]] = {}
     for r in runs:
@@ -186,7 +186,7 @@ def hns_matrices(agents: dict[str, list[Run]], games: list[str]) -> dict[str, An
     """{label: HNS array [runs, games]} against the pinned table."""
     import numpy as np
 
-    from envs.atari_data import human_normalized_score
+    from decoupled.envs.atari_data import human_normalized_score
 
     return {
         label: np.array([[human_normalized_score(g, r.scores[g]) for g in games] for r in runs], np.float64)
@@ -342,7 +342,7 @@ def build_report(
     """Write every table and plot of the report to `out`; returns the summary (also in summary.json)."""
     import numpy as np
 
-    from envs.atari_data import (
+    from decoupled.envs.atari_data import (
         ATARI5,
         ATARI10,
         ATARI_SCORES,
@@ -510,7 +510,7 @@ def log_to_wandb(
     exist), behind the platform's W&B sink (timeout, offline fallback). Returns the mode in use."""
     import wandb
 
-    from runners.logger import WandbSink
+    from decoupled.runners.training.logger import WandbSink
 
     sink = WandbSink(
         out,
@@ -548,7 +548,7 @@ def log_to_wandb(
 
 # ----------------------------------------------------------------------------------------------- the command
 def report_command(args: argparse.Namespace) -> int:
-    from envs.atari_data import resolve_games
+    from decoupled.envs.atari_data import resolve_games
 
     try:
         import rliable  # noqa: F401

@@ -49,8 +49,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.nets.cores import core_inputs
-from agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradients
+from decoupled.agents.nets.cores import core_inputs
+from decoupled.agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradients
 
 METHODS = ("bptt", "dni", "dni_aux")
 TASKS = ("recall", "copy", "repeat_copy", "delayed_cue")
@@ -304,9 +304,9 @@ def _rl_run(config: str, overrides: list[str], run_dir: str) -> list[tuple[int, 
     import shutil
     from pathlib import Path
 
-    from runners.config import load_config
-    from runners.plot import read_metrics
-    from runners.train import train
+    from decoupled.runners.evaluation.plot import read_metrics
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import train
 
     shutil.rmtree(run_dir, ignore_errors=True)
     train(load_config(config, overrides), Path(run_dir))
@@ -327,9 +327,9 @@ def bench_delayed_cue(args: argparse.Namespace) -> list[dict[str, Any]]:
     if unknown:
         raise SystemExit(f"bench dni: unknown RL method(s) {unknown}; choose from {', '.join(RL_METHODS)}")
     out_dir = Path(args.out)
-    config = Path(args.config)
-    if not config.is_file():  # run from elsewhere than the repository root
-        config = Path(__file__).resolve().parents[1] / args.config
+    from decoupled.configs import resolve
+
+    config = resolve(args.config)  # a path, or a packaged config from any directory
     jobs = [(m, s) for m in methods for s in range(args.seeds)]
     t0 = time.time()
     with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
@@ -422,6 +422,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m runners.bench_dni")
+    parser = argparse.ArgumentParser(prog="python -m decoupled.runners.bench.dni")
     add_arguments(parser)
     bench_dni(parser.parse_args(sys.argv[1:]))

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import AgentDef
-from agents.nets.dni import SyntheticGradients
-from envs.base import EnvCrashedError, VecEnv
+from decoupled.agents.base import AgentDef, LearnerHook
+from decoupled.envs.base import EnvCrashedError, VecEnv
 
 # Per-slot keys of a rollout. Slot t: obs_t, and the action / reward / done flags of the transition *into*
 # obs_t with the behaviour logits that chose that action; `truncation_value` is the actor's value of the final
@@ -276,7 +275,8 @@ class NonFiniteError(RuntimeError):
 
 
 class Learner:
-    """Turns rollouts into updates of `net` with `agent.loss_fn`; guards every update against non-finite values."""
+    """Turns rollouts into updates of `net` with `agent.loss_fn` and the agent's learner hooks (see
+    `decoupled.agents.base.LearnerHook`); guards every update against non-finite values."""
 
     def __init__(
         self,
@@ -288,6 +288,7 @@ class Learner:
         max_grad_norm: float | None,
         max_nonfinite_updates: int,
         replay: Any = None,
+        hooks: list[LearnerHook] | None = None,
     ):
         self.agent, self.cfg, self.net, self.optimizer, self.device = agent, agent_cfg, net, optimizer, device
         self.replay = replay  # the agent's replay (envs/replay.py), for agents that learn from replay
@@ -297,22 +298,31 @@ class Learner:
         self.nonfinite_total = 0
         self.version = 0
         self.staging = HostStaging()
-        self.dni = SyntheticGradients.for_net(net)  # a dni_lstm core: its module M and M's optimiser
+        # the agent's extra training steps (e.g. a dni_lstm core's synthetic-gradient module and its optimiser)
+        self.hooks = list(agent.learner_hooks(agent_cfg, net) if hooks is None else hooks)
+        names = [h.name for h in self.hooks]
+        if len(set(names)) != len(names) or "replay" in names:
+            raise ValueError(
+                f"learner hooks need distinct names other than 'replay', got {names} (one dni_lstm core "
+                "per net is supported)"
+            )
 
     def extra_state(self) -> dict[str, Any]:
-        """What a checkpoint needs beyond the net and the agent's optimiser: M's optimiser, the replay contents."""
-        out: dict[str, Any] = {}
-        if self.dni is not None:
-            out["dni"] = self.dni.state_dict()
+        """What a checkpoint needs beyond the net and the agent's optimiser: each learner hook's state (e.g. the
+        synthetic-gradient module's optimiser), the replay contents."""
+        out: dict[str, Any] = {hook.name: hook.state_dict() for hook in self.hooks}
         if self.replay is not None:
             out["replay"] = self.replay.state_dict()
         return out
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.dni is not None:
-            if "dni" not in state:
-                raise ValueError("the checkpoint has no synthetic-gradient optimiser state for this dni_lstm core")
-            self.dni.load_state_dict(state["dni"])
+        for hook in self.hooks:
+            if hook.name not in state:
+                raise ValueError(
+                    f"the checkpoint has no state for the learner hook {hook.name!r} ({type(hook).__name__}); it was "
+                    "written by a run without it (e.g. another agent.core)"
+                )
+            hook.load_state_dict(state[hook.name])
         if self.replay is not None:
             if "replay" in state:
                 self.replay.load_state_dict(state["replay"])
@@ -326,8 +336,8 @@ class Learner:
     def step(self, rollout: dict[str, Any]) -> dict[str, float]:
         lag = self.version - int(rollout["policy_version"])  # updates between the acting policy and this one
         batch, state = rollout_to_batch(rollout, self.device, self.staging)
-        if self.dni is not None:
-            state = self.dni.leaf(state)  # its gradient is the synthetic-gradient module's target
+        for hook in self.hooks:
+            state = hook.prepare_state(state)  # e.g. a leaf, whose gradient is a synthetic-gradient target
         inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], self.device)
         outputs, _ = self.net(inputs, state)
         if self.replay is not None:
@@ -337,10 +347,11 @@ class Learner:
                 batch["replay"] = replay_to_batch(sample, self.device, self.staging)
                 outputs["replay"] = self.agent.replay_outputs(self.cfg, self.net, batch["replay"])
         loss, metrics = self.agent.loss_fn(self.cfg, batch, outputs)
-        if self.dni is not None:
-            injected, dni_metrics = self.dni.inject(batch, outputs)
-            loss = loss + injected
-            metrics = {**metrics, **dni_metrics}
+        for hook in self.hooks:
+            term, hook_metrics = hook.extra_loss(batch, outputs)
+            if term is not None:
+                loss = loss + term
+            metrics = {**metrics, **hook_metrics}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.net.parameters() if p.grad is not None]
@@ -363,8 +374,8 @@ class Learner:
             self.nonfinite_in_a_row = 0
             self.optimizer.step()
             self.version += 1
-            if self.dni is not None:
-                result.update(self.dni.update(state, batch, outputs))
+            for hook in self.hooks:
+                result.update(hook.after_update(state, batch, outputs))
         if self.replay is not None:
             result["aux/replay/steps"] = self.replay.num_steps
         result["train/nonfinite_skips"] = self.nonfinite_total

@@ -3,7 +3,7 @@
     decoupled suite CONFIG [section.key=value ...] --games Breakout,Pong | --suite atari5 --out DIR [--parallel N]
 
 Every game trains with the same config (plus `env.id=<Game>` and the overrides) in its own subprocess
-(`python -m runners.cli train`), so an exception, a segfault or the OOM killer ends that game only; the others go
+(`python -m decoupled train`), so an exception, a segfault or the OOM killer ends that game only; the others go
 on. Layout of DIR:
 
     runs/<Game>/         the game's run dir (config.yaml, metrics.jsonl, checkpoints/, W&B files)
@@ -76,7 +76,7 @@ class Suite:
         up its `runner.max_wall_seconds` counts as done: its budget is the frames it reached."""
         import yaml
 
-        from runners.checkpoint import CheckpointError, CheckpointManager
+        from decoupled.runners.training.checkpoint import CheckpointError, CheckpointManager
 
         run = self.run_dir(game)
         total, max_wall = None, None
@@ -107,7 +107,7 @@ class Suite:
     # ------------------------------------------------------------------------------------------------ training
     def command(self, game: str) -> list[str]:
         run = self.run_dir(game)
-        base = [sys.executable, "-m", "runners.cli", "train"]
+        base = [sys.executable, "-m", "decoupled", "train"]
         if (run / "config.yaml").is_file():  # started before: continue it from its newest checkpoint
             return [*base, "--resume", str(run)]
         game_overrides = [f"env.id={game}", f"wandb.group={self.group}"]
@@ -204,9 +204,9 @@ class Suite:
 
     # ------------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, games: list[str], args: argparse.Namespace) -> tuple[Path | None, dict[str, str]]:
-        """Evaluate the finished games into eval/scores.json (`runners.evaluate.evaluate_tasks`, cached per game in
+        """Evaluate the finished games into eval/scores.json (`evaluate.evaluate_tasks`, cached per game in
         eval/games/). A game that fails is reported in the returned {game: error}; the others go on."""
-        from runners.evaluate import checkpoint_task, evaluate_tasks, parse_seeds
+        from decoupled.runners.evaluation.evaluate import checkpoint_task, evaluate_tasks, parse_seeds
 
         seeds = parse_seeds(args.eval_seeds, "--eval-seeds")
         tasks, errors = [], {}
@@ -232,8 +232,8 @@ class Suite:
 
 # ----------------------------------------------------------------------------------------------- the command
 def _games(args: argparse.Namespace, backend: str) -> list[str]:
-    from envs.atari_data import resolve_games
-    from runners.evaluate import ATARI_BACKENDS
+    from decoupled.envs.atari_data import resolve_games
+    from decoupled.runners.evaluation.evaluate import ATARI_BACKENDS
 
     if backend in ATARI_BACKENDS:
         return resolve_games(args.games, args.suite)
@@ -248,9 +248,9 @@ def _games(args: argparse.Namespace, backend: str) -> list[str]:
 
 
 def _report(suite: Suite, scores: Path, args: argparse.Namespace, wandb_mode: str) -> None:
-    from envs.atari_data import ATARI_SCORES
-    from runners.evaluate import ATARI_BACKENDS
-    from runners.report import build_report, load_score_file, log_to_wandb, render_markdown
+    from decoupled.envs.atari_data import ATARI_SCORES
+    from decoupled.runners.evaluation.evaluate import ATARI_BACKENDS
+    from decoupled.runners.evaluation.report import build_report, load_score_file, log_to_wandb, render_markdown
 
     run = load_score_file(scores)
     missing = [g for g in run.scores if g not in ATARI_SCORES]
@@ -275,8 +275,8 @@ def _report(suite: Suite, scores: Path, args: argparse.Namespace, wandb_mode: st
 
 
 def suite_command(args: argparse.Namespace) -> int:
-    from runners.config import load_config
-    from runners.evaluate import check_eval_request, parse_seeds
+    from decoupled.runners.evaluation.evaluate import check_eval_request, parse_seeds
+    from decoupled.runners.training.config import load_config
 
     if args.parallel < 1:
         raise ValueError("--parallel must be at least 1")

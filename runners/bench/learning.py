@@ -51,12 +51,13 @@ AUX_KEYS = (
 
 
 def _repo_path(name: str) -> Path:
-    path = Path(name)
-    return path if path.is_file() else Path(__file__).resolve().parents[1] / name
+    from decoupled.configs import resolve
+
+    return resolve(name)  # a path, or a packaged config (configs/unreal/catch.yaml from any directory)
 
 
 def _finished(run_dir: Path, frames: int) -> bool:
-    from runners.plot import read_metrics
+    from decoupled.runners.evaluation.plot import read_metrics
 
     try:
         recs = read_metrics(run_dir)
@@ -71,10 +72,10 @@ def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_e
 
     import torch
 
-    from runners.config import load_config
-    from runners.evaluate import load_policy, run_episodes
-    from runners.plot import read_metrics
-    from runners.train import has_checkpoints, train
+    from decoupled.runners.evaluation.evaluate import load_policy, run_episodes
+    from decoupled.runners.evaluation.plot import read_metrics
+    from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.train import has_checkpoints, train
 
     torch.set_num_threads(1)
     path = Path(run_dir)

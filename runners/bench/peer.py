@@ -110,7 +110,7 @@ def evaluate_peer(model: Any, game: str, episodes: int, seed: int) -> dict[str, 
 def train_peer(args: argparse.Namespace) -> dict[str, Any]:
     from stable_baselines3.common.callbacks import BaseCallback
 
-    import runners  # noqa: F401 - passive OpenMP waiting, as in our runs
+    import decoupled.runners  # noqa: F401 - passive OpenMP waiting, as in our runs
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

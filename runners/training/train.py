@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents import AgentDef, get_agent
-from agents.nets.dni import main_parameters
-from envs import VecEnv, make_vec_env
-from runners.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
-from runners.async_actors import AsyncRollouts, SerialRollouts
-from runners.checkpoint import CheckpointManager
-from runners.config import ConfigBase, dump_config, load_config
-from runners.logger import Logger, WandbSink, truncate_metrics
+from decoupled.agents import AgentDef, get_agent
+from decoupled.agents.base import trainable_parameters
+from decoupled.envs import VecEnv, make_vec_env
+from decoupled.runners.training.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
+from decoupled.runners.training.async_actors import AsyncRollouts, SerialRollouts
+from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.config import ConfigBase, dump_config, load_config
+from decoupled.runners.training.logger import Logger, WandbSink, truncate_metrics
 
 
 def run_name(cfg: ConfigBase) -> str:
@@ -92,6 +92,16 @@ def make_optimizer(cfg: ConfigBase, params) -> torch.optim.Optimizer:
 
         return RMSpropTFLike(params, lr=o.lr, alpha=o.alpha, eps=o.eps, momentum=o.momentum)
     return torch.optim.Adam(params, lr=o.lr, eps=o.eps)
+
+
+def make_learner(cfg: ConfigBase, agent: AgentDef, net: torch.nn.Module, device: torch.device, replay=None) -> Learner:
+    """The learner of `net`: the agent's learner hooks, and the optimiser over the parameters no hook trains itself."""
+    hooks = agent.learner_hooks(cfg.agent, net)
+    optimizer = make_optimizer(cfg, trainable_parameters(net, hooks))
+    r = cfg.runner
+    return Learner(
+        agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates, replay, hooks
+    )
 
 
 def lr_at(cfg: ConfigBase, env_frames: int) -> float:
@@ -216,11 +226,9 @@ def _train_with_env(
     dump_config(cfg, run_dir / "config.yaml")
 
     net = agent.make_net(env.spec, cfg.agent).to(device)
-    optimizer = make_optimizer(cfg, main_parameters(net))  # a dni_lstm core's M has its own
     replay = agent.make_replay(cfg.agent, env.spec, net, r.unroll_length, r.seed) if agent.make_replay else None
-    learner = Learner(
-        agent, cfg.agent, net, optimizer, device, cfg.optim.max_grad_norm, r.max_nonfinite_updates, replay
-    )
+    learner = make_learner(cfg, agent, net, device, replay)
+    optimizer = learner.optimizer
     if r.mode == "serial":
         actor = Actor(actor_envs[0], net, r.unroll_length, device)
         source: SerialRollouts | AsyncRollouts = SerialRollouts(actor, lambda: learner.version, seeds[0])
@@ -250,123 +258,49 @@ def _train_loop(
     restored: tuple[dict, dict] | None,
     settings: dict[str, Any],
 ) -> dict[str, Any]:
+    """Act, learn, log and checkpoint until the frame budget, the wall-clock limit or a stop signal; then write the
+    final checkpoint. On a crash, save what is consistent and say how to resume."""
     r = cfg.runner
-
-    counters = {"env_frames": 0, "updates": 0, "episodes": 0, "wall_time": 0.0, "actor_restarts": 0}
-    wandb_id = None
-    if restored is not None:
-        state, manifest = restored
-        net.load_state_dict(state["net"])
-        optimizer.load_state_dict(state["optimizer"])
-        learner.load_extra_state(state.get("learner_extra", {}))
-        counters.update(state["counters"])
-        learner.version = int(state["policy_version"])
-        learner.nonfinite_total = int(state.get("nonfinite_total", 0))
-        learner.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
-        wandb_id = state.get("wandb_run_id")
-        set_rng_state(state["rng"])
-        if not _restore_actor(source, state.get("actor")):
-            # no snapshot (async mode, a backend without one, another env layout): new episodes from a derived seed
-            counters["actor_restarts"] += 1
-            source.start(seed_offset=1_000_003 * counters["actor_restarts"])
-        dropped = truncate_metrics(run_dir / "metrics.jsonl", counters["env_frames"])
-        print(
-            f"resumed {run_dir} at {counters['env_frames']:,} env frames from {ckpts.path_for(manifest['env_frames'])}"
-            + (f" ({dropped} metrics records past it moved to metrics.discarded.jsonl)" if dropped else ""),
-            flush=True,
-        )
-    else:
-        # a fresh start in a dir that holds records from an attempt that never checkpointed: set them aside
-        truncate_metrics(run_dir / "metrics.jsonl", 0)
-        source.start(seed_offset=0)
-
-    wandb = WandbSink(
-        run_dir,
-        {**cfg.to_dict(), "env_settings": settings},
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=cfg.wandb.group,
-        tags=cfg.wandb.tags,
-        name=run_dir.name,
-        run_id=wandb_id,
-        timeout_s=cfg.wandb.init_timeout_s,
-    )
+    counters, wandb_id = _restore_or_start(run_dir, source, net, optimizer, learner, ckpts, restored)
+    wandb = _open_wandb(cfg, run_dir, settings, wandb_id)
     logger = Logger(run_dir, wandb)
     meta = {"git_sha": git_sha(), "config_digest": cfg.digest(), "agent": cfg.agent_name, "env_settings": settings}
 
     def checkpoint(with_actor: bool = True) -> Path:
-        if not all(torch.isfinite(p).all() for p in net.parameters()):
-            raise RuntimeError("refusing to write a checkpoint with non-finite parameters")
-        state = {
-            "net": net.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "learner_extra": learner.extra_state(),
-            "counters": dict(counters),
-            "policy_version": learner.version,
-            "nonfinite_total": learner.nonfinite_total,
-            "nonfinite_in_a_row": learner.nonfinite_in_a_row,
-            "rng": rng_state(),
-            "actor": source.actor_state() if with_actor else None,
-            "wandb_run_id": wandb.run_id,
-        }
+        state = _checkpoint_state(net, optimizer, learner, counters, source, wandb.run_id, with_actor)
         return ckpts.save(counters["env_frames"], state, {**meta, "wall_time": counters["wall_time"]})
 
     source.publish(net, learner.version)  # async: the actor threads start with these parameters
     progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)
+    window = _LogWindow(counters["env_frames"])
     t_start = time.time() - counters["wall_time"]
-    last_log_frames = counters["env_frames"]
     last_ckpt_frames, last_ckpt_time = counters["env_frames"], time.time()
-    acc: dict[str, list[float]] = {}
-    t_act = t_learn = 0.0
     status = "finished"
     out_of_time = r.max_wall_seconds is not None and counters["wall_time"] >= r.max_wall_seconds
     print(f"training {cfg.agent_name} on {cfg.env.backend}:{cfg.env.id} -> {run_dir}", flush=True)
     try:
         with StopFlag() as stop:
             while counters["env_frames"] < r.total_env_frames and not stop.requested and not out_of_time:
+                # one update: a rollout from the actors, a learner step, the new parameters back to the actors
                 learner.set_lr(lr_at(cfg, counters["env_frames"]))
                 t0 = time.perf_counter()
                 rollout = source.next()
                 t1 = time.perf_counter()
                 metrics = learner.step(rollout)
                 source.publish(net, learner.version)
-                t_act += t1 - t0
-                t_learn += time.perf_counter() - t1
+                window.add(metrics, rollout, t_act=t1 - t0, t_learn=time.perf_counter() - t1)
                 counters["env_frames"] += rollout["data"]["reward"][1:].size * env.spec.frame_skip  # T x B steps
                 counters["updates"] += 1
+                counters["episodes"] += len(rollout["episodes"]["returns"])
                 counters["wall_time"] = time.time() - t_start
-                for k, v in metrics.items():
-                    acc.setdefault(k, []).append(v)
-                returns, lengths = rollout["episodes"]["returns"], rollout["episodes"]["frames"]
-                counters["episodes"] += len(returns)
-                progress.recent.extend(returns)
-                acc.setdefault("_returns", []).extend(returns)
-                acc.setdefault("_lengths", []).extend(lengths)
+                progress.recent.extend(rollout["episodes"]["returns"])
 
                 f = counters["env_frames"]
                 out_of_time = r.max_wall_seconds is not None and counters["wall_time"] >= r.max_wall_seconds
                 done = f >= r.total_env_frames or out_of_time
-                if f - last_log_frames >= r.log_every_env_frames or done:
-                    record = {k: float(np.mean(v)) for k, v in acc.items() if not k.startswith("_") and v}
-                    rets, lens = acc.get("_returns", []), acc.get("_lengths", [])
-                    if rets:
-                        record["train/episode_return"] = float(np.mean(rets))
-                        record["train/episode_frames"] = float(np.mean(lens))
-                    record["train/episodes"] = counters["episodes"]
-                    record["train/updates"] = counters["updates"]
-                    elapsed = t_act + t_learn
-                    record["perf/env_frames_per_s"] = (f - last_log_frames) / max(elapsed, 1e-9)
-                    # serial: the share of time spent acting; async: the share the learner waited for rollouts
-                    record["perf/act_fraction" if source.mode == "serial" else "perf/learner_wait_fraction"] = (
-                        t_act / max(elapsed, 1e-9)
-                    )
-                    record["actor/env_restarts"] = source.env_restarts
-                    record["perf/wall_time_s"] = counters["wall_time"]
-                    logger.write(record, f)
-                    acc.clear()
-                    t_act = t_learn = 0.0
-                    last_log_frames = f
+                if f - window.start_frames >= r.log_every_env_frames or done:
+                    logger.write(window.record(counters, source), f)
+                    window.reset(f)
                 progress.maybe_print(f, counters["wall_time"], force=done)
                 if not done and (
                     f - last_ckpt_frames >= r.checkpoint_every_env_frames
@@ -383,33 +317,7 @@ def _train_loop(
             print(f"{status} at {counters['env_frames']:,} env frames; checkpoint {path}", flush=True)
     except BaseException as e:
         status = "crashed"
-        if isinstance(e, KeyboardInterrupt):
-            # a second Ctrl-C can land anywhere (inside optimizer.step, between the update and its counters): the
-            # live state may be inconsistent, so keep the last checkpoint as it is
-            print(f"interrupted; the last checkpoint is the one to resume from: {run_dir}", file=sys.stderr, flush=True)
-            raise
-        if counters["env_frames"] == last_ckpt_frames and ckpts.list():
-            # no update since the last checkpoint: it already holds this learner state, and the actor state too
-            print(
-                f"{type(e).__name__} at {counters['env_frames']:,} env frames, right after a checkpoint. Fix the cause "
-                f"and continue with: decoupled train --resume {run_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
-            raise
-        # nothing is lost: the learner is consistent as of its last update (env crashes happen while acting,
-        # non-finite updates are refused before the optimizer step); the actor's partial unroll is not, so this
-        # checkpoint restarts the envs on resume
-        try:
-            path = checkpoint(with_actor=False)
-            print(
-                f"{type(e).__name__} at {counters['env_frames']:,} env frames; saved {path}. Fix the cause and "
-                f"continue with: decoupled train --resume {run_dir}",
-                file=sys.stderr,
-                flush=True,
-            )
-        except Exception as save_error:  # noqa: BLE001
-            print(f"could not write a checkpoint after the crash: {save_error}", file=sys.stderr, flush=True)
+        _save_after_crash(e, run_dir, counters, last_ckpt_frames, ckpts, checkpoint)
         raise
     finally:
         logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
@@ -417,9 +325,170 @@ def _train_loop(
     return {**counters, "status": status, "run_dir": str(run_dir), "wandb_mode": wandb.mode}
 
 
+def _restore_or_start(
+    run_dir: Path,
+    source: SerialRollouts | AsyncRollouts,
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    learner: Learner,
+    ckpts: CheckpointManager,
+    restored: tuple[dict, dict] | None,
+) -> tuple[dict[str, Any], str | None]:
+    """Put the learner, the RNGs and the actors back where the checkpoint left them (or start the actors afresh);
+    returns the run's counters and the W&B run id to continue."""
+    counters: dict[str, Any] = {"env_frames": 0, "updates": 0, "episodes": 0, "wall_time": 0.0, "actor_restarts": 0}
+    if restored is None:
+        # a fresh start in a dir that holds records from an attempt that never checkpointed: set them aside
+        truncate_metrics(run_dir / "metrics.jsonl", 0)
+        source.start(seed_offset=0)
+        return counters, None
+    state, manifest = restored
+    net.load_state_dict(state["net"])
+    optimizer.load_state_dict(state["optimizer"])
+    learner.load_extra_state(state.get("learner_extra", {}))
+    counters.update(state["counters"])
+    learner.version = int(state["policy_version"])
+    learner.nonfinite_total = int(state.get("nonfinite_total", 0))
+    learner.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+    set_rng_state(state["rng"])
+    if not _restore_actor(source, state.get("actor")):
+        # no snapshot (async mode, a backend without one, another env layout): new episodes from a derived seed
+        counters["actor_restarts"] += 1
+        source.start(seed_offset=1_000_003 * counters["actor_restarts"])
+    dropped = truncate_metrics(run_dir / "metrics.jsonl", counters["env_frames"])
+    print(
+        f"resumed {run_dir} at {counters['env_frames']:,} env frames from {ckpts.path_for(manifest['env_frames'])}"
+        + (f" ({dropped} metrics records past it moved to metrics.discarded.jsonl)" if dropped else ""),
+        flush=True,
+    )
+    return counters, state.get("wandb_run_id")
+
+
+def _open_wandb(cfg: ConfigBase, run_dir: Path, settings: dict[str, Any], run_id: str | None) -> WandbSink:
+    return WandbSink(
+        run_dir,
+        {**cfg.to_dict(), "env_settings": settings},
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=cfg.wandb.group,
+        tags=cfg.wandb.tags,
+        name=run_dir.name,
+        run_id=run_id,
+        timeout_s=cfg.wandb.init_timeout_s,
+    )
+
+
+def _checkpoint_state(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    learner: Learner,
+    counters: dict[str, Any],
+    source: SerialRollouts | AsyncRollouts,
+    wandb_run_id: str | None,
+    with_actor: bool,
+) -> dict[str, Any]:
+    """Everything a resume needs (DESIGN: checkpoints hold everything needed to continue exactly)."""
+    if not all(torch.isfinite(p).all() for p in net.parameters()):
+        raise RuntimeError("refusing to write a checkpoint with non-finite parameters")
+    return {
+        "net": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "learner_extra": learner.extra_state(),
+        "counters": dict(counters),
+        "policy_version": learner.version,
+        "nonfinite_total": learner.nonfinite_total,
+        "nonfinite_in_a_row": learner.nonfinite_in_a_row,
+        "rng": rng_state(),
+        "actor": source.actor_state() if with_actor else None,
+        "wandb_run_id": wandb_run_id,
+    }
+
+
+class _LogWindow:
+    """The updates since the last metrics record: their metrics, finished episodes and time split."""
+
+    def __init__(self, start_frames: int):
+        self.reset(start_frames)
+
+    def reset(self, start_frames: int) -> None:
+        self.start_frames = start_frames
+        self.metrics: dict[str, list[float]] = {}
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+        self.t_act = self.t_learn = 0.0
+
+    def add(self, metrics: dict[str, float], rollout: dict[str, Any], t_act: float, t_learn: float) -> None:
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append(v)
+        self.returns.extend(rollout["episodes"]["returns"])
+        self.lengths.extend(rollout["episodes"]["frames"])
+        self.t_act += t_act
+        self.t_learn += t_learn
+
+    def record(self, counters: dict[str, Any], source: SerialRollouts | AsyncRollouts) -> dict[str, float]:
+        record = {k: float(np.mean(v)) for k, v in self.metrics.items() if v}
+        if self.returns:
+            record["train/episode_return"] = float(np.mean(self.returns))
+            record["train/episode_frames"] = float(np.mean(self.lengths))
+        record["train/episodes"] = counters["episodes"]
+        record["train/updates"] = counters["updates"]
+        elapsed = max(self.t_act + self.t_learn, 1e-9)
+        record["perf/env_frames_per_s"] = (counters["env_frames"] - self.start_frames) / elapsed
+        # serial: the share of time spent acting; async: the share the learner waited for rollouts
+        record["perf/act_fraction" if source.mode == "serial" else "perf/learner_wait_fraction"] = self.t_act / elapsed
+        record["actor/env_restarts"] = source.env_restarts
+        record["perf/wall_time_s"] = counters["wall_time"]
+        return record
+
+
+def _save_after_crash(
+    e: BaseException,
+    run_dir: Path,
+    counters: dict[str, Any],
+    last_ckpt_frames: int,
+    ckpts: CheckpointManager,
+    checkpoint: Callable[..., Path],
+) -> None:
+    """Keep what a crash left consistent and say how to continue."""
+    if isinstance(e, KeyboardInterrupt):
+        # a second Ctrl-C can land anywhere (inside optimizer.step, between the update and its counters): the
+        # live state may be inconsistent, so keep the last checkpoint as it is
+        print(f"interrupted; the last checkpoint is the one to resume from: {run_dir}", file=sys.stderr, flush=True)
+        return
+    if counters["env_frames"] == last_ckpt_frames and ckpts.list():
+        # no update since the last checkpoint: it already holds this learner state, and the actor state too
+        print(
+            f"{type(e).__name__} at {counters['env_frames']:,} env frames, right after a checkpoint. Fix the cause "
+            f"and continue with: decoupled train --resume {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    # nothing is lost: the learner is consistent as of its last update (env crashes happen while acting,
+    # non-finite updates are refused before the optimizer step); the actor's partial unroll is not, so this
+    # checkpoint restarts the envs on resume
+    try:
+        path = checkpoint(with_actor=False)
+        print(
+            f"{type(e).__name__} at {counters['env_frames']:,} env frames; saved {path}. Fix the cause and "
+            f"continue with: decoupled train --resume {run_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+    except Exception as save_error:  # noqa: BLE001
+        print(f"could not write a checkpoint after the crash: {save_error}", file=sys.stderr, flush=True)
+
+
 def _restore_actor(source: SerialRollouts | AsyncRollouts, snapshot: dict[str, Any] | None) -> bool:
     """Put a serial actor back where the checkpoint left it; False when there is nothing to restore into."""
     if snapshot is None or not isinstance(source, SerialRollouts):
+        why = "the actors run in threads (async mode)" if snapshot is not None else "the env cannot be snapshotted"
+        print(
+            f"resuming with new episodes: {why}, so the episodes in flight at the checkpoint are not restored",
+            file=sys.stderr,
+            flush=True,
+        )
         return False
     try:
         source.actor.set_state(snapshot)
@@ -435,18 +504,27 @@ def has_checkpoints(run_dir: Path) -> bool:
     return ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
 
 
+def start_run(cfg: ConfigBase, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train `cfg` in a new run dir (default `runs/<agent>__<env>__<seed>__<time>`, under `$DECOUPLED_RUNS` if set);
+    a dir that already holds checkpoints is refused with the command that continues it."""
+    run = Path(run_dir) if run_dir else Path(os.environ.get("DECOUPLED_RUNS", "runs")) / run_name(cfg)
+    if has_checkpoints(run):
+        raise FileExistsError(f"{run} already holds checkpoints: continue it with `decoupled train --resume {run}`")
+    return train(cfg, run, resume=False)
+
+
+def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Continue a run dir from its newest valid checkpoint, with its own config and dotted `overrides`."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run} is not a run dir (no config.yaml); pass the dir `decoupled train` made")
+    return train(load_config(run / "config.yaml", overrides), run, resume=True)
+
+
 def train_from_files(
     config_path: str | None, overrides: list[str], run_dir: str | None, resume_dir: str | None
 ) -> dict[str, Any]:
     """The CLI's entry: validate before anything starts, pick the run dir, train."""
     if resume_dir is not None:
-        run = Path(resume_dir)
-        if not (run / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run} is not a run dir (no config.yaml); pass the dir `decoupled train` made")
-        cfg = load_config(run / "config.yaml", overrides)
-        return train(cfg, run, resume=True)
-    cfg = load_config(config_path, overrides)
-    run = Path(run_dir) if run_dir else Path(os.environ.get("DECOUPLED_RUNS", "runs")) / run_name(cfg)
-    if has_checkpoints(run):
-        raise FileExistsError(f"{run} already holds checkpoints: continue it with `decoupled train --resume {run}`")
-    return train(cfg, run, resume=False)
+        return resume_run(resume_dir, overrides)
+    return start_run(load_config(config_path, overrides), run_dir)

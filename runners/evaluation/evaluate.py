@@ -45,14 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents import get_agent
-from envs import make_vec_env
-from envs.base import EnvSpec, VecEnv
-from runners.actor_learner import net_inputs, sample_actions
-from runners.checkpoint import CheckpointManager
-from runners.config import ConfigBase, load_config
+from decoupled.agents import get_agent
+from decoupled.envs import make_vec_env
+from decoupled.envs.base import EnvSpec, VecEnv
+from decoupled.runners.training.actor_learner import net_inputs, sample_actions
+from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.config import ConfigBase, load_config
 
-ATARI_BACKENDS = ("atari", "atari_gym")  # the one definition (runners.suite imports it)
+ATARI_BACKENDS = ("atari", "atari_gym")  # the one definition (decoupled.runners.evaluation.suite imports it)
 DEFAULT_PROTOCOL = "dqn_noop30"
 DEFAULT_MAX_EPISODE_FRAMES = 108_000  # 30 minutes at 60 Hz: both protocols' cap
 VIDEO_EVERY = 2  # keep every 2nd agent step (8 frames) in the GIF
@@ -61,6 +61,28 @@ MAX_ENV_SEED = 2**31 - 1  # envpool and ALE take 32-bit signed seeds
 
 
 # ----------------------------------------------------------------------------------------------- policies
+@torch.no_grad()
+def act_with_net(
+    net: torch.nn.Module,
+    obs: np.ndarray,
+    first: np.ndarray,
+    prev_action: np.ndarray,
+    prev_reward: np.ndarray,
+    state: Any,
+    greedy: bool,
+    generator: torch.Generator | None,
+) -> tuple[np.ndarray, Any]:
+    """One step of a trained net for a batch of envs: obs [B, ...], the episode-start flags, the previous actions
+    and rewards [B], the core state -> (actions [B], next core state). Sampled from the policy, or its argmax."""
+    device = next(net.parameters()).device
+    inputs = net_inputs(
+        obs[None], np.asarray(first)[None], np.asarray(prev_action)[None], np.asarray(prev_reward)[None], device
+    )
+    out, state = net(inputs, state)
+    logits = out["policy_logits"][0].cpu()
+    return (logits.argmax(-1) if greedy else sample_actions(logits, generator)).numpy(), state
+
+
 class Policy:
     """Acts for a batch of envs: a trained net (sampling its policy, or argmax with `greedy`) or, with no net,
     uniform random actions. Keeps the recurrent state and the previous action / reward the net takes as inputs."""
@@ -77,14 +99,13 @@ class Policy:
         self.prev_reward = np.zeros(num_envs, np.float32)
         self.state = self.net.initial_state(num_envs) if self.net is not None else None
 
-    @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
         if self.net is None:
             return self.rng.integers(0, self.num_actions, len(obs))
-        inputs = net_inputs(obs[None], self.first[None], self.prev_action[None], self.prev_reward[None], self.device)
-        out, self.state = self.net(inputs, self.state)
-        logits = out["policy_logits"][0].cpu()
-        return (logits.argmax(-1) if self.greedy else sample_actions(logits, self.gen)).numpy()
+        action, self.state = act_with_net(
+            self.net, obs, self.first, self.prev_action, self.prev_reward, self.state, self.greedy, self.gen
+        )
+        return action
 
     def observe(self, action: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
         self.first = np.asarray(terminated | truncated, bool)
@@ -220,7 +241,7 @@ def load_policy(target: Path, spec: EnvSpec | None = None) -> tuple[ConfigBase, 
 # ----------------------------------------------------------------------------------------------- settings
 def check_eval_settings(settings: dict[str, Any], protocol: str, max_episode_frames: int) -> None:
     """Refuse an Atari env whose read-back settings are not the evaluation form of `protocol`."""
-    from envs.atari import PRESETS, ProtocolMismatchError
+    from decoupled.envs.atari import PRESETS, ProtocolMismatchError
 
     preset = PRESETS[protocol]
     # envpool crashes with noop_max=0 and is built with 1 (one no-op frame per reset; envs/atari.py docstring)
@@ -380,7 +401,7 @@ def _common(settings: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_scores(out: Path, games: dict[str, dict[str, Any]], extra: dict[str, Any]) -> Path:
     """Write `scores.json` and `scores.csv` for `games` ({game: evaluate_task result}) plus metadata `extra`."""
-    from envs.atari_data import ATARI_SCORES, TABLE_ID, human_normalized_score
+    from decoupled.envs.atari_data import ATARI_SCORES, TABLE_ID, human_normalized_score
 
     out.mkdir(parents=True, exist_ok=True)
     in_table = all(g in ATARI_SCORES for g in games) and all(
@@ -418,7 +439,7 @@ def write_scores(out: Path, games: dict[str, dict[str, Any]], extra: dict[str, A
 
 
 def summary_line(task: EvalTask, r: dict[str, Any]) -> str:
-    from envs.atari_data import ATARI_SCORES, TABLE_ID, human_normalized_score
+    from decoupled.envs.atari_data import ATARI_SCORES, TABLE_ID, human_normalized_score
 
     s = np.asarray(r["episode_scores"])
     line = f"{task.game}: mean score {s.mean():.2f} +- {s.std():.2f} over {len(s)} episodes"
@@ -561,8 +582,8 @@ def suite_runs(target: Path) -> dict[str, Path]:
 def atari_game(env_id: str) -> str:
     """The game of an Atari env id as the score table names it: `ALE/Breakout-v5`, `Breakout-v5`, `breakout` ->
     `Breakout` (`envs.atari_data.canonical_game`); an id of a game not in the table -> its ALE id name."""
-    from envs.atari import _game_id
-    from envs.atari_data import UnknownGameError, canonical_game
+    from decoupled.envs.atari import _game_id
+    from decoupled.envs.atari_data import UnknownGameError, canonical_game
 
     try:
         return canonical_game(env_id)
@@ -573,7 +594,7 @@ def atari_game(env_id: str) -> str:
 def atari_task(game: str | None, backend: str, env_id: str, options: dict[str, Any], **kw: Any) -> EvalTask:
     """An Atari task named by the table's game name (`atari_game`); a game of the table is built by that name, so a
     run trained as `ALE/Breakout-v5` or `breakout` plays, and is scored, as `Breakout` on either backend."""
-    from envs.atari_data import ATARI_SCORES
+    from decoupled.envs.atari_data import ATARI_SCORES
 
     name = atari_game(env_id)
     return EvalTask(game or name, backend, name if name in ATARI_SCORES else env_id, options, **kw)
@@ -599,7 +620,7 @@ def checkpoint_task(
 
 def _tasks_from_args(args: argparse.Namespace) -> tuple[list[EvalTask], str, Path]:
     """-> (tasks, label, default output dir)."""
-    from envs.atari_data import resolve_games
+    from decoupled.envs.atari_data import resolve_games
 
     games = resolve_games(args.games, args.suite) if (args.games or args.suite) else None
     cap = args.max_episode_frames

@@ -4,7 +4,7 @@ produce rollouts into a bounded queue while the learner consumes them).
 In async mode each actor thread owns its envs and its own copy of the net. After every update the learner
 publishes its parameters (`ParamSnapshot`, a CPU copy tagged with the policy version); an actor picks up the
 newest one before each unroll, so a rollout is acted by one policy version and V-trace corrects the lag. What
-crosses between the threads is the rollout message of `runners.actor_learner` (numpy arrays plus the policy
+crosses between the threads is the rollout message of `actor_learner` (numpy arrays plus the policy
 version) and the parameter snapshot (a dict of tensors): the same two messages that Ray actors on other
 machines would exchange. The queue is bounded (`runner.queue_size`), which bounds the policy lag.
 
@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from envs.base import EnvCrashedError, VecEnv
-from runners.actor_learner import Actor
+from decoupled.envs.base import EnvCrashedError, VecEnv
+from decoupled.runners.training.actor_learner import Actor
 
 
 class ParamSnapshot:

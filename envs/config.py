@@ -1,0 +1,134 @@
+"""The `env` section of a run config for each built-in backend (typed, validated at load).
+
+Each class is one backend's section: its `backend` literal is the backend's registered name, its fields the
+backend's settings, `options()` the keyword arguments its `make` takes. A plug-in backend brings its own section
+class, a subclass of `EnvConfigBase` (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class EnvConfigBase(BaseModel):
+    """Base of every env section: unknown keys are an error, and `backend` names the backend (a `Literal` of its
+    registered name, which the config's union of env sections switches on). `options()` returns the backend's own
+    settings, passed as keyword arguments to the backend's `make` (see `decoupled.envs.EnvBackend`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    backend: str
+    id: str
+    num_envs: int = Field(16, ge=1, le=4096, description="envs stepped together by the actor")
+
+    def options(self) -> dict[str, Any]:
+        """The backend's own settings beyond id, num_envs and seed, as keyword arguments of its `make`."""
+        return {}
+
+
+class CatchEnvConfig(EnvConfigBase):
+    backend: Literal["catch"]
+    id: Literal["catch"] = "catch"
+    rows: int = Field(10, ge=2, le=100)
+    columns: int = Field(5, ge=1, le=100)
+
+    def options(self) -> dict[str, Any]:
+        return {"rows": self.rows, "columns": self.columns}
+
+
+class MemoryEnvConfig(EnvConfigBase):
+    backend: Literal["memory"]
+    id: Literal["delayed_cue"] = "delayed_cue"
+    delay: int = Field(10, ge=1, le=10_000, description="steps between the cue and the query (envs/memory.py)")
+    num_cues: int = Field(2, ge=2, le=64)
+
+    def options(self) -> dict[str, Any]:
+        return {"delay": self.delay, "num_cues": self.num_cues}
+
+
+class GymEnvConfig(EnvConfigBase):
+    backend: Literal["gym", "classic"] = Field(
+        description="gym: any registered gymnasium env; classic: the same backend under its older name"
+    )
+    id: str = Field(
+        description="a gymnasium id with a Discrete action space and a Box observation, e.g. CartPole-v1, or "
+        "`module:Env-v0` to import the module that registers it first (gymnasium's own form)"
+    )
+    max_episode_steps: int | None = Field(None, ge=1)
+
+    def options(self) -> dict[str, Any]:
+        return {"max_episode_steps": self.max_episode_steps}
+
+
+class MinAtarEnvConfig(EnvConfigBase):
+    backend: Literal["minatar"]
+    id: Literal["breakout", "asterix", "freeway", "seaquest", "space_invaders"]
+    sticky_action_prob: float = Field(0.1, ge=0.0, le=1.0, description="MinAtar's default (Young & Tian 2019)")
+    difficulty_ramping: bool = True
+    max_episode_steps: int | None = Field(None, ge=1)
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "sticky_action_prob": self.sticky_action_prob,
+            "difficulty_ramping": self.difficulty_ramping,
+            "max_episode_steps": self.max_episode_steps,
+        }
+
+
+class AtariEnvConfig(EnvConfigBase):
+    backend: Literal["atari", "atari_gym"] = Field(description="atari: envpool (fast); atari_gym: gymnasium+ale-py")
+    id: str = Field(pattern=r"^[A-Z][A-Za-z0-9]*$", description="ALE game name as in ALE ids, e.g. Breakout")
+    protocol: Literal["dqn_noop30", "machado2018"] = "dqn_noop30"
+    frame_stack: int = Field(4, ge=1, le=16)
+    clip_rewards: bool = Field(True, description="clip training rewards to [-1, 1]; evaluation never clips")
+    max_episode_frames: int = Field(108_000, ge=1, description="the episode cap in emulator frames (30 minutes)")
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "frame_stack": self.frame_stack,
+            "clip_rewards": self.clip_rewards,
+            "max_episode_frames": self.max_episode_frames,
+        }
+
+
+class LabyrinthEnvConfig(EnvConfigBase):
+    backend: Literal["labyrinth"]
+    id: str = Field(
+        pattern=r"^(nav_maze_static_0[123]|nav_maze_random_goal_0[123]|random_maze_0[123]|random_maze)$",
+        description="a 3D maze task of envs/labyrinth.py, e.g. nav_maze_static_01",
+    )
+    num_envs: int = Field(4, ge=1, le=64, description="one worker process per env")
+    frame_skip: int = Field(4, ge=1, le=16)
+    obs_size: tuple[int, int] = (84, 84)
+    resolution: Literal["RES_160X120", "RES_320X240"] = Field(
+        "RES_160X120", description="engine render size; depth saturates at ~4.5 cells (160x120), ~9 (320x240)"
+    )
+    max_restarts: int = Field(3, ge=0, description="restarts of a dead env worker before the run stops")
+    apple_density: float = Field(
+        0.1, ge=0.0, le=1.0, description="share of lattice cells with a +1 apple (DMLab: 0.1); 0: goal reward only"
+    )
+    episode_frames: int | None = Field(None, ge=1, description="episode length in frames; null: the task's")
+    maze_size: tuple[int, int] | None = Field(
+        None,
+        description="odd (rows, cols) text maze instead of the task's, e.g. [7, 9]: a smaller fixed maze for a "
+        "static or random-goal task, the drawn size for random_maze; null: the task's (DMLab's)",
+    )
+
+    @model_validator(mode="after")
+    def _odd_maze(self) -> LabyrinthEnvConfig:
+        if self.maze_size is not None and any(v < 5 or v % 2 == 0 for v in self.maze_size):
+            raise ValueError(f"env.maze_size must be odd and at least 5x5 (labmaze's lattice), got {self.maze_size}")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "maze_size": self.maze_size,
+            "frame_skip": self.frame_skip,
+            "obs_size": self.obs_size,
+            "resolution": self.resolution,
+            "max_restarts": self.max_restarts,
+            "apple_density": self.apple_density,
+            "episode_frames": self.episode_frames,
+        }
