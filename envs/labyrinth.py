@@ -5,7 +5,7 @@ DeepMind Lab itself does not install from PyPI (it is a bazel build), so the maz
 module writes it into a Doom map (WAD) with `omgifol`, and ViZDoom's ZDoom engine renders it headless. Goal and
 apples are summoned into the running map, so a goal or apple layout costs no WAD rebuild.
 
-Tasks (gymnasium ids `decoupled/<task>-v0`, registered on `import envs.labyrinth`):
+Tasks (gymnasium ids `decoupled/<task>-v0`, registered on `import decoupled.envs.labyrinth`):
 
 | task                       | maze (text-grid cells) | episode_frames | agent steps at skip 4 | what changes         |
 |----------------------------|------------------------|----------------|-----------------------|----------------------|

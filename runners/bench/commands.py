@@ -7,9 +7,9 @@ ratios, not absolute numbers, carry the comparison.
 
     decoupled bench labyrinth [--task T] [--num-envs 4] [--seconds 10] [--repeats 3]
     decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 30] [--repeats 3] [--only a,b]
-    decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR   # an SB3 learning curve (runners/peer.py)
-    decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench_dni.py)
-    decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench_learning.py)
+    decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR   # an SB3 learning curve (runners/bench/peer.py)
+    decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench/dni.py)
+    decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench/learning.py)
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
@@ -25,7 +25,7 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 
 then a line of ratios. Every process imports `runners` first, so every one of them (SB3's too) runs torch with
-passive OpenMP waiting (see runners/__init__.py).
+passive OpenMP waiting (see decoupled/__init__.py).
 """
 
 from __future__ import annotations
