@@ -1,6 +1,6 @@
 """Agents: the maths (nets and losses). `get_agent(name)` returns an agent's `AgentDef`.
 
-Agents are found in a registry: the built-in ones (`impala`, `unreal`), those added with `register_agent`, and
+Agents are found in a registry: the built-in ones (`impala`, `unreal`, `feudal`), those added with `register_agent`, and
 those that installed packages declare under the entry-point group `decoupled.agents` (docs/extending.md).
 """
 
@@ -12,7 +12,11 @@ from decoupled.agents.base import AgentConfigBase, AgentDef, LearnerHook
 from decoupled.plugins import EntryPointRegistry
 
 # built-in agents, imported when first asked for (each module defines AGENT)
-_BUILTIN_MODULES = {"impala": "decoupled.agents.impala", "unreal": "decoupled.agents.unreal"}
+_BUILTIN_MODULES = {
+    "impala": "decoupled.agents.impala",
+    "unreal": "decoupled.agents.unreal",
+    "feudal": "decoupled.agents.feudal",
+}
 _REGISTRY: EntryPointRegistry[AgentDef] = EntryPointRegistry("decoupled.agents", AgentDef, "agent")
 
 

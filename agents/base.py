@@ -25,6 +25,10 @@ class AgentConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
     name: str
 
+    def check_run(self, run: Any) -> None:
+        """Checks of this section against the rest of the run's config (`run.runner`, `run.env`), at load: raise
+        ValueError with a message that names the keys (e.g. a horizon longer than `runner.unroll_length`)."""
+
 
 class LearnerHook:
     """A part of the learner's step beyond "loss, backward, clip, step", owned by the agent or by one of its modules.
@@ -105,4 +109,7 @@ class AgentDef:
     # learner_hooks(cfg, net) -> the LearnerHooks of this agent's training step (default: those of the net's
     # modules). An agent with a step of its own (a second optimiser, a target update) returns its hook here.
     learner_hooks: Callable[[Any, torch.nn.Module], list[LearnerHook]] = module_learner_hooks
+    # overlap(cfg) -> how many transitions of the previous rollout each rollout repeats in front of its own (the
+    # batch is then [overlap + T + 1, B]): for losses that need look-ahead past the unroll's end (FuN's s_{t+c}).
+    overlap: Callable[[Any], int] = lambda cfg: 0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from decoupled.envs.config import (
     LabyrinthEnvConfig,
     MemoryEnvConfig,
     MinAtarEnvConfig,
+    MiniGridEnvConfig,
 )
 from decoupled.plugins import EntryPointRegistry
 
@@ -82,6 +83,12 @@ def _minatar(env_id: str, num_envs: int, seed: int, *, mode: str, **options: Any
     return MinAtarVecEnv(env_id, num_envs, seed, **options)
 
 
+def _minigrid(env_id: str, num_envs: int, seed: int, *, mode: str, **options: Any) -> VecEnv:
+    from decoupled.envs.minigrid import MiniGridVecEnv
+
+    return MiniGridVecEnv(env_id, num_envs, seed, **options)
+
+
 def _atari(env_id: str, num_envs: int, seed: int, *, mode: str, **options: Any) -> VecEnv:
     from decoupled.envs.atari import EnvpoolAtariVecEnv
 
@@ -118,6 +125,7 @@ _BUILTIN = (
     EnvBackend("gym", GymEnvConfig, _gym, "either", "any gymnasium env with discrete actions (envs/classic.py)"),
     EnvBackend("classic", GymEnvConfig, _gym, "vector", "the gym backend for classic-control tasks (vectors)"),
     EnvBackend("minatar", MinAtarEnvConfig, _minatar, "image", "MinAtar's five games (envs/minatar.py)"),
+    EnvBackend("minigrid", MiniGridEnvConfig, _minigrid, "image", "MiniGrid's gridworlds (envs/minigrid.py)"),
     EnvBackend("atari", AtariEnvConfig, _atari, "image", "Atari on envpool (envs/atari.py)"),
     EnvBackend("atari_gym", AtariEnvConfig, _atari_gym, "image", "Atari on gymnasium + ale-py (envs/atari.py)"),
     EnvBackend("labyrinth", LabyrinthEnvConfig, _labyrinth, "image", "3D mazes on ViZDoom (envs/labyrinth.py)"),

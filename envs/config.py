@@ -132,3 +132,15 @@ class LabyrinthEnvConfig(EnvConfigBase):
             "apple_density": self.apple_density,
             "episode_frames": self.episode_frames,
         }
+
+
+class MiniGridEnvConfig(EnvConfigBase):
+    backend: Literal["minigrid"]
+    id: str = Field(
+        pattern=r"^(MiniGrid|BabyAI)-[A-Za-z0-9_-]+-v[0-9]+$",
+        description="a MiniGrid id, e.g. MiniGrid-DoorKey-8x8-v0, MiniGrid-KeyCorridorS3R3-v0 (envs/minigrid.py)",
+    )
+    max_episode_steps: int | None = Field(None, ge=1, description="the env's max_steps; null: the task's own")
+
+    def options(self) -> dict[str, Any]:
+        return {"max_episode_steps": self.max_episode_steps}

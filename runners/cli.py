@@ -146,6 +146,11 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--seeds", help="comma-separated env seeds, --episodes each (default: --seed)")
     e.add_argument("--num-envs", type=int, default=None, help="envs run in parallel (default: min(episodes, 8))")
     e.add_argument("--greedy", action="store_true", help="act with argmax instead of sampling the policy")
+    e.add_argument(
+        "--ablate-goals",
+        choices=["zero", "random"],
+        help="a FuN policy: replace the Manager's goals by zeros or random unit vectors (does the Worker use them?)",
+    )
     e.add_argument("--label", help="the agent's name in reports (default: the agent, or 'random')")
     e.add_argument("--video-steps", type=int, default=2000, help="agent steps of the video episode at most")
     e.add_argument("--no-video", action="store_true", help="write no video")

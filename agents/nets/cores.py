@@ -89,3 +89,36 @@ class LSTMCore(nn.Module):
             if t in keep_at:
                 kept[keep_at[t]] = (h, c)
         return torch.stack(outputs), (h, c), kept
+
+
+class DilatedLSTM(nn.Module):
+    """The dilated LSTM of FeUdal Networks (Vezhnevets et al. 2017, arXiv:1703.01161, Sec. 4.1): `dilation` = r
+    separate (h, c) groups ("cores") sharing one LSTM cell; at step t only core t mod r is updated, and the output
+    is the sum of the r cores' current h (with r equal to the horizon c, the paper's "sum of the last c outputs").
+    The Manager thus emits a goal at every step, and each core sees every r-th step: a memory r times longer per
+    cell update. `tick` [B] counts each row's steps since its episode started.
+
+    Cores are stored as [B, r, H] tensors and updated out of place (`torch.where`), so autograd flows through the
+    recurrence of every core."""
+
+    def __init__(self, input_size: int, hidden_size: int, dilation: int):
+        super().__init__()
+        assert dilation >= 1, f"dilation must be >= 1, got {dilation}"
+        self.cell = nn.LSTMCell(input_size, hidden_size)
+        self.hidden_size, self.dilation = hidden_size, dilation
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
+        zeros = torch.zeros(batch_size, self.dilation, self.hidden_size, device=device)
+        return (zeros, zeros.clone(), torch.zeros(batch_size, dtype=torch.int64, device=device))
+
+    def step(self, x: torch.Tensor, state: CoreState) -> tuple[torch.Tensor, CoreState]:
+        """One step for x [B, I]: (output [B, H], next state). Reset a row by zeroing its state first."""
+        h, c, tick = state
+        B = x.shape[0]
+        active = tick % self.dilation  # [B]
+        rows = torch.arange(B, device=x.device)
+        h_new, c_new = self.cell(x, (h[rows, active], c[rows, active]))
+        mask = F.one_hot(active, self.dilation).bool().unsqueeze(-1)  # [B, r, 1]
+        h = torch.where(mask, h_new.unsqueeze(1), h)
+        c = torch.where(mask, c_new.unsqueeze(1), c)
+        return h.sum(1), (h, c, tick + 1)

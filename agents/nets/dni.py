@@ -111,9 +111,13 @@ class DNILSTMCore(LSTMCore):
         if extras is None or not self.cfg.enabled or x.shape[0] < 2:
             outputs, final, _ = self.run(x, first, state)
             return outputs, final
-        outputs, final, kept = self.run(x, first, state, keep=(0, -2))
+        # the slot where the next window starts: the last one, or earlier when windows overlap (a net sets
+        # extras["dni/next_window_slot"] to -(1 + overlap) then, see AgentDef.overlap)
+        nxt = int(extras.get("dni/next_window_slot", -1))
+        outputs, final, kept = self.run(x, first, state, keep=(0, nxt - 1))
         extras["dni/first_step_state"] = kept[0]
-        extras["dni/boundary_state"] = kept[-2]  # before the last slot: where the next unroll starts
+        extras["dni/boundary_state"] = kept[nxt - 1]  # before that slot: the state the next window starts from
+        extras["dni/next_window_slot"] = nxt
         return outputs, final
 
     def learner_hook(self) -> SyntheticGradients | None:
@@ -154,8 +158,10 @@ class SyntheticGradients(LearnerHook):
 
     # ------------------------------------------------------------------------------------------------ pieces
     def leaf(self, state: CoreState) -> CoreState:
-        """The window-start state as leaves, so that its gradient (M's target) is collected by the backward pass."""
-        return tuple(s.detach().requires_grad_(True) for s in state)
+        """The window-start state as leaves, so that its gradient (M's target) is collected by the backward pass.
+        The core's (h, c) come first in the net's state tuple; anything after them (another module's state, as
+        FuN's Manager) passes through unchanged."""
+        return tuple(s.detach().requires_grad_(True) for s in state[:2]) + tuple(state[2:])
 
     def context(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], slot: int) -> torch.Tensor:
         parts = []
@@ -173,14 +179,16 @@ class SyntheticGradients(LearnerHook):
         """The loss term whose gradient at the boundary state is the scaled synthetic gradient (0 where the next
         window starts an episode), plus the DNI+Aux loss."""
         s_T = _cat(outputs["dni/boundary_state"])
+        nxt = int(outputs.get("dni/next_window_slot", -1))
         with torch.no_grad():
-            g = self.cfg.scale * self.sigma * self.core.sg(s_T.detach(), self.context(batch, outputs, -1))
-            g = g * (~batch["first"][-1]).unsqueeze(-1).float()
+            g = self.cfg.scale * self.sigma * self.core.sg(s_T.detach(), self.context(batch, outputs, nxt))
+            g = g * (~batch["first"][nxt]).unsqueeze(-1).float()
         term = (g * s_T).sum()
         metrics = {"dni/injected_norm": g.norm(dim=-1).mean()}
         if self.cfg.aux_cost > 0:
             pred = self.core.aux(_cat(outputs["dni/first_step_state"]))
-            same_episode = (~batch["first"][1:].any(0)).float()  # the window's end belongs to the same episode
+            end = batch["first"].shape[0] + nxt + 1  # up to the next window's first slot
+            same_episode = (~batch["first"][1:end].any(0)).float()  # the window's end belongs to the same episode
             aux = (((pred - g) ** 2).sum(-1) * same_episode).sum() / same_episode.sum().clamp(min=1.0)
             term = term + self.cfg.aux_cost * aux
             metrics["dni/aux_loss"] = aux.detach()
@@ -190,6 +198,7 @@ class SyntheticGradients(LearnerHook):
         self, leaf_state: CoreState, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         """Regress M(s_0) on the gradient the backward pass left at the leaf s_0; step M's own optimiser."""
+        leaf_state = leaf_state[:2]  # the core's (h, c)
         s0 = _cat(leaf_state).detach()
         target = torch.cat([s.grad if s.grad is not None else torch.zeros_like(s) for s in leaf_state], -1)
         valid = ~batch["first"][0]

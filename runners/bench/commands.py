@@ -7,7 +7,7 @@ ratios, not absolute numbers, carry the comparison.
 
     decoupled bench labyrinth [--task T] [--num-envs 4] [--seconds 10] [--repeats 3]
     decoupled bench throughput [--game Breakout] [--num-envs 16] [--seconds 30] [--repeats 3] [--only a,b]
-    decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR   # an SB3 learning curve (runners/bench/peer.py)
+    decoupled bench peer --algo ppo --game Pong --seconds 3600 --out DIR  # an SB3 learning curve (bench/peer.py)
     decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench/dni.py)
     decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench/learning.py)
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent

@@ -276,6 +276,7 @@ class EvalTask:
     checkpoint: str | None = None
     run_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    goal_ablation: str = "none"  # a FuN policy: play with the Manager's goals zeroed or random (net.goal_ablation)
 
     @property
     def atari(self) -> bool:
@@ -316,6 +317,10 @@ def evaluate_task(
         if task.atari:
             check_eval_settings(settings, task.options["protocol"], task.options["max_episode_frames"])
         net = make_policy_net(task.cfg, task.state, env.spec) if task.state is not None else None
+        if task.goal_ablation != "none":
+            if net is None or not hasattr(net, "goal_ablation"):
+                raise ValueError(f"--ablate-goals needs a policy with a Manager (agent feudal); {task.game}'s has none")
+            net.goal_ablation = task.goal_ablation
         result: dict[str, list] = {}
         t0 = time.time()
         for seed in seeds:
@@ -467,6 +472,7 @@ def _cache_key(task: EvalTask, episodes: int, seeds: list[int], num_envs: int | 
         "env_seeds": [eval_env_seeds(s, n)[0] for s in seeds],
         "greedy": greedy,
         "video_steps": video_steps,
+        "goal_ablation": task.goal_ablation,
     }
     return json.loads(json.dumps(key, default=str))
 
@@ -692,8 +698,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
     seeds = _parse_seeds(args)
     check_eval_request(args.episodes, seeds, args.num_envs)
     tasks, label, default_out = _tasks_from_args(args)
+    ablation = getattr(args, "ablate_goals", None) or "none"
+    for task in tasks:
+        task.goal_ablation = ablation
+    if ablation != "none":
+        default_out = default_out.with_name(f"{default_out.name}_ablate_goals_{ablation}")
     out = Path(args.out) if args.out else default_out
     extra = {"label": args.label or label, "policy": args.policy}
+    if ablation != "none":
+        extra["goal_ablation"] = ablation
     video_steps = 0 if args.no_video else args.video_steps
     path, _ = evaluate_tasks(tasks, out, args.episodes, seeds, extra, args.num_envs, args.greedy, video_steps)
     assert path is not None  # without keep_going a failure raises

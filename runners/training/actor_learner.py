@@ -79,11 +79,29 @@ class Actor:
     while its envs step (envpool steps them in threads of its own) the net chooses the actions of the next group;
     `step_wait` collects them. Each group keeps its own core state; the rollout stores one state over all columns.
     Rollout storage is allocated once and each rollout message is a copy of it.
+
+    `overlap` (an agent's `AgentDef.overlap`, 0 for most): each rollout also carries the previous rollout's last
+    `overlap` transitions in front of its own, [overlap + T + 1] slots with the core state at the first, so that
+    a loss needing a few steps of look-ahead (FuN's transition policy gradient needs s_{t+c}) can be computed for
+    every step, one update late for the last ones. The rollout's `overlap` key says how many leading transitions
+    are repeats (counted once, in the rollout that made them). Before the first rollout the leading slots repeat
+    the first observation as episode starts.
     """
 
-    def __init__(self, envs: VecEnv | list[VecEnv], net: torch.nn.Module, unroll_length: int, device: torch.device):
+    def __init__(
+        self,
+        envs: VecEnv | list[VecEnv],
+        net: torch.nn.Module,
+        unroll_length: int,
+        device: torch.device,
+        overlap: int = 0,
+    ):
         self.envs = list(envs) if isinstance(envs, list | tuple) else [envs]
         self.net, self.T, self.device = net, unroll_length, device
+        if not 0 <= overlap <= unroll_length:
+            raise ValueError(f"an actor's overlap must be in [0, unroll_length={unroll_length}], got {overlap}")
+        self.overlap = overlap
+        self.slots = overlap + unroll_length + 1
         self.cols = []
         start = 0
         for env in self.envs:
@@ -94,17 +112,19 @@ class Actor:
         if any(e.spec.obs_shape != spec.obs_shape or e.spec.num_actions != spec.num_actions for e in self.envs):
             raise ValueError("the env groups of one actor must share observation shape and action count")
         A = spec.num_actions
+        S = self.slots
         self.buf = {
-            "obs": np.zeros((self.T + 1, B, *spec.obs_shape), spec.obs_dtype),
-            "action": np.zeros((self.T + 1, B), np.int64),
-            "reward": np.zeros((self.T + 1, B), np.float32),
-            "terminated": np.zeros((self.T + 1, B), bool),
-            "truncated": np.zeros((self.T + 1, B), bool),
-            "behaviour_logits": np.zeros((self.T + 1, B, A), np.float32),
-            "truncation_value": np.zeros((self.T + 1, B), np.float32),
+            "obs": np.zeros((S, B, *spec.obs_shape), spec.obs_dtype),
+            "action": np.zeros((S, B), np.int64),
+            "reward": np.zeros((S, B), np.float32),
+            "terminated": np.zeros((S, B), bool),
+            "truncated": np.zeros((S, B), bool),
+            "behaviour_logits": np.zeros((S, B, A), np.float32),
+            "truncation_value": np.zeros((S, B), np.float32),
         }
         self.stats = EpisodeStats()
-        self.states: list[tuple[torch.Tensor, ...]] = []
+        self.states: list[tuple[torch.Tensor, ...]] = []  # per group: the core state before the next slot to act on
+        self.lead_states: list[tuple[torch.Tensor, ...]] = []  # overlap > 0: the core state before slot 0
         self._pending: list[tuple[torch.Tensor, torch.Tensor, tuple] | None] = [None] * len(self.envs)
         self.started = False
 
@@ -112,12 +132,14 @@ class Actor:
     def start(self, seed: int) -> None:
         """Reset the envs and the core: slot 0 of the first rollout is the first obs with `first` set. Group g's
         env i is seeded with `seed + (its column)`, so the columns get seeds seed..seed+B-1 whatever the grouping."""
+        lead = slice(0, self.overlap + 1)  # slot 0, and the overlap slots in front of it
         for v in self.buf.values():
-            v[0] = 0
+            v[lead] = 0
         for env, cols in zip(self.envs, self.cols, strict=True):
-            self.buf["obs"][0, cols] = env.reset(seed=seed + cols.start)
-        self.buf["terminated"][0] = True  # marks slot 0 as an episode start (TorchBeast #23: done == new episode)
+            self.buf["obs"][lead, cols] = env.reset(seed=seed + cols.start)
+        self.buf["terminated"][lead] = True  # marks slot 0 as an episode start (TorchBeast #23: done == new episode)
         self.states = [self.net.initial_state(env.num_envs, self.device) for env in self.envs]
+        self.lead_states = list(self.states)
         self.stats = EpisodeStats()
         self.started = True
 
@@ -126,11 +148,15 @@ class Actor:
         env_states = [env.get_state() for env in self.envs]
         if any(s is None for s in env_states):
             return None
-        return {
+        state = {
             "last_slot": {k: v[0].copy() for k, v in self.buf.items()},
             "core_state": [_to_numpy_state(s) for s in self.states],
             "env": env_states,
         }
+        if self.overlap:  # the leading slots and the core state before them
+            state["lead_slots"] = {k: v[: self.overlap + 1].copy() for k, v in self.buf.items()}
+            state["lead_core_state"] = [_to_numpy_state(s) for s in self.lead_states]
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         if isinstance(state["env"], dict):  # written before env groups existed: one group
@@ -139,9 +165,17 @@ class Actor:
             raise ValueError(f"the snapshot has {len(state['env'])} env groups, this actor {len(self.envs)}")
         for env, env_state in zip(self.envs, state["env"], strict=True):
             env.set_state(env_state)
+        if ("lead_slots" in state) != (self.overlap > 0) or (
+            self.overlap and len(state["lead_slots"]["reward"]) != self.overlap + 1
+        ):
+            raise ValueError(f"the snapshot was taken with another overlap than this actor's {self.overlap}")
         for k, v in state["last_slot"].items():
             self.buf[k][0] = v
+        for k, v in state.get("lead_slots", {}).items():
+            self.buf[k][: self.overlap + 1] = v
         self.states = [tuple(torch.as_tensor(x, device=self.device) for x in s) for s in state["core_state"]]
+        lead = state.get("lead_core_state", state["core_state"])
+        self.lead_states = [tuple(torch.as_tensor(x, device=self.device) for x in s) for s in lead]
         self.started = True
 
     def close(self) -> None:
@@ -152,6 +186,8 @@ class Actor:
     def _send(self, g: int, t: int) -> None:
         """Choose group g's actions at slot t and hand them to its envs."""
         b, cols = self.buf, self.cols[g]
+        if self.overlap and t == self.T:  # slot T leads the next rollout's overlap: keep the state before it
+            self.lead_states[g] = self.states[g]
         now = slice(t, t + 1)  # [1,B_g,...]
         first = b["terminated"][now, cols] | b["truncated"][now, cols]
         inputs = net_inputs(b["obs"][now, cols], first, b["action"][now, cols], b["reward"][now, cols], self.device)
@@ -197,25 +233,26 @@ class Actor:
         """Act for T steps. Returns the rollout message: numpy arrays [T+1, B, ...], the core state at slot 0, the
         policy version that acted and the games that finished meanwhile."""
         assert self.started, "call start() or set_state() first"
-        b = self.buf
-        initial_state = _to_numpy_state(_cat_states(self.states))
+        b, o = self.buf, self.overlap
+        initial_state = _to_numpy_state(_cat_states(self.lead_states if o else self.states))
         groups = range(len(self.envs))
         for g in groups:
-            self._send(g, 0)
-        for t in range(self.T):
+            self._send(g, o)
+        for t in range(o, o + self.T):
             for g in groups:
                 self._receive(g, t)
-                if t + 1 < self.T:
+                if t + 1 < o + self.T:
                     self._send(g, t + 1)
         rollout = {k: v.copy() for k, v in b.items()}
-        for v in b.values():  # the last slot becomes slot 0 of the next unroll
-            v[0] = v[self.T]
+        for v in b.values():  # the last slot becomes slot 0 of the next unroll (with the overlap slots before it)
+            v[: o + 1] = v[self.T : self.T + o + 1]
         returns, frames = self.stats.drain()
         return {
             "data": rollout,
             "initial_state": initial_state,
             "policy_version": policy_version,
             "episodes": {"returns": returns, "frames": frames},
+            "overlap": o,
         }
 
     def _final_values(self, final_obs, action, reward, state, mask) -> np.ndarray:

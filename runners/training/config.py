@@ -126,6 +126,11 @@ class ConfigBase(_Section):
         return self
 
     @model_validator(mode="after")
+    def _agent_fits_run(self) -> ConfigBase:
+        self.agent.check_run(self)  # type: ignore[attr-defined]
+        return self
+
+    @model_validator(mode="after")
     def _envs_split_evenly(self) -> ConfigBase:
         r = self.runner
         actors = r.actor_count

@@ -229,15 +229,16 @@ def _train_with_env(
     replay = agent.make_replay(cfg.agent, env.spec, net, r.unroll_length, r.seed) if agent.make_replay else None
     learner = make_learner(cfg, agent, net, device, replay)
     optimizer = learner.optimizer
+    overlap = agent.overlap(cfg.agent)  # leading transitions repeated from the previous rollout (Actor)
     if r.mode == "serial":
-        actor = Actor(actor_envs[0], net, r.unroll_length, device)
+        actor = Actor(actor_envs[0], net, r.unroll_length, device, overlap)
         source: SerialRollouts | AsyncRollouts = SerialRollouts(actor, lambda: learner.version, seeds[0])
     else:
         actors = []
         for envs in actor_envs:
             actor_net = agent.make_net(env.spec, cfg.agent).to(device)
             actor_net.requires_grad_(False)
-            actors.append(Actor(envs, actor_net, r.unroll_length, device))
+            actors.append(Actor(envs, actor_net, r.unroll_length, device, overlap))
         source = AsyncRollouts(actors, lambda i, seed: make_envs(seed), seeds, r.queue_size, r.max_env_restarts)
     actor_envs.clear()  # the source owns the envs from here on: its close() closes each actor's current ones
     try:
@@ -289,7 +290,8 @@ def _train_loop(
                 metrics = learner.step(rollout)
                 source.publish(net, learner.version)
                 window.add(metrics, rollout, t_act=t1 - t0, t_learn=time.perf_counter() - t1)
-                counters["env_frames"] += rollout["data"]["reward"][1:].size * env.spec.frame_skip  # T x B steps
+                new_steps = rollout["data"]["reward"][1 + rollout.get("overlap", 0) :].size  # T x B
+                counters["env_frames"] += new_steps * env.spec.frame_skip
                 counters["updates"] += 1
                 counters["episodes"] += len(rollout["episodes"]["returns"])
                 counters["wall_time"] = time.time() - t_start

@@ -214,3 +214,45 @@ def test_max_wall_seconds_stops_the_run_with_a_checkpoint_and_a_resume_adds_noth
     extend = [f"runner.total_env_frames={target}", "runner.max_wall_seconds=null"]
     more = train_mod.train(load_config(tmp_path / "config.yaml", extend), tmp_path, resume=True)
     assert more["status"] == "finished" and more["env_frames"] == target
+
+
+@pytest.mark.parametrize("overlap, groups", [(3, 1), (5, 2), (7, 1)])
+def test_overlapping_rollouts_repeat_the_previous_transitions_with_the_state_before_them(overlap, groups):
+    """An actor with overlap o sends [o + T + 1] slots: its own T transitions exactly as an actor without overlap
+    makes them, behind the previous rollout's last o (the first rollout: episode starts), with the core state
+    before its first slot; snapshots carry the leading slots so a resumed actor goes on exactly."""
+    B, T = 8, 7
+    pytest.importorskip("minatar")
+    A = make_vec_env("minatar", "breakout", 1, 0).spec.num_actions
+
+    def actor(o):
+        envs = [make_vec_env("minatar", "breakout", B // groups, 0) for _ in range(groups)]
+        return Actor(envs, _FixedPolicy(A), T, torch.device("cpu"), overlap=o)
+
+    plain, lapped = actor(0), actor(overlap)
+    plain.start(5)
+    lapped.start(5)
+    previous = None
+    for _ in range(5):
+        a, b = plain.unroll(), lapped.unroll()
+        assert b["overlap"] == overlap and a["overlap"] == 0
+        for k, v in a["data"].items():
+            np.testing.assert_array_equal(b["data"][k][overlap:], v, err_msg=k)
+            if previous is None:
+                assert (b["data"]["terminated"][: overlap + 1]).all()  # the first rollout: episode starts
+            else:
+                np.testing.assert_array_equal(b["data"][k][: overlap + 1], previous["data"][k][T - overlap :], k)
+        if previous is not None:  # _FixedPolicy's state counts steps: the lead state is o steps before slot o's
+            np.testing.assert_array_equal(b["initial_state"][0], a["initial_state"][0] - overlap)
+        previous = a
+    snapshot = lapped.get_state()
+    again = actor(overlap)
+    again.set_state(snapshot)
+    x, y = lapped.unroll(), again.unroll()
+    for k, v in x["data"].items():
+        np.testing.assert_array_equal(v, y["data"][k], err_msg=k)
+    np.testing.assert_array_equal(x["initial_state"][0], y["initial_state"][0])
+    with pytest.raises(ValueError, match="another overlap"):
+        plain.set_state(snapshot)
+    for a in (plain, lapped, again):
+        a.close()
