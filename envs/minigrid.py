@@ -37,7 +37,7 @@ class MiniGridVecEnv(PerEnvVecEnv):
             import gymnasium as gym
             import minigrid  # noqa: F401 - importing it registers the MiniGrid ids with gymnasium
         except ImportError as e:  # pragma: no cover - the extra is part of `make install`
-            raise ImportError("the minigrid backend needs the `minigrid` package: pip install 'decoupled[minigrid]'") from e
+            raise ImportError("the minigrid backend needs `minigrid`: pip install 'decoupled[minigrid]'") from e
 
         super().__init__(num_envs, seed)
         self.env_id = self._task = env_id

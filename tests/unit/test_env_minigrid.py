@@ -35,7 +35,7 @@ def test_truncation_at_max_steps_and_the_view_is_the_symbolic_image():
     ref = gym.make("MiniGrid-Empty-8x8-v0", max_steps=5)
     first, _ = ref.reset(seed=3)
     np.testing.assert_array_equal(obs[0], np.transpose(first["image"], (2, 0, 1)))
-    for t in range(5):
+    for _ in range(5):
         obs, reward, terminated, truncated, info = env.step(np.array([0, 0]))  # turning never reaches the goal
     assert truncated.all() and not terminated.any() and (reward == 0).all()
     assert info["episode_done"].all() and (info["episode_frames"] == 5).all() and (info["episode_return"] == 0).all()
