@@ -11,6 +11,7 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench dni --task recall --truncation 3 --seeds 3   # BPTT vs synthetic gradients (runners/bench/dni.py)
     decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench/learning.py)
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
+    decoupled bench feudal --tasks minigrid_doorkey --seeds 3   # FeUdal Networks vs the LSTM baseline, goal ablation
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
 round-robin order over the repeats (so that a noisy spell hits every measurement alike):
@@ -149,8 +150,9 @@ TRAIN_VARIANTS: dict[str, list[str]] = {
     "impala_ff_t10": ["runner.unroll_length=10", "agent.init=orthogonal"],  # the Pong recipe's learner batches
 }
 # training measurements with a config of their own (the same game and env count are set on them)
-VARIANT_CONFIGS: dict[str, str] = {"unreal": "configs/unreal/breakout.yaml"}
+VARIANT_CONFIGS: dict[str, str] = {"unreal": "configs/unreal/breakout.yaml", "feudal": "configs/feudal/frostbite.yaml"}
 TRAIN_VARIANTS["unreal"] = []
+TRAIN_VARIANTS["feudal"] = []  # FeUdal Networks with its config's 100-step unroll
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
 
@@ -414,6 +416,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_lstm", "impala_ff"),
         ("impala_dni", "impala_lstm"),
         ("unreal", "impala_lstm"),
+        ("feudal", "impala_lstm"),
         ("impala_ff_t10", "impala_ff"),
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
@@ -466,6 +469,9 @@ def add_parser(sub: Any) -> None:
     un = bsub.add_parser("unreal", help="UNREAL vs its base agent (auxiliary weights 0) at equal frames, seeds, curves")
     bench_learning.add_arguments(un, "unreal")
     un.set_defaults(func=lambda a: (bench_learning.bench_unreal(a), 0)[1])
+    fu = bsub.add_parser("feudal", help="FeUdal Networks vs the paper's LSTM baseline at equal frames, goal ablation")
+    bench_learning.add_arguments(fu, "feudal")
+    fu.set_defaults(func=lambda a: (bench_learning.bench_feudal(a), 0)[1])
 
 
 if __name__ == "__main__":  # one throughput measurement in its own process (see _run_worker)

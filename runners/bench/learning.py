@@ -2,6 +2,7 @@
 
     decoupled bench minatar [--games breakout,asterix,freeway,seaquest,space_invaders] [--seeds 3] [--frames 5000000]
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml[,...] [--seeds 3] [--frames N] [--methods M]
+    decoupled bench feudal --tasks minigrid_doorkey[,...] [--seeds 3] [--frames N] [--eval-episodes 100]
 
 `bench minatar` trains `configs/impala/minatar_<game>.yaml` on each game and seed, evaluates the final policy for
 `--eval-episodes` (sampled actions, MinAtar's sticky actions) and prints, per game, the final training return (the
@@ -16,6 +17,13 @@ frames each run took to first log a return of R (and their median over seeds), a
 metrics at the start (the first three log records that have them) and over the last 10% of training
 (reward-prediction accuracy per class, pixel-control loss). `--methods unreal` skips the base runs (for an ablation
 through `--override`, e.g. `agent.reward_prediction_sampling=uniform`, whose base runs would be the same).
+
+`bench feudal` trains, per task and seed, `configs/feudal/<task>.yaml` (FeUdal Networks) and
+`configs/impala/<task>_lstm.yaml` (the paper's LSTM baseline) for the same frames, evaluates each final policy
+(`--eval-episodes`, sampled actions), and FuN's also with the Manager's goals zeroed and replaced by random unit
+vectors (if its score does not fall, the Worker is not using the Manager). It prints the final return, the area
+under the curve, the frames to first reach `--threshold` (default: any solved MiniGrid episode, return > 0) and the
+share of evaluation episodes with a positive return (MiniGrid's success rate).
 
 Runs go `--jobs` at a time in worker processes (one torch thread each), into `--out/<name>/<method>_s<seed>/`; a
 run dir that already holds a finished run is reused and an interrupted one resumes from its newest checkpoint, so an
@@ -66,8 +74,11 @@ def _finished(run_dir: Path, frames: int) -> bool:
     return bool(recs) and recs[-1]["env_frames"] >= frames and (run_dir / "checkpoints").is_dir()
 
 
-def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_episodes: int) -> dict[str, Any]:
-    """One training run (in a worker process), then an evaluation of its final policy; returns its curve."""
+def run_job(
+    config: str, overrides: list[str], run_dir: str, frames: int, eval_episodes: int, ablations: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """One training run (in a worker process), then an evaluation of its final policy (and, for each of
+    `ablations`, of the same policy with the Manager's goals replaced: FeUdal Networks); returns its curve."""
     import shutil
 
     import torch
@@ -102,6 +113,10 @@ def run_job(config: str, overrides: list[str], run_dir: str, frames: int, eval_e
         cfg, net, _ = load_policy(path)
         result = run_episodes(cfg, eval_episodes, seed=10_000, net=net)
         out["eval_scores"] = [float(x) for x in result["episode_scores"]]
+        for ablation in ablations:
+            net.goal_ablation = ablation
+            result = run_episodes(cfg, eval_episodes, seed=10_000, net=net)
+            out[f"eval_scores_ablate_{ablation}"] = [float(x) for x in result["episode_scores"]]
     out["seconds"] = round(time.time() - t0, 1)
     return out
 
@@ -144,7 +159,8 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: argparse.Namespace) -> dict:
+def run_all(jobs: dict[tuple[str, str, int], tuple], args: argparse.Namespace) -> dict:
+    """Run every job, (config, overrides, run_dir[, ablations]) by (name, method, seed), `--jobs` at a time."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
@@ -154,8 +170,8 @@ def run_all(jobs: dict[tuple[str, str, int], tuple[str, list[str], str]], args: 
     )  # fmt: skip
     try:
         futures = {
-            key: pool.submit(run_job, config, overrides, run_dir, args.frames, args.eval_episodes)
-            for key, (config, overrides, run_dir) in jobs.items()
+            key: pool.submit(run_job, config, overrides, run_dir, args.frames, args.eval_episodes, *extra)
+            for key, (config, overrides, run_dir, *extra) in jobs.items()
         }
         results = {}
         for key, fut in futures.items():
@@ -282,10 +298,13 @@ def _method_records(
             rec["threshold"] = threshold
             rec["frames_to_threshold_per_seed"] = [x["frames_to_threshold"] for x in summ]
             rec["median_frames_to_threshold"] = _median_frames(rec["frames_to_threshold_per_seed"])
-        evals = [results[(name, m, s)].get("eval_scores") for s in seeds]
-        if all(e is not None for e in evals):
-            rec["eval_mean_per_seed"] = [round(statistics.fmean(e), 3) for e in evals]
-            rec["median_eval_mean"] = statistics.median(rec["eval_mean_per_seed"])
+        for suffix in ("", "_ablate_zero", "_ablate_random"):
+            evals = [results[(name, m, s)].get(f"eval_scores{suffix}") for s in seeds]
+            if evals and all(e is not None for e in evals):
+                rec[f"eval_mean{suffix}_per_seed"] = [round(statistics.fmean(e), 3) for e in evals]
+                rec[f"median_eval_mean{suffix}"] = statistics.median(rec[f"eval_mean{suffix}_per_seed"])
+                if args.bench == "feudal":  # MiniGrid: a positive return is a solved episode
+                    rec[f"success{suffix}_per_seed"] = [round(sum(x > 0 for x in e) / len(e), 3) for e in evals]
         aux = {}
         for k in AUX_KEYS:
             series = [results[(name, m, s)]["aux"][k] for s in seeds if results[(name, m, s)]["aux"][k]]
@@ -367,8 +386,43 @@ def bench_unreal(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*records, summary]
 
 
+def bench_feudal(args: argparse.Namespace) -> list[dict[str, Any]]:
+    tasks = [x.strip() for x in args.tasks.split(",")]
+    out = Path(args.out)
+    methods = {"feudal": "configs/feudal/{}.yaml", "lstm": "configs/impala/{}_lstm.yaml"}
+    missing = [p.format(x) for x in tasks for p in methods.values() if not _repo_path(p.format(x)).is_file()]
+    if missing:
+        raise SystemExit(f"bench feudal: no config {', '.join(missing)} (a task needs both)")
+    jobs = {}
+    for task in tasks:
+        for s in range(args.seeds):
+            overrides = [f"runner.seed={s}", f"runner.total_env_frames={args.frames}", "wandb.mode=disabled",
+                         "runner.progress_every_seconds=60", *args.override]  # fmt: skip
+            for m, pattern in methods.items():
+                ablations = ("zero", "random") if m == "feudal" else ()
+                jobs[(task, m, s)] = (str(_repo_path(pattern.format(task))), overrides, str(out / task / f"{m}_s{s}"),
+                                      ablations)  # fmt: skip
+    t0 = time.time()
+    results = run_all(jobs, args)
+    records = []
+    for task in tasks:
+        records += _method_records(results, task, list(methods), args)
+        plot_curves(results, task, list(methods), out / f"{task}.png",
+                    f"{task}: FeUdal Networks vs the LSTM baseline, {args.frames:,} frames")  # fmt: skip
+    summary = {"bench": "feudal", "what": "summary", "seconds": round(time.time() - t0, 1), "out": str(out)}
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
 def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
-    if which == "minatar":
+    if which == "feudal":
+        p.add_argument("--tasks", default="minigrid_doorkey", help="configs/feudal/<task>.yaml + impala/<task>_lstm")
+        p.add_argument("--frames", type=int, default=2_000_000, help="env frames per run")
+        p.add_argument("--eval-episodes", type=int, default=100)
+        p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
+        p.add_argument("--threshold", type=float, default=1e-6, help="frames to first log a mean return this high")
+        p.add_argument("--out", default="runs/bench_feudal")
+    elif which == "minatar":
         p.add_argument("--games", default=",".join(MINATAR_GAMES))
         p.add_argument("--frames", type=int, default=5_000_000, help="env frames per run (MinAtar: 5M)")
         p.add_argument("--eval-episodes", type=int, default=30)

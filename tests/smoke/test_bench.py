@@ -244,3 +244,23 @@ def test_frames_to_threshold_and_its_median_over_seeds():
     assert _median_frames([300, None, 100]) == 300
     assert _median_frames([300, None, 100, 200]) == 250
     assert _median_frames([None, None, 100]) is None
+
+
+def test_bench_feudal_runs_both_methods_with_goal_ablation(tmp_path):
+    """FuN vs the LSTM baseline for real, tiny (MiniGrid's empty 5x5 room): a line per method, FuN's evaluation
+    also with its goals zeroed and random, success rates, curves; a task without both configs is refused."""
+    pytest.importorskip("minigrid")
+    cmd = [sys.executable, "-m", "decoupled", "bench", "feudal", "--tasks", "minigrid_doorkey", "--seeds", "1",
+           "--frames", "2400", "--eval-episodes", "3", "--jobs", "2", "--out", str(tmp_path / "f"),
+           "--override", "env.id=MiniGrid-Empty-5x5-v0", "--override", "env.num_envs=4",
+           "--override", "runner.unroll_length=20", "--override", "agent.hidden_sizes=[32]"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    methods = {x["method"]: x for x in _json_lines(proc.stdout) if x.get("what") == "method"}
+    assert set(methods) == {"feudal", "lstm"} and (tmp_path / "f" / "minigrid_doorkey.png").is_file()
+    fun = methods["feudal"]
+    for key in ("eval_mean_per_seed", "eval_mean_ablate_zero_per_seed", "eval_mean_ablate_random_per_seed"):
+        assert len(fun[key]) == 1
+    assert 0 <= fun["success_per_seed"][0] <= 1 and "eval_mean_ablate_zero_per_seed" not in methods["lstm"]
+    proc = subprocess.run([*cmd[:5], "--tasks", "nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "configs/feudal/nope.yaml" in proc.stderr
