@@ -196,7 +196,7 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
         f"env.num_envs={a['num_envs']}",
         "runner.total_env_frames=1000000000",
         f"runner.max_wall_seconds={a['warmup'] + a['seconds']}",
-        "runner.log_every_env_frames=5120",  # every 4 updates of 16 envs x 20 steps x 4 frames
+        "runner.log_every_env_frames=1",  # a record per update: a loaded machine still gives a rate in a short window
         "runner.progress_every_seconds=1000000",
         "runner.checkpoint_every_env_frames=1000000000",
         "runner.checkpoint_every_seconds=null",
