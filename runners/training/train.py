@@ -228,7 +228,6 @@ def _train_with_env(
     net = agent.make_net(env.spec, cfg.agent).to(device)
     replay = agent.make_replay(cfg.agent, env.spec, net, r.unroll_length, r.seed) if agent.make_replay else None
     learner = make_learner(cfg, agent, net, device, replay)
-    optimizer = learner.optimizer
     overlap = agent.overlap(cfg.agent)  # leading transitions repeated from the previous rollout (Actor)
     if r.mode == "serial":
         actor = Actor(actor_envs[0], net, r.unroll_length, device, overlap)
@@ -242,7 +241,7 @@ def _train_with_env(
         source = AsyncRollouts(actors, lambda i, seed: make_envs(seed), seeds, r.queue_size, r.max_env_restarts)
     actor_envs.clear()  # the source owns the envs from here on: its close() closes each actor's current ones
     try:
-        return _train_loop(cfg, run_dir, env, source, net, optimizer, learner, ckpts, restored, settings)
+        return _train_loop(cfg, run_dir, env, source, net, learner, ckpts, restored, settings)
     finally:
         source.close()
 
@@ -253,7 +252,6 @@ def _train_loop(
     env: VecEnv,
     source: SerialRollouts | AsyncRollouts,
     net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
     learner: Learner,
     ckpts: CheckpointManager,
     restored: tuple[dict, dict] | None,
@@ -262,13 +260,13 @@ def _train_loop(
     """Act, learn, log and checkpoint until the frame budget, the wall-clock limit or a stop signal; then write the
     final checkpoint. On a crash, save what is consistent and say how to resume."""
     r = cfg.runner
-    counters, wandb_id = _restore_or_start(run_dir, source, net, optimizer, learner, ckpts, restored)
+    counters, wandb_id = _restore_or_start(run_dir, source, net, learner, ckpts, restored)
     wandb = _open_wandb(cfg, run_dir, settings, wandb_id)
     logger = Logger(run_dir, wandb)
     meta = {"git_sha": git_sha(), "config_digest": cfg.digest(), "agent": cfg.agent_name, "env_settings": settings}
 
     def checkpoint(with_actor: bool = True) -> Path:
-        state = _checkpoint_state(net, optimizer, learner, counters, source, wandb.run_id, with_actor)
+        state = _checkpoint_state(net, learner, counters, source, wandb.run_id, with_actor)
         return ckpts.save(counters["env_frames"], state, {**meta, "wall_time": counters["wall_time"]})
 
     source.publish(net, learner.version)  # async: the actor threads start with these parameters
@@ -331,7 +329,6 @@ def _restore_or_start(
     run_dir: Path,
     source: SerialRollouts | AsyncRollouts,
     net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
     learner: Learner,
     ckpts: CheckpointManager,
     restored: tuple[dict, dict] | None,
@@ -346,7 +343,7 @@ def _restore_or_start(
         return counters, None
     state, manifest = restored
     net.load_state_dict(state["net"])
-    optimizer.load_state_dict(state["optimizer"])
+    learner.optimizer.load_state_dict(state["optimizer"])
     learner.load_extra_state(state.get("learner_extra", {}))
     counters.update(state["counters"])
     learner.version = int(state["policy_version"])
@@ -383,7 +380,6 @@ def _open_wandb(cfg: ConfigBase, run_dir: Path, settings: dict[str, Any], run_id
 
 def _checkpoint_state(
     net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
     learner: Learner,
     counters: dict[str, Any],
     source: SerialRollouts | AsyncRollouts,
@@ -395,7 +391,7 @@ def _checkpoint_state(
         raise RuntimeError("refusing to write a checkpoint with non-finite parameters")
     return {
         "net": net.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": learner.optimizer.state_dict(),
         "learner_extra": learner.extra_state(),
         "counters": dict(counters),
         "policy_version": learner.version,
