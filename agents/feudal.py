@@ -185,7 +185,8 @@ class FeudalNet(nn.Module):
             z, inputs["prev_action"], inputs["prev_reward"], first, worker_state, extras=extras
         )
         s = self.manager_space(z)  # [S,B,d]
-        acting = not torch.is_grad_enabled()  # the actors run under inference mode; exploration goals there only
+        # exploration goals only when acting for training (actors run without gradient; eval nets are in eval mode)
+        acting = self.training and not torch.is_grad_enabled()
         goals, pooled = [], []
         h, c, tick = manager_state
         for t in range(S):
