@@ -30,7 +30,9 @@ Deliberate deviations, with the reason:
   shapes the whole torso; the paper concatenates the conv outputs.
 - Episode ends in PC/FC: the frame a finished episode ended on is not stored (slot t+1 holds the next episode's
   first frame), so the pixel change of an episode's last transition is unknown: that transition is left out of
-  the PC/FC loss and the returns before it stop there.
+  the PC/FC loss, and its pseudo-reward is 0 (UNREAL's reference: no pixel change at the terminal step), so the
+  returns before it stop there without the change into the next episode's first frame
+  (`agents.ops.auxiliary.pixel_control_loss`).
 
 With every auxiliary cost at 0 no replay is built, no head is added, and the agent is exactly the base agent
 (bit-identical updates; tested). The auxiliary heads are initialised from a forked RNG, so with them the base
@@ -255,7 +257,7 @@ def unreal_loss(
             pc = pc.sum() / continues.sum().clamp(min=1.0)
             loss = loss + cfg.pixel_control_cost * scale * pc
             metrics["aux/pixel_control/loss"] = pc.detach()
-            metrics["aux/pixel_control/reward_mean"] = r_pc.mean().detach()
+            metrics["aux/pixel_control/reward_mean"] = _mean_inside_episodes(r_pc, continues)
             metrics["aux/pixel_control/target_mean"] = targets.mean()
             metrics["aux/pixel_control/q_max_mean"] = o["pixel_control_q"].detach().max(dim=2).values.mean()
         if cfg.feature_control_cost > 0:
@@ -265,7 +267,7 @@ def unreal_loss(
             fc = fc.sum() / continues.sum().clamp(min=1.0)
             loss = loss + cfg.feature_control_cost * scale * fc
             metrics["aux/feature_control/loss"] = fc.detach()
-            metrics["aux/feature_control/reward_mean"] = r_fc.mean().detach()
+            metrics["aux/feature_control/reward_mean"] = _mean_inside_episodes(r_fc, continues)
     if "rp" in rb:
         ce, target = reward_prediction_loss(ro["rp_logits"], rb["rp"]["reward"])
         rp = ce.mean()
@@ -282,6 +284,12 @@ def unreal_loss(
         metrics["aux/reward_prediction/batch_nonzero_fraction"] = nonzero.mean()
         metrics["aux/reward_prediction/replay_nonzero_fraction"] = rb["rp"]["nonzero_fraction"].float()
     return loss, metrics
+
+
+def _mean_inside_episodes(pseudo_rewards: torch.Tensor, continues: torch.Tensor) -> torch.Tensor:
+    """The mean pseudo-reward [T, N, ...] over the transitions that stay in one episode (the others have none)."""
+    per_transition = pseudo_rewards.detach().flatten(2).mean(-1)  # [T, N]
+    return (per_transition * continues).sum() / continues.sum().clamp(min=1.0)
 
 
 AGENT = AgentDef(

@@ -159,3 +159,155 @@ def test_config_errors_name_the_key():
     cfg = load_config(UNREAL_CATCH, ["agent.pixel_control_cell=4"])
     with pytest.raises(ValueError, match="agent.pixel_control_cell=4"):
         UNREAL.make_net(EnvSpec("x", (1, 10, 5), np.dtype(np.uint8), 3), cfg.agent)
+
+
+# ------------------------------------------------------------------------------------------------ episode ends
+# Independent references for the control tasks, written from the paper's definitions (Jaderberg et al. 2016,
+# Sec. 3.1) with plain loops: a transition's pseudo-reward is the change between two frames of one episode, the
+# transition that ends an episode has none (UNREAL's reference: a pixel change of 0 at the terminal step) and no
+# return reads past it; inside the sequence R_t = r_t + gamma R_{t+1}, at its end R_T = max_a Q(obs_T, a).
+
+
+def _replay_batch(spec, T, N, episode_starts, seed=0):
+    """A hand-made replay batch: random frames [T+1, N], random actions and rewards; `episode_starts` holds
+    (slot, column, "terminated" | "truncated"): slot starts a new episode (the transition into it ended one)."""
+    rng = np.random.default_rng(seed)
+    A = spec.num_actions
+    seq = {
+        "obs": rng.integers(0, 256, (T + 1, N, *spec.obs_shape)).astype(np.uint8),
+        "action": rng.integers(0, A, (T + 1, N)).astype(np.int64),
+        "reward": rng.choice([0.0, 0.0, 1.0, -1.0], (T + 1, N)).astype(np.float32),
+        "terminated": np.zeros((T + 1, N), bool),
+        "truncated": np.zeros((T + 1, N), bool),
+        "behaviour_logits": rng.normal(size=(T + 1, N, A)).astype(np.float32),
+        "truncation_value": rng.normal(size=(T + 1, N)).astype(np.float32),
+    }
+    for slot, col, kind in episode_starts:
+        seq[kind][slot, col] = True
+    return seq
+
+
+def _episode_of_slot(terminated, truncated):
+    """The episode each slot of one column belongs to (slot 0's own flag is about the transition before it)."""
+    ids, e = [0], 0
+    for s in range(1, len(terminated)):
+        e += int(bool(terminated[s]) or bool(truncated[s]))
+        ids.append(e)
+    return ids
+
+
+def _pixel_change_slow(a, b, crop, cell, scale):
+    """|b - a| averaged over each cell of the central crop and over the channels, by loops: [G_h, G_w]."""
+    C, H, W = a.shape
+    gh, gw = (H - 2 * crop) // cell, (W - 2 * crop) // cell
+    out = np.zeros((gh, gw))
+    for i in range(gh):
+        for j in range(gw):
+            total = 0.0
+            for c in range(C):
+                for y in range(crop + i * cell, crop + (i + 1) * cell):
+                    for x in range(crop + j * cell, crop + (j + 1) * cell):
+                        total += abs(float(b[c, y, x]) - float(a[c, y, x])) * scale
+            out[i, j] = total / (C * cell * cell)
+    return out
+
+
+def _control_loss_slow(q, actions, pseudo_reward, episode, gamma):
+    """One column's n-step Q-learning loss of a control task, summed over the transitions it trains on, and how many
+    those are. q [T+1, A, K] (K cells or channels), actions [T+1] (slot t+1: the action taken at obs_t),
+    pseudo_reward(t) -> [K] for a transition inside one episode."""
+    T = q.shape[0] - 1
+    total, count = 0.0, 0
+    for t in range(T):
+        if episode[t + 1] != episode[t]:
+            continue  # the episode's last transition: its next frame is not stored, nothing to learn from
+        ret, disc, k = np.zeros(q.shape[-1]), 1.0, t
+        while True:
+            if k == T:  # the sequence ends inside the episode: bootstrap from max_a Q(obs_T, a)
+                ret += disc * q[T].max(axis=0)
+                break
+            if episode[k + 1] != episode[k]:  # transition k ends the episode: no pseudo-reward, no bootstrap
+                break
+            ret += disc * pseudo_reward(k)
+            disc *= gamma
+            k += 1
+        total += 0.5 * float(((ret - q[t, int(actions[t + 1])]) ** 2).sum())
+        count += 1
+    return total, count
+
+
+EPISODE_STARTS = [(0, 0, "terminated"), (3, 0, "terminated"), (4, 0, "truncated"), (5, 1, "truncated"),
+                  (6, 1, "terminated"), (8, 3, "terminated")]  # fmt: skip
+
+
+def _loss_with_replay(cfg, net, seq):
+    """(loss, metrics, outputs of the replayed sequences) of one update whose on-policy batch is `seq` too."""
+    from decoupled.runners.training.actor_learner import net_inputs
+
+    staging = HostStaging()
+    state = [s.numpy() for s in net.initial_state(seq["obs"].shape[1])]
+    rb = replay_to_batch({"seq": seq, "seq_state": state}, torch.device("cpu"), staging)
+    batch = replay_to_batch(seq, torch.device("cpu"), staging, "batch")
+    with torch.no_grad():
+        outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"),
+                         tuple(rb["seq_state"]))  # fmt: skip
+        outputs["replay"] = UNREAL.replay_outputs(cfg.agent, net, rb)
+        batch["replay"] = rb
+        loss, metrics = UNREAL.loss_fn(cfg.agent, batch, outputs)
+    return loss, metrics, outputs
+
+
+def test_pixel_control_has_no_pseudo_reward_across_an_episode_end():
+    """The change from an episode's last stored frame into the next episode's first frame is no pixel change:
+    the loss equals the loop reference above (which fails if that change leaks into the returns before it)."""
+    from decoupled.agents.impala import impala_loss
+
+    cfg = load_config(UNREAL_CATCH, ["agent.reward_prediction_cost=0", "agent.value_replay_cost=0",
+                                     "agent.pixel_control_crop=1", "agent.pixel_control_cell=4"])  # fmt: skip
+    spec = EnvSpec("x", (2, 14, 14), np.dtype(np.uint8), 3, extra={"obs_scale": 1 / 255})
+    torch.manual_seed(0)
+    net = UNREAL.make_net(spec, cfg.agent)
+    T, N = 8, 4
+    seq = _replay_batch(spec, T, N, EPISODE_STARTS)
+    loss, metrics, outputs = _loss_with_replay(cfg, net, seq)
+    q = outputs["replay"]["seq"]["pixel_control_q"].double().numpy()  # [T+1, N, A, 3, 3]
+    total, count = 0.0, 0
+    for n in range(N):
+        episode = _episode_of_slot(seq["terminated"][:, n], seq["truncated"][:, n])
+        frames = seq["obs"][:, n]
+        change = lambda k, frames=frames: _pixel_change_slow(frames[k], frames[k + 1], 1, 4, 1 / 255).ravel()  # noqa: E731
+        s, c = _control_loss_slow(q[:, n].reshape(T + 1, 3, -1), seq["action"][:, n], change, episode, 0.9)
+        total, count = total + s, count + c
+    want = total / count
+    np.testing.assert_allclose(float(metrics["aux/pixel_control/loss"]), want, rtol=1e-5)
+    base, _ = impala_loss(cfg.agent, replay_to_batch(seq, torch.device("cpu"), HostStaging()), outputs)
+    np.testing.assert_allclose(float(loss - base), cfg.agent.pixel_control_cost * want, rtol=1e-4)
+
+
+def test_feature_control_has_no_pseudo_reward_across_an_episode_end():
+    from decoupled.agents.impala import impala_loss
+
+    cfg = load_config(
+        ROOT / "configs" / "unreal" / "minatar_breakout.yaml",
+        ["agent.feature_control_cost=0.1", "agent.pixel_control_cost=0", "agent.reward_prediction_cost=0",
+         "agent.value_replay_cost=0"],
+    )  # fmt: skip
+    spec = EnvSpec("x", (4, 10, 10), np.dtype(np.uint8), 3, extra={"obs_scale": 1 / 255})
+    torch.manual_seed(0)
+    net = UNREAL.make_net(spec, cfg.agent)
+    T, N = 8, 4
+    seq = _replay_batch(spec, T, N, EPISODE_STARTS, seed=1)
+    loss, metrics, outputs = _loss_with_replay(cfg, net, seq)
+    o = outputs["replay"]["seq"]
+    means = o["feature_means"].double().numpy()  # [T+1, N, C]: each channel's mean activation
+    q = o["feature_control_q"].double().numpy()  # [T+1, N, A, C]
+    total, count = 0.0, 0
+    for n in range(N):
+        episode = _episode_of_slot(seq["terminated"][:, n], seq["truncated"][:, n])
+        change = lambda k, n=n: np.abs(means[k + 1, n] - means[k, n])  # noqa: E731
+        s, c = _control_loss_slow(q[:, n], seq["action"][:, n], change, episode, cfg.agent.pixel_control_discount)
+        total, count = total + s, count + c
+    want = total / count
+    np.testing.assert_allclose(float(metrics["aux/feature_control/loss"]), want, rtol=1e-5)
+    base, _ = impala_loss(cfg.agent, replay_to_batch(seq, torch.device("cpu"), HostStaging()), outputs)
+    np.testing.assert_allclose(float(loss - base), cfg.agent.feature_control_cost * want, rtol=1e-4)
