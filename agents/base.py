@@ -105,4 +105,9 @@ class AgentDef:
     # learner_hooks(cfg, net) -> the LearnerHooks of this agent's training step (default: those of the net's
     # modules). An agent with a step of its own (a second optimiser, a target update) returns its hook here.
     learner_hooks: Callable[[Any, torch.nn.Module], list[LearnerHook]] = module_learner_hooks
+    # loss_sum_factor(cfg, batch) -> how many times larger this update's loss would be if it summed over the
+    # batch's transitions instead of averaging (1 for a summed loss). The learner divides optim.max_grad_norm by it,
+    # so that a gradient clip means the same (summed-loss units, the IMPALA paper's 40) under either reduction.
+    # None: 1 (a loss with no reduction setting).
+    loss_sum_factor: Callable[[Any, dict[str, Any]], float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -79,7 +79,8 @@ class ImpalaConfig(AgentConfigBase):
     loss_reduction: Literal["sum", "mean"] = Field(
         "sum",
         description="'sum' over the T*B batch as the paper's TensorFlow code does, so its learning rate and "
-        "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size",
+        "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size "
+        "(optim.max_grad_norm stays in summed-loss units: the learner divides it by the transitions averaged over)",
     )
 
     @model_validator(mode="after")
@@ -243,6 +244,18 @@ def impala_replay_loss(
     return (on_policy * loss + replayed * r_loss) / (on_policy + replayed), metrics
 
 
+def loss_sum_factor(cfg: ImpalaConfig, batch: dict[str, Any]) -> float:
+    """Summed loss / this loss: 1 under `sum`; under `mean` the transitions averaged over, T*B on-policy plus T*n
+    replayed (`impala_replay_loss`). The learner divides the gradient clip by it (`AgentDef.loss_sum_factor`)."""
+    if cfg.loss_reduction == "sum":
+        return 1.0
+    n = batch["action"][1:].numel()
+    replay = batch.get("replay")
+    if replay is not None and "seq" in replay:
+        n += replay["seq"]["action"][1:].numel()
+    return float(n)
+
+
 AGENT = AgentDef(
     name="impala",
     config_class=ImpalaConfig,
@@ -251,4 +264,5 @@ AGENT = AgentDef(
     make_replay=make_replay,
     sample_replay=sample_replay,
     replay_outputs=replay_outputs,
+    loss_sum_factor=loss_sum_factor,
 )

@@ -292,6 +292,14 @@ def _mean_inside_episodes(pseudo_rewards: torch.Tensor, continues: torch.Tensor)
     return (per_transition * continues).sum() / continues.sum().clamp(min=1.0)
 
 
+def loss_sum_factor(cfg: UnrealConfig, batch: dict[str, Any]) -> float:
+    """Summed loss / this loss: 1 under `sum`, T*B under `mean` (the auxiliary terms are scaled with the base loss,
+    see "Loss scale" above; the replayed sequences add no transitions to the base loss)."""
+    if cfg.loss_reduction == "sum":
+        return 1.0
+    return float(batch["action"][1:].numel())
+
+
 AGENT = AgentDef(
     name="unreal",
     config_class=UnrealConfig,
@@ -300,4 +308,5 @@ AGENT = AgentDef(
     make_replay=make_replay,
     sample_replay=sample_replay,
     replay_outputs=replay_outputs,
+    loss_sum_factor=loss_sum_factor,
 )

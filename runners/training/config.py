@@ -54,7 +54,13 @@ class OptimConfig(_Section):
     alpha: float = Field(0.99, gt=0.0, lt=1.0, description="RMSProp decay")
     eps: float = Field(0.01, gt=0.0, description="RMSProp/Adam epsilon (rmsprop_tf: inside the square root)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    max_grad_norm: float | None = Field(40.0, gt=0.0, description="global gradient-norm clip; null: none")
+    max_grad_norm: float | None = Field(
+        40.0,
+        gt=0.0,
+        description="global gradient-norm clip, in summed-loss units (the IMPALA paper's and TorchBeast's 40) under "
+        "either agent.loss_reduction: with 'mean' the learner clips at max_grad_norm / (transitions averaged over); "
+        "null: none",
+    )
 
 
 class RunnerConfig(_Section):
