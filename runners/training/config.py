@@ -114,6 +114,13 @@ class WandbConfig(_Section):
     group: str | None = None
     tags: tuple[str, ...] = ()
     init_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    finish_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="at the end, the longest wait for W&B to take the last records, to finish, and to have written "
+        "them all to its local .wandb file (each); past it the run says that W&B did not finish",
+    )
 
 
 class ConfigBase(_Section):
