@@ -112,4 +112,9 @@ class AgentDef:
     # overlap(cfg) -> how many transitions of the previous rollout each rollout repeats in front of its own (the
     # batch is then [overlap + T + 1, B]): for losses that need look-ahead past the unroll's end (FuN's s_{t+c}).
     overlap: Callable[[Any], int] = lambda cfg: 0
+    # loss_sum_factor(cfg, batch) -> how many times larger this update's loss would be if it summed over the
+    # batch's transitions instead of averaging (1 for a summed loss). The learner divides optim.max_grad_norm by it,
+    # so that a gradient clip means the same (summed-loss units, the IMPALA paper's 40) under either reduction.
+    # None: 1 (a loss with no reduction setting).
+    loss_sum_factor: Callable[[Any, dict[str, Any]], float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

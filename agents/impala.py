@@ -79,7 +79,8 @@ class ImpalaConfig(AgentConfigBase):
     loss_reduction: Literal["sum", "mean"] = Field(
         "sum",
         description="'sum' over the T*B batch as the paper's TensorFlow code does, so its learning rate and "
-        "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size",
+        "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size "
+        "(optim.max_grad_norm stays in summed-loss units: the learner divides it by the transitions averaged over)",
     )
 
     @model_validator(mode="after")
@@ -226,8 +227,10 @@ def replay_outputs(cfg: ImpalaConfig, net: nn.Module, rb: dict[str, Any]) -> dic
 def impala_replay_loss(
     cfg: ImpalaConfig, batch: dict[str, Any], outputs: dict[str, Any]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The IMPALA loss on the on-policy batch plus the same loss on the replayed sequences (their sum: one batch of
-    B + n sequences, as if concatenated; V-trace corrects the replayed ones from their stored behaviour logits)."""
+    """The IMPALA loss on the on-policy batch and the replayed sequences as one batch of B + n sequences, as if
+    concatenated (V-trace corrects the replayed ones from their stored behaviour logits): under `loss_reduction:
+    sum` the two sums add; under `mean` the two means are weighted by their transition counts, T*B and T*n, so that
+    every transition, replayed or not, weighs 1 / (T*(B + n)) as in the mean over the concatenated batch."""
     loss, metrics = impala_loss(cfg, batch, outputs)
     rb, ro = batch.get("replay"), outputs.get("replay")
     if rb is None or ro is None:
@@ -235,7 +238,22 @@ def impala_replay_loss(
     r_loss, r_metrics = impala_loss(cfg, rb["seq"], ro["seq"])
     metrics["replay/loss"] = r_metrics["loss/total"]
     metrics["replay/rho_mean"] = r_metrics["train/rho_mean"]
-    return loss + r_loss, metrics
+    if cfg.loss_reduction == "sum":
+        return loss + r_loss, metrics
+    on_policy, replayed = batch["action"][1:].numel(), rb["seq"]["action"][1:].numel()
+    return (on_policy * loss + replayed * r_loss) / (on_policy + replayed), metrics
+
+
+def loss_sum_factor(cfg: ImpalaConfig, batch: dict[str, Any]) -> float:
+    """Summed loss / this loss: 1 under `sum`; under `mean` the transitions averaged over, T*B on-policy plus T*n
+    replayed (`impala_replay_loss`). The learner divides the gradient clip by it (`AgentDef.loss_sum_factor`)."""
+    if cfg.loss_reduction == "sum":
+        return 1.0
+    n = batch["action"][1:].numel()
+    replay = batch.get("replay")
+    if replay is not None and "seq" in replay:
+        n += replay["seq"]["action"][1:].numel()
+    return float(n)
 
 
 AGENT = AgentDef(
@@ -246,4 +264,5 @@ AGENT = AgentDef(
     make_replay=make_replay,
     sample_replay=sample_replay,
     replay_outputs=replay_outputs,
+    loss_sum_factor=loss_sum_factor,
 )

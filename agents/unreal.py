@@ -30,7 +30,9 @@ Deliberate deviations, with the reason:
   shapes the whole torso; the paper concatenates the conv outputs.
 - Episode ends in PC/FC: the frame a finished episode ended on is not stored (slot t+1 holds the next episode's
   first frame), so the pixel change of an episode's last transition is unknown: that transition is left out of
-  the PC/FC loss and the returns before it stop there.
+  the PC/FC loss, and its pseudo-reward is 0 (UNREAL's reference: no pixel change at the terminal step), so the
+  returns before it stop there without the change into the next episode's first frame
+  (`agents.ops.auxiliary.pixel_control_loss`).
 
 With every auxiliary cost at 0 no replay is built, no head is added, and the agent is exactly the base agent
 (bit-identical updates; tested). The auxiliary heads are initialised from a forked RNG, so with them the base
@@ -255,7 +257,7 @@ def unreal_loss(
             pc = pc.sum() / continues.sum().clamp(min=1.0)
             loss = loss + cfg.pixel_control_cost * scale * pc
             metrics["aux/pixel_control/loss"] = pc.detach()
-            metrics["aux/pixel_control/reward_mean"] = r_pc.mean().detach()
+            metrics["aux/pixel_control/reward_mean"] = _mean_inside_episodes(r_pc, continues)
             metrics["aux/pixel_control/target_mean"] = targets.mean()
             metrics["aux/pixel_control/q_max_mean"] = o["pixel_control_q"].detach().max(dim=2).values.mean()
         if cfg.feature_control_cost > 0:
@@ -265,7 +267,7 @@ def unreal_loss(
             fc = fc.sum() / continues.sum().clamp(min=1.0)
             loss = loss + cfg.feature_control_cost * scale * fc
             metrics["aux/feature_control/loss"] = fc.detach()
-            metrics["aux/feature_control/reward_mean"] = r_fc.mean().detach()
+            metrics["aux/feature_control/reward_mean"] = _mean_inside_episodes(r_fc, continues)
     if "rp" in rb:
         ce, target = reward_prediction_loss(ro["rp_logits"], rb["rp"]["reward"])
         rp = ce.mean()
@@ -284,6 +286,20 @@ def unreal_loss(
     return loss, metrics
 
 
+def _mean_inside_episodes(pseudo_rewards: torch.Tensor, continues: torch.Tensor) -> torch.Tensor:
+    """The mean pseudo-reward [T, N, ...] over the transitions that stay in one episode (the others have none)."""
+    per_transition = pseudo_rewards.detach().flatten(2).mean(-1)  # [T, N]
+    return (per_transition * continues).sum() / continues.sum().clamp(min=1.0)
+
+
+def loss_sum_factor(cfg: UnrealConfig, batch: dict[str, Any]) -> float:
+    """Summed loss / this loss: 1 under `sum`, T*B under `mean` (the auxiliary terms are scaled with the base loss,
+    see "Loss scale" above; the replayed sequences add no transitions to the base loss)."""
+    if cfg.loss_reduction == "sum":
+        return 1.0
+    return float(batch["action"][1:].numel())
+
+
 AGENT = AgentDef(
     name="unreal",
     config_class=UnrealConfig,
@@ -292,4 +308,5 @@ AGENT = AgentDef(
     make_replay=make_replay,
     sample_replay=sample_replay,
     replay_outputs=replay_outputs,
+    loss_sum_factor=loss_sum_factor,
 )

@@ -79,15 +79,17 @@ class LSTMCore(nn.Module):
         listed in `keep` (negative indices count from the end)."""
         h, c = state
         T = x.shape[0]
-        keep_at = {t % T: t for t in keep}
+        keep_at: dict[int, list[int]] = {}
+        for k in keep:  # two indices may name one step (0 and -2 when T = 2: a one-step unroll's [T+1] window)
+            keep_at.setdefault(k % T, []).append(k)
         kept: dict[int, CoreState] = {}
         outputs = []
         for t in range(T):
             mask = (~first[t]).unsqueeze(-1).float()  # [B,1]: 0 where an episode starts at t
             h, c = self.lstm(x[t], (h * mask, c * mask))
             outputs.append(h)
-            if t in keep_at:
-                kept[keep_at[t]] = (h, c)
+            for k in keep_at.get(t, ()):
+                kept[k] = (h, c)
         return torch.stack(outputs), (h, c), kept
 
 

@@ -16,10 +16,12 @@ with lambda = 1 the bootstrap feeds on itself through the near-identity cell pat
 pitfall 4.5). M's last layer starts at zero, so training starts as exact truncated BPTT.
 
 Window layout (the learner's time-major [T+1] batch): slot T repeats as slot 0 of the next unroll, so the boundary
-state s_T is the state *before* the last slot, the state the actor starts its next unroll from. Episode starts:
-where the next window begins an episode (`first[T]`) the state is reset before it is used, so no synthetic
-gradient is injected there; where this window begins one (`first[0]`), s_0 influences nothing and the sample is
-left out of M's regression (M predicts the gradient of a continuing episode; the injection mask accounts for ends).
+state s_T is the state *before* the last slot, the state the actor starts its next unroll from (with
+`runner.unroll_length: 1` that is the state after the first step, which DNI+Aux predicts from: the same state).
+Episode starts: where the next window begins an episode (`first[T]`) the state is reset before it is used, so no
+synthetic gradient is injected there; where this window begins one (`first[0]`), s_0 influences nothing and the
+sample is left out of M's regression (M predicts the gradient of a continuing episode; the injection mask accounts
+for ends).
 Episode starts inside the window cut the true gradient and the bootstrap path in the LSTM itself (the state is
 multiplied by 0).
 

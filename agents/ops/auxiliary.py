@@ -11,6 +11,10 @@ starts a new episode.
 
       R_t = r^pc_t + gamma_pc * R_{t+1}  inside the sequence and episode,   R_T = max_a Q(obs_T, a)
 
+  The transition that ends an episode has no pseudo-reward: its frame after is not stored (slot t+1 holds the next
+  episode's first frame), and the change into that frame belongs to no episode. Its pseudo-reward is 0 and no
+  return reads past it, as in UNREAL's reference, whose pixel change is 0 at the terminal step; so the last return
+  inside an episode is R_t = r^pc_t (from the frame before the last stored one to the last stored one).
   (Q(lambda) with lambda = 1, as trfl's `pixel_control_loss`; the bootstrap uses the current net without
   gradient, as UNREAL's A3C code: there is no target network.)
 - Reward prediction (Sec. 3.2): classify the reward that follows k frames as zero / positive / negative.
@@ -62,13 +66,16 @@ def pixel_control_loss(
 
     q [T+1, N, A, G_h, G_w]: Q^aux at every slot; actions [T, N] taken at obs_t; pc_rewards [T, N, G_h, G_w];
     discounts / continues / mask [T, N] (`discounts` already holds gamma_pc; `mask` 0 drops a transition from the
-    loss). Per transition the loss is 1/2 sum over cells of (R_t - Q(obs_t, a_t))^2 (miyosuda's l2 convention).
+    loss). Where `continues` is 0 (slot t+1 starts a new episode) the pseudo-reward given is replaced by 0: it is
+    the change into the next episode's first frame (see the module docstring). Per transition the loss is
+    1/2 sum over cells of (R_t - Q(obs_t, a_t))^2 (miyosuda's l2 convention).
     """
     T1, N, A, Gh, Gw = q.shape
     T = T1 - 1
     assert actions.shape == (T, N) and pc_rewards.shape == (T, N, Gh, Gw), (actions.shape, pc_rewards.shape)
     cells = Gh * Gw
     with torch.no_grad():
+        pc_rewards = pc_rewards * continues.to(pc_rewards.dtype).view(T, N, 1, 1)  # 0 for an episode's last transition
         max_q_tp1 = q[1:].max(dim=2).values  # [T, N, Gh, Gw]
         flat = lambda x: x.reshape(T, N * cells)  # noqa: E731 - cells become batch columns
         per_cell = lambda x: x.unsqueeze(-1).expand(T, N, cells).reshape(T, N * cells)  # noqa: E731

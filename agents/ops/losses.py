@@ -14,7 +14,8 @@ the relative weight of the three terms do not depend on the batch size or the un
 coefficients (0.5 baseline, 0.01 entropy) keep their meaning when either changes. What changes against a
 torchbeast-style sum: gradients are smaller by a factor T * B. RMSProp / Adam are nearly invariant to that scale
 (only their epsilon becomes relatively larger), but a gradient-norm clip tuned for summed losses (torchbeast's
-`grad_norm_clipping=40`) must be divided by T * B to act the same; SGD learning rates must be multiplied by T * B.
+`grad_norm_clipping=40`) must be divided by T * B to act the same (the learner does so: `optim.max_grad_norm` is in
+summed-loss units under either reduction); SGD learning rates must be multiplied by T * B.
 """
 
 from __future__ import annotations

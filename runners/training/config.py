@@ -54,7 +54,13 @@ class OptimConfig(_Section):
     alpha: float = Field(0.99, gt=0.0, lt=1.0, description="RMSProp decay")
     eps: float = Field(0.01, gt=0.0, description="RMSProp/Adam epsilon (rmsprop_tf: inside the square root)")
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    max_grad_norm: float | None = Field(40.0, gt=0.0, description="global gradient-norm clip; null: none")
+    max_grad_norm: float | None = Field(
+        40.0,
+        gt=0.0,
+        description="global gradient-norm clip, in summed-loss units (the IMPALA paper's and TorchBeast's 40) under "
+        "either agent.loss_reduction: with 'mean' the learner clips at max_grad_norm / (transitions averaged over); "
+        "null: none",
+    )
 
 
 class RunnerConfig(_Section):
@@ -108,6 +114,13 @@ class WandbConfig(_Section):
     group: str | None = None
     tags: tuple[str, ...] = ()
     init_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    finish_timeout_s: float = Field(
+        60.0,
+        gt=0.0,
+        le=3600.0,
+        description="at the end, the longest wait for W&B to take the last records, to finish, and to have written "
+        "them all to its local .wandb file (each); past it the run says that W&B did not finish",
+    )
 
 
 class ConfigBase(_Section):

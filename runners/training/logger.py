@@ -7,7 +7,12 @@ second, optional sink that must never block or crash training (wandb #8003, #986
   `offline`, and if that fails too W&B is disabled for the run, with a warning. Training goes on in every case.
 * every call into wandb after init goes through one background thread and a bounded queue; when the queue is
   full records are dropped (and counted) rather than stalling the learner.
-* `finish` has a watchdog.
+* `finish` has a watchdog, and is not the end: W&B's service process may still be writing the run's local
+  `.wandb` file when `finish` returns (it was seen to end 7 records short right after `decoupled train` exited,
+  and complete a minute later). `close` reads the file back (`runners/evaluation/wandb_reader.py`) until it holds
+  every record and the exit record, for up to `finish_timeout_s`; if it does not, the run says so in the last
+  console line and in a last `metrics.jsonl` record (`wandb/incomplete`), so a `wandb sync` of a truncated run is
+  not a surprise.
 * steps are env frames, logged as a metric (`define_metric(step_metric="env_frames")`), so a resumed run can
   continue the same W&B run id without wandb's own step having to be monotonic.
 """
@@ -88,10 +93,15 @@ class WandbSink:
         run_id: str | None,
         timeout_s: float,
         queue_size: int = 1000,
+        finish_timeout_s: float = 60.0,
     ):
         self.run = None
         self.mode = "disabled"
         self.dropped = 0
+        self.logged = 0  # records W&B took (run.log returned)
+        self.log_errors = 0
+        self.sync_file: Path | None = None  # the run's local transaction log, run-<id>.wandb
+        self.finish_timeout_s = finish_timeout_s
         self.run_id = run_id
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -106,6 +116,10 @@ class WandbSink:
             run, err = self._init(run_dir, config, m, project, entity, group, tags, name, run_id, timeout_s)
             if run is not None:
                 self.run, self.mode, self.run_id = run, m, run.id
+                try:
+                    self.sync_file = Path(run.settings.sync_file)
+                except Exception:  # noqa: BLE001 - a W&B without it: the file is not checked
+                    self.sync_file = None
                 break
             warnings.warn(
                 f"W&B init in {m} mode failed ({err}); "
@@ -166,9 +180,11 @@ class WandbSink:
             try:
                 if kind == "log":
                     self.run.log(payload)
+                    self.logged += 1
                 elif kind == "summary":
                     self.run.summary.update(payload)
             except Exception as e:  # noqa: BLE001 - W&B must never take training down
+                self.log_errors += kind == "log"
                 warnings.warn(f"W&B log failed ({e}); continuing without it", stacklevel=1)
 
     def _put(self, item: tuple[str, dict]) -> None:
@@ -190,11 +206,14 @@ class WandbSink:
         except queue.Full:
             self.dropped += 1
 
-    def close(self, timeout_s: float = 60.0) -> None:
-        """Drain what is queued (up to `timeout_s`), then finish the run (up to `timeout_s`). Never blocks longer:
-        a wedged W&B is left behind with a warning, and its run is not finished while a log call is still in it."""
+    def close(self, timeout_s: float | None = None) -> str | None:
+        """Drain what is queued (up to `timeout_s`), finish the run (up to `timeout_s`), then wait (up to
+        `timeout_s`) until the run's local .wandb file holds every record W&B took and the exit record. Never blocks
+        longer: a wedged W&B is left behind with a warning, and its run is not finished while a log call is still in
+        it. Returns None when the W&B run holds everything that was written to it, else why it does not."""
         if self.run is None:
-            return
+            return None
+        timeout_s = self.finish_timeout_s if timeout_s is None else timeout_s
         try:
             self._queue.put(None, timeout=timeout_s)
         except queue.Full:
@@ -204,20 +223,57 @@ class WandbSink:
             self._stop.set()
             warnings.warn(f"W&B did not take the last records within {timeout_s:.0f}s; left it behind", stacklevel=2)
             self.run = None
-            return
+            return f"W&B did not take the last records within {timeout_s:.0f}s"
         done = threading.Event()
+        failed: list[str] = []
 
         def finish() -> None:
             try:
                 self.run.finish()
             except Exception as e:  # noqa: BLE001
+                failed.append(f"{type(e).__name__}: {e}")
                 warnings.warn(f"W&B finish failed: {e}", stacklevel=1)
             done.set()
 
         threading.Thread(target=finish, name="wandb-finish", daemon=True).start()
         if not done.wait(timeout_s):
             warnings.warn(f"W&B finish did not return within {timeout_s:.0f}s; left it behind", stacklevel=1)
+            self.run = None
+            return f"W&B finish did not return within {timeout_s:.0f}s"
         self.run = None
+        problems = [f"finish failed ({failed[0]})"] if failed else []
+        if self.dropped:
+            problems.append(f"{self.dropped} records were dropped (W&B's queue was full)")
+        if self.log_errors:
+            problems.append(f"{self.log_errors} records failed to log")
+        short = self._wait_for_sync_file(self.logged, timeout_s)
+        if short:
+            problems.append(short)
+        return "; ".join(problems) or None
+
+    def _wait_for_sync_file(self, rows: int, timeout_s: float) -> str | None:
+        """Read the run's .wandb file back until it holds `rows` history records and the exit record (W&B's service
+        process writes it after `finish` has returned). None when it does, else what it holds."""
+        if self.sync_file is None:
+            return None
+        from decoupled.runners.evaluation.wandb_reader import read_run
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                run = read_run(self.sync_file)
+                n, exited = len(run["history"]), run["exit_code"] is not None
+            except (OSError, ValueError):  # not there yet, or a record still being written
+                n, exited = 0, False
+            if n >= rows and exited:
+                return None
+            if time.monotonic() >= deadline:
+                return (
+                    f"its file {self.sync_file} holds {n} of {rows} records"
+                    + ("" if exited else " and no exit record")
+                    + f" {timeout_s:.0f}s after finish"
+                )
+            time.sleep(0.2)
 
 
 class Logger:
@@ -228,8 +284,10 @@ class Logger:
         self.jsonl = JsonlSink(self.run_dir / "metrics.jsonl")
         self.wandb = wandb
         self._t0 = time.time()
+        self.last_env_frames = 0
 
     def write(self, data: dict[str, Any], env_frames: int) -> None:
+        self.last_env_frames = int(env_frames)
         record = {STEP_KEY: int(env_frames), "time": round(time.time(), 3)}
         record.update({k: _jsonable(v) for k, v in data.items()})
         self.jsonl.write(record)
@@ -240,7 +298,13 @@ class Logger:
         if self.wandb is not None:
             self.wandb.summary({k: _jsonable(v) for k, v in data.items()})
 
-    def close(self) -> None:
+    def close(self) -> str | None:
+        """Close W&B, then metrics.jsonl. When the W&B run does not hold everything metrics.jsonl holds, a last
+        metrics.jsonl record says so (`wandb/incomplete`: why), and the reason is returned for the console."""
+        problem = self.wandb.close() if self.wandb is not None else None
+        if problem:
+            problem = f"W&B did not finish: {problem}"
+            record = {STEP_KEY: self.last_env_frames, "time": round(time.time(), 3), "wandb/incomplete": problem}
+            self.jsonl.write(record)
         self.jsonl.close()
-        if self.wandb is not None:
-            self.wandb.close()
+        return problem

@@ -321,7 +321,9 @@ def _train_loop(
         raise
     finally:
         logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
-        logger.close()
+        wandb_problem = logger.close()
+        if wandb_problem:  # the last console line, as the last metrics.jsonl record, says so
+            print(f"{wandb_problem}; metrics.jsonl holds every record (a `wandb sync` now uploads less)", flush=True)
     return {**counters, "status": status, "run_dir": str(run_dir), "wandb_mode": wandb.mode}
 
 
@@ -375,6 +377,7 @@ def _open_wandb(cfg: ConfigBase, run_dir: Path, settings: dict[str, Any], run_id
         name=run_dir.name,
         run_id=run_id,
         timeout_s=cfg.wandb.init_timeout_s,
+        finish_timeout_s=cfg.wandb.finish_timeout_s,
     )
 
 

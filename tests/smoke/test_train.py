@@ -225,3 +225,44 @@ def test_train_runs_outside_the_main_thread(tmp_path):
     t.start()
     t.join(120)
     assert out.get("status") == "finished" and out["env_frames"] == 1280
+
+
+def _jsonl(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_offline_wandb_run_holds_every_record_when_train_returns(tmp_path, capsys):
+    """Read right after train returns (as a user's `wandb sync` would), the offline run holds every metrics.jsonl
+    record and the exit record; or else the last console line and the last metrics.jsonl record say W&B did not
+    finish. (W&B's service process writes the file after finish() has returned; it was seen 7 records short.)"""
+    train_mod.train(_cfg(), tmp_path)
+    (segment,) = read_run_dir(tmp_path)
+    records, last_line = _jsonl(tmp_path), capsys.readouterr().out.strip().splitlines()[-1]
+    if "wandb/incomplete" in records[-1]:
+        assert last_line.startswith("W&B did not finish") and records[-1]["wandb/incomplete"] in last_line
+        return
+    assert segment["exit_code"] == 0
+    assert [row["env_frames"] for row in segment["history"]] == [r["env_frames"] for r in records]
+    for row, rec in zip(segment["history"], records, strict=True):
+        assert all(row[k] == v for k, v in rec.items() if k != "time" and v is not None), rec["env_frames"]
+
+
+def test_a_wandb_run_that_does_not_finish_says_so(tmp_path, capsys, monkeypatch):
+    """When W&B's offline file does not hold the whole run in time (here finish() returns without finishing, as a
+    service process still writing would leave it), the last console line and metrics.jsonl say so."""
+    from wandb.sdk.wandb_run import Run
+
+    real_finish, unfinished = Run.finish, []
+    monkeypatch.setattr(Run, "finish", lambda self, *a, **k: unfinished.append(self))
+    try:
+        train_mod.train(_cfg("runner.total_env_frames=3200", "wandb.finish_timeout_s=2"), tmp_path)
+    finally:
+        monkeypatch.undo()
+        for run in unfinished:
+            real_finish(run)
+    (segment,) = read_run_dir(tmp_path)
+    records, last_line = _jsonl(tmp_path), capsys.readouterr().out.strip().splitlines()[-1]
+    assert unfinished and "wandb/incomplete" in records[-1] and records[-1]["env_frames"] == 3200
+    assert last_line.startswith("W&B did not finish:") and "no exit record" in last_line
+    assert records[-1]["wandb/incomplete"] in last_line
+    assert [r["env_frames"] for r in records[:-1]] == [320 * (i + 1) for i in range(10)]  # the run's own records

@@ -81,17 +81,20 @@ def test_reward_prediction_and_feature_control_heads_shapes():
 
 # ------------------------------------------------------------------------------------------------ U-3
 def _q_targets_numpy(rewards, discounts, continues, bootstrap):
-    """Slow reference: R_t = r_t + d_t * (R_{t+1} if continues_t and t < T-1 else bootstrap_t)."""
+    """Slow reference of the pixel-control targets (UNREAL, Sec. 3.1): a pseudo-reward is the change between two
+    frames of one episode, so a transition that ends an episode (continues 0: the next slot is the next episode's
+    first frame) adds nothing, and nothing after it counts (UNREAL's reference: pixel change 0 at the terminal
+    step). Inside the episode R_t = r_t + gamma R_{t+1}, and at the sequence end bootstrap_t = max_a Q(obs_{t+1})."""
     T = len(rewards)
     out = np.zeros_like(rewards)
     for t in range(T):
         g, disc, k = 0.0, 1.0, t
-        while True:
+        while continues[k]:  # transition k stays inside the episode
             g += disc * rewards[k]
-            if k == T - 1 or not continues[k]:
-                g += disc * discounts[k] * bootstrap[k]
-                break
             disc *= discounts[k]
+            if k == T - 1:
+                g += disc * bootstrap[k]
+                break
             k += 1
         out[t] = g
     return out
@@ -107,7 +110,8 @@ def test_pixel_control_targets_by_hand_with_a_terminal_cut():
     discounts = 0.9 * continues
     actions = torch.tensor([[0], [1], [1]])
     loss, targets = pixel_control_loss(q, actions, r, discounts, continues, torch.ones(3, 1))
-    want = [0.1 + 0.9 * 0.2, 0.2, 0.3 + 0.9 * 5.0]  # the cut transition has no bootstrap
+    # the cut transition's 0.2 is the change into the next episode's first frame: no pseudo-reward, no bootstrap
+    want = [0.1, 0.0, 0.3 + 0.9 * 5.0]
     torch.testing.assert_close(targets.view(3), torch.tensor(want))
     taken = torch.tensor([0.0, 0.0, 1.0])  # Q(obs_t, a_t): 0, 0 and Q(obs_2, 1) = 1
     torch.testing.assert_close(loss.view(3), 0.5 * (torch.tensor(want) - taken) ** 2)

@@ -20,7 +20,7 @@ SPEC = EnvSpec("vec", (6,), np.dtype(np.float32), 3)
 T, B = 5, 4
 
 
-def _rollout(seed=0, first_at=()):
+def _rollout(seed=0, first_at=(), T=T):
     """A learner batch [T+1, B] of random transitions; `first_at`: (slot, column) pairs where an episode starts."""
     rng = np.random.default_rng(seed)
     done = np.zeros((T + 1, B), bool)
@@ -209,6 +209,32 @@ def test_dni_core_acts_like_an_lstm_for_the_actor():
     }
     out, state = net(x, net.initial_state(2))
     assert set(out) == {"policy_logits", "baseline"} and len(state) == 2  # one step: no window states
+
+
+def test_one_step_unrolls_train():
+    """runner.unroll_length 1: the [T+1] = 2-slot window's first-step state is its boundary state (both the state
+    after slot 0); M and the DNI+Aux head train on it (it raised KeyError: 0 when both indices named one step)."""
+    learner, net = _learner("dni_lstm", aux_cost=0.1)
+    rollout = _rollout(0, T=1)
+    data = {k: torch.as_tensor(v) for k, v in rollout["data"].items()}
+    first = data["terminated"] | data["truncated"]
+    inputs = {"obs": data["obs"], "first": first, "prev_action": data["action"], "prev_reward": data["reward"]}
+    state = tuple(torch.as_tensor(s) for s in rollout["initial_state"])
+    extras: dict = {}
+    with torch.no_grad():
+        net(inputs, state)  # the actor's way (no extras)
+        out, _ = net.core(net.torso(data["obs"].flatten(0, 1)).view(2, B, -1), data["action"], data["reward"], first,
+                          state, extras=extras)  # fmt: skip
+        x0 = torch.cat([net.torso(data["obs"][0]), torch.nn.functional.one_hot(data["action"][0], 3).float(),
+                        data["reward"][0].clamp(-1, 1).unsqueeze(-1)], -1)  # fmt: skip
+        h0, c0 = net.core.lstm(x0, state)  # the LSTM's one step from the window-start state
+    for key in ("dni/first_step_state", "dni/boundary_state"):
+        torch.testing.assert_close(extras[key][0], h0)
+        torch.testing.assert_close(extras[key][1], c0)
+    torch.testing.assert_close(out[0], h0)
+    metrics = [learner.step(_rollout(s, T=1)) for s in range(6)]
+    assert all(np.isfinite(m["loss/total"]) and np.isfinite(m["dni/sg_loss"]) for m in metrics)
+    assert all(np.isfinite(m["dni/aux_loss"]) for m in metrics) and metrics[-1]["dni/pred_norm"] > 0
 
 
 def test_config_errors_name_the_fix(tmp_path):

@@ -30,16 +30,11 @@ def test_wandb_online_without_network_falls_back_to_offline_in_bounded_time(tmp_
     assert sink.mode == "offline"
     logger = Logger(tmp_path, sink)
     logger.write({"train/x": 2.0}, 640)
-    logger.close()
     # W&B's service process may still be writing the offline file when finish() returns (an empty history was read
-    # once, on a loaded machine): give it a few seconds, then the record must be there.
-    deadline = time.time() + 15
-    while True:
-        (seg,) = read_run_dir(tmp_path)
-        if seg["history"] or time.time() > deadline:
-            break
-        time.sleep(0.5)
-    assert seg["history"] and seg["history"][-1]["train/x"] == 2.0
+    # once, on a loaded machine): close() waits until the file holds the record, so it is there when it returns
+    assert logger.close() is None
+    (seg,) = read_run_dir(tmp_path)
+    assert seg["history"] and seg["history"][-1]["train/x"] == 2.0 and seg["exit_code"] == 0
 
 
 def test_wandb_init_that_hangs_is_abandoned_and_training_goes_on(tmp_path, monkeypatch):
@@ -97,6 +92,6 @@ def test_close_returns_when_wandb_is_wedged(tmp_path):
         sink.write({"env_frames": i})
     t0 = time.time()
     with pytest.warns(UserWarning, match="left it behind"):
-        sink.close(timeout_s=1.0)
-    assert time.time() - t0 < 10
+        problem = sink.close(timeout_s=1.0)
+    assert time.time() - t0 < 10 and "did not take the last records" in problem
     release.set()
