@@ -354,10 +354,19 @@ def feudal_loss(
     return loss, metrics
 
 
+def loss_sum_factor(cfg: FeudalConfig, batch: dict[str, Any]) -> float:
+    """Summed loss / this loss: 1 under `sum`; under `mean` the T*B new transitions averaged over (the overlap's
+    repeats excluded). The learner divides the gradient clip by it (`AgentDef.loss_sum_factor`)."""
+    if cfg.loss_reduction == "sum":
+        return 1.0
+    return float(batch["action"][1 + cfg.horizon :].numel())
+
+
 AGENT = AgentDef(
     name="feudal",
     config_class=FeudalConfig,
     make_net=make_net,
     loss_fn=feudal_loss,
     overlap=lambda cfg: cfg.horizon,
+    loss_sum_factor=loss_sum_factor,
 )

@@ -15,7 +15,7 @@ on the on-policy unrolls, `agents.impala`) tasks that shape its representation f
   each channel of the torso's last conv layer.
 
 Replay (`envs.replay.SequenceReplay`): every column of every rollout, with the actor's core state at its start,
-so replayed sequences run through the core from that state rather than from zeros (pitfall 2 of the spec). One
+so replayed sequences run through the core from that state rather than from zeros (a reimplementers' pitfall). One
 replay batch per update: `replay_sequences` sequences for PC, VR and FC (one forward pass over them serves all
 three) and `reward_prediction_batch` windows for RP.
 
@@ -64,7 +64,7 @@ from decoupled.envs.replay import SequenceReplay
 
 class UnrealConfig(ImpalaConfig):
     """The base agent's settings (agents.impala) plus the auxiliary tasks'. Defaults: the paper's where known
-    (the spec's table 2.4), an LSTM core as in the paper's agent."""
+    (UNREAL's hyperparameter table, as public reimplementations read it), an LSTM core as in the paper's agent."""
 
     name: Literal["unreal"] = "unreal"  # type: ignore[assignment]
     core: Literal["none", "lstm", "dni_lstm"] = Field("lstm", description="UNREAL's agent is a CNN-LSTM")

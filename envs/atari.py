@@ -8,7 +8,7 @@ Two backends share one protocol table and one semantics:
 - `GymAtariVecEnv` (fallback, can render): gymnasium + ale-py, one `AtariPreprocessing` env per copy.
 
 Both assert at construction that the built env really has the protocol's settings, reading them back from
-envpool's `spec.config` or from the ALE interface (user_needs.md §2, test C10), and both report them in
+envpool's `spec.config` or from the ALE interface (tests/unit/test_env_atari.py), and both report them in
 `settings()`. Frame counts are emulator frames: `episode_frames = agent steps * frame_skip`; no-op start frames are
 not counted (envpool does not count them either: its `elapsed_step` excludes them).
 

@@ -23,7 +23,7 @@ uninterrupted one would):
   sequence, all of one episode) and the reward of the transition that follows them (slot tau). `skewed`: half of
   the draws end in a non-zero reward and half in a zero one, as the paper balances them ("sampled such that zero
   and non-zero rewards are equally represented"); when one kind is not in the buffer yet, the other is drawn
-  (pitfall 7 of the spec: the sampler must not fail before the first reward). `uniform`: any valid window. Windows
+  (the sampler must not fail before the first reward). `uniform`: any valid window. Windows
   end at slots k..T of a sequence, so 2 of every T transitions (those whose three frames would straddle two
   stored sequences) are never reward-prediction targets.
 """

@@ -12,7 +12,7 @@ boundary state is s_T (the state the next window starts from):
              then uses lambda * sigma * M(s_T))
 
 `lambda` (`dni.scale`, below 1) scales the injected gradient and, through the target, discounts the bootstrap:
-with lambda = 1 the bootstrap feeds on itself through the near-identity cell path and diverges (the spec's
+with lambda = 1 the bootstrap feeds on itself through the near-identity cell path and diverges (a known
 pitfall 4.5). M's last layer starts at zero, so training starts as exact truncated BPTT.
 
 Window layout (the learner's time-major [T+1] batch): slot T repeats as slot 0 of the next unroll, so the boundary

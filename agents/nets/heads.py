@@ -31,7 +31,7 @@ class PixelControlHead(nn.Module):
     features -> FC -> [32, s_h, s_w] -> two stride-2 transposed convs, a 1-channel value map V and an |A|-channel
     advantage map A, combined as a dueling net: Q = V + A - mean_a A, shape [N, A, G_h, G_w].
 
-    For the 20x20 grid of the 80x80 crop the FC map is 9x9 (the paper's 7x7 would give 16x16, the spec's pitfall
+    For the 20x20 grid of the 80x80 crop the FC map is 9x9 (the paper's 7x7 would give 16x16, a reimplementers' pitfall
     1); other grids (MinAtar's 10x10 at one pixel per cell) get s = (G - k) / 2 + 1 with k = 4 (even G) or 3.
     No ReLU on the two maps (miyosuda has one): Q is a regression output and A - mean_a A is signed anyway.
     """

@@ -6,7 +6,7 @@ starts a new episode.
 
 - Pixel control (Sec. 3.1): the pseudo-reward of cell (i, j) for transition t is the mean absolute change of the
   pixels in that cell of the central crop, |obs_{t+1} - obs_t| averaged over the cell's pixels and channels, in
-  [0, 1] pixel units (trfl `pixel_control_rewards`; the spec's pitfall 5: 0-255 pixels would scale everything by
+  [0, 1] pixel units (trfl `pixel_control_rewards`; a reimplementers' pitfall: 0-255 pixels would scale everything by
   255). Each cell is a separate control task learned by n-step Q-learning over the replayed sequence:
 
       R_t = r^pc_t + gamma_pc * R_{t+1}  inside the sequence and episode,   R_T = max_a Q(obs_T, a)

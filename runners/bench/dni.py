@@ -15,7 +15,7 @@ measures that incidental memory rather than the dependency length the method can
 
 Tasks (one JSON line per method, then a summary line):
 
-* `recall` (the spec's check, ../shared/papers/prog_sobolev_dni.md 4.6): random bits; the target at step t is the
+* `recall` (a memory check in the spirit of the DNI paper's copy tasks): random bits; the target at step t is the
   bit from step t-D. Level: the delay D. Solved: >= 95% of the bits right over the last 100 windows. With
   truncation T, BPTT has a gradient path from an input to its target only when D < T.
 * `copy` (Graves et al. 2014): N random 8-bit vectors, a delimiter, then the N vectors to be written back.

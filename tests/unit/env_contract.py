@@ -2,7 +2,7 @@
 
 Why one helper: the contract (shapes, dtypes, separate terminated/truncated, same-step autoreset, unclipped episode
 statistics) is what the runners rely on whatever the backend; testing it once per backend with the same code keeps
-the backends from drifting apart (user_needs.md §4 "Environment API stability", test C13/C14).
+the backends from drifting apart (environment API stability).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """UNREAL's auxiliary maths (agents/ops/auxiliary.py) and heads (agents/nets/heads.py) against hand-computed and
-slow NumPy versions: the spec's checks U-1 (pixel change), U-2 (dueling PC head), U-3 (n-step targets)."""
+slow NumPy versions: the pixel change, the dueling pixel-control head and the n-step targets."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Unit tests for decoupled.runners.training.checkpoint (user_needs §3, §10 and test list §4-A5/A6/A7).
+"""Unit tests for decoupled.runners.training.checkpoint.
 
 Why: a checkpoint that silently fails to restore (numpy state lost, a corrupt newest file picked, a pickle that runs
 code, retention that deletes the last good one) costs whole training runs; each test below targets one of those.

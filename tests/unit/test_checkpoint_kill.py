@@ -1,4 +1,4 @@
-"""kill -9 during a checkpoint save must never cost the last complete checkpoint (user_needs §3, test list §4-A3).
+"""kill -9 during a checkpoint save must never cost the last complete checkpoint.
 
 Why a fork server: importing torch costs ~2 s, so one fresh interpreter per kill would blow the time budget. A small
 server script imports torch and the checkpoint module once, runs no torch op itself (so forking is safe), and forks one

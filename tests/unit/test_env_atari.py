@@ -1,7 +1,7 @@
 """Unit tests for envs.atari: protocol presets, the envpool backend and the gymnasium/ale-py backend.
 
 Why: the most common reason Atari results cannot be reproduced is a silent protocol difference (sticky actions,
-no-op starts, life loss, clipped versus raw score, the 108k-frame cap; user_needs.md §2-3). These tests read the
+no-op starts, life loss, clipped versus raw score, the 108k-frame cap). These tests read the
 settings back from the built envs, check that life loss and clipping are training-only while the episode score is the
 unclipped game score, check the frame cap and frame counting, and check that both backends agree.
 

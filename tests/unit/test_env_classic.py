@@ -1,7 +1,7 @@
 """Unit tests for envs.classic (gymnasium classic control behind the env contract).
 
 Why: classic control is the backend of the fast smoke and learning tests, and the one whose snapshot must make a
-resumed run bit-identical (user_needs.md §1 and test A1); truncation at the time limit must stay `truncated`, not
+resumed run bit-identical; truncation at the time limit must stay `truncated`, not
 `terminated`, or the learner stops bootstrapping where it should not (gym #2510).
 """
 
