@@ -107,7 +107,7 @@ def run_job(
             if "train/episode_return" in r
         ],  # fmt: skip
         "aux": {k: [(int(r["env_frames"]), float(r[k])) for r in recs if k in r] for k in AUX_KEYS},
-        "train_seconds": recs[-1].get("perf/wall_time_s"),
+        "train_seconds": next((r["perf/wall_time_s"] for r in reversed(recs) if "perf/wall_time_s" in r), None),
     }
     if eval_episodes > 0:
         cfg, net, _ = load_policy(path)

@@ -9,7 +9,7 @@ second, optional sink that must never block or crash training (wandb #8003, #986
   full records are dropped (and counted) rather than stalling the learner.
 * `finish` has a watchdog, and is not the end: W&B's service process may still be writing the run's local
   `.wandb` file when `finish` returns (it was seen to end 7 records short right after `decoupled train` exited,
-  and complete a minute later). `close` reads the file back (`runners/evaluation/wandb_reader.py`) until it holds
+  and complete a minute later). `close` reads the file back (`runners/training/wandb_reader.py`) until it holds
   every record and the exit record, for up to `finish_timeout_s`; if it does not, the run says so in the last
   console line and in a last `metrics.jsonl` record (`wandb/incomplete`), so a `wandb sync` of a truncated run is
   not a surprise.
@@ -256,7 +256,7 @@ class WandbSink:
         process writes it after `finish` has returned). None when it does, else what it holds."""
         if self.sync_file is None:
             return None
-        from decoupled.runners.evaluation.wandb_reader import read_run
+        from decoupled.runners.training.wandb_reader import read_run
 
         deadline = time.monotonic() + timeout_s
         while True:

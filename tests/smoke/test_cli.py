@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from decoupled.runners.evaluation.wandb_reader import read_run_dir
 from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.wandb_reader import read_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"

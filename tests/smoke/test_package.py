@@ -56,7 +56,7 @@ def test_the_installed_wheel_trains_by_name_and_acts_from_a_project_with_its_own
     for name in ("envs", "agents", "runners"):  # an RL project's own packages, which used to shadow ours
         (project / name).mkdir(parents=True)
         (project / name / "__init__.py").write_text("raise ImportError('the project's own package was imported')\n")
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "disabled"}  # tests the package, not W&B
     run = [
         sys.executable,
         "-m",

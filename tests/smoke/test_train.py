@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from decoupled.runners.evaluation.wandb_reader import read_run_dir
 from decoupled.runners.training import train as train_mod
 from decoupled.runners.training.checkpoint import CheckpointManager
 from decoupled.runners.training.config import load_config
+from decoupled.runners.training.wandb_reader import read_run_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"

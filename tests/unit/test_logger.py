@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from decoupled.runners.evaluation.wandb_reader import read_run_dir
 from decoupled.runners.training.logger import Logger, WandbSink, truncate_metrics
+from decoupled.runners.training.wandb_reader import read_run_dir
 
 
 def _sink(tmp_path, mode="offline", timeout=10.0):

@@ -205,7 +205,7 @@ def test_different_backends_and_greedy_vs_sampled_are_flagged(tmp_path: Path) ->
 
 
 def test_report_goes_to_wandb_offline(two_agents, tmp_path: Path) -> None:
-    from decoupled.runners.evaluation.wandb_reader import read_run
+    from decoupled.runners.training.wandb_reader import read_run
 
     files_good, _, _, _ = two_agents
     out = tmp_path / "report"
