@@ -111,8 +111,11 @@ class Policy:
     def __init__(self, config: ConfigBase, net: torch.nn.Module, spec: EnvSpec, checkpoint: str, seed: int | None):
         self.config, self.net, self.spec, self.checkpoint = config, net, spec, checkpoint
         self.device = next(net.parameters()).device
-        self.generator = torch.Generator()
-        self.generator.manual_seed(int(seed) if seed is not None else int(torch.seed()))
+        self.generator = torch.Generator()  # its own: sampling never touches the global RNG
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        else:
+            self.generator.seed()  # a non-deterministic seed for this generator alone
 
     @property
     def num_actions(self) -> int:

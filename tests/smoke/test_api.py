@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 import decoupled
@@ -81,3 +82,11 @@ def test_the_api_loads_lazily():
     code = "import sys, decoupled; print('torch' in sys.modules); decoupled.load_policy; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["False", "True"], out.stderr
+
+
+def test_loading_a_policy_leaves_the_global_rng_alone(catch_run):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    decoupled.load_policy(catch_run)  # no seed: the policy's own generator is seeded, not torch's
+    assert torch.equal(torch.rand(3), expected)
