@@ -170,7 +170,8 @@ def load_policy(path: str | Path, *, device: str | torch.device = "cpu", seed: i
         spec = probe.spec
     finally:
         probe.close()
-    net = make_policy_net(cfg, state, spec).to(device)
+    with torch.random.fork_rng(devices=[]):  # building the net draws its (then overwritten) initial parameters
+        net = make_policy_net(cfg, state, spec).to(device)
     return Policy(cfg, net, spec, ckpt, seed)
 
 
