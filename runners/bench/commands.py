@@ -12,6 +12,8 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench/learning.py)
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
     decoupled bench feudal --tasks minigrid_doorkey --seeds 3   # FeUdal Networks vs the LSTM baseline, goal ablation
+    decoupled bench feudal-oracle --seeds 3    # FuN's Worker follows an oracle Manager's goals (bench/feudal_checks.py)
+    decoupled bench backends --episodes 200   # envpool vs gymnasium + ale-py random-policy scores (bench/backends.py)
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
 round-robin order over the repeats (so that a noisy spell hits every measurement alike):
@@ -472,6 +474,26 @@ def add_parser(sub: Any) -> None:
     fu = bsub.add_parser("feudal", help="FeUdal Networks vs the paper's LSTM baseline at equal frames, goal ablation")
     bench_learning.add_arguments(fu, "feudal")
     fu.set_defaults(func=lambda a: (bench_learning.bench_feudal(a), 0)[1])
+    fo = bsub.add_parser("feudal-oracle", help="FuN's Worker alone: does it learn to follow an oracle Manager's goals?")
+    fo.add_argument("--seeds", type=int, default=3)
+    fo.add_argument("--frames", type=int, default=400_000, help="env frames (agent steps) per seed")
+    fo.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel (one process each)")
+    fo.add_argument("--out", default="runs/bench_feudal_oracle")
+
+    def feudal_oracle(a: argparse.Namespace) -> int:
+        from decoupled.runners.bench import feudal_checks  # imports torch and gymnasium: only when asked for
+
+        feudal_checks.bench_feudal_oracle(a)
+        return 0
+
+    fo.set_defaults(func=feudal_oracle)
+    from decoupled.runners.bench import backends as bench_backends
+
+    be = bsub.add_parser(
+        "backends", help="do envpool and gymnasium + ale-py give the same random-policy scores? (per game, protocol)"
+    )
+    bench_backends.add_arguments(be)
+    be.set_defaults(func=lambda a: (bench_backends.bench_backends(a), 0)[1])
 
 
 if __name__ == "__main__":  # one throughput measurement in its own process (see _run_worker)
