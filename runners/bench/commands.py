@@ -477,6 +477,8 @@ def add_parser(sub: Any) -> None:
     fo = bsub.add_parser("feudal-oracle", help="FuN's Worker alone: does it learn to follow an oracle Manager's goals?")
     fo.add_argument("--seeds", type=int, default=3)
     fo.add_argument("--frames", type=int, default=400_000, help="env frames (agent steps) per seed")
+    fo.add_argument("--manager-frames", type=int, default=0, help="then train FuN's Manager above it (0: no)")
+    fo.add_argument("--eval-episodes", type=int, default=200, help="evaluation of the Manager, own vs random goals")
     fo.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel (one process each)")
     fo.add_argument("--out", default="runs/bench_feudal_oracle")
 

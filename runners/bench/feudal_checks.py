@@ -1,7 +1,7 @@
 """`decoupled bench feudal-oracle`: does FeUdal Networks' Worker learn to follow goals? (the Worker half of FuN,
 checked on its own, end to end through the training runner)
 
-    decoupled bench feudal-oracle [--seeds 3] [--frames 400000] [--jobs 2] [--out runs/bench_feudal_oracle]
+    decoupled bench feudal-oracle [--seeds 3] [--frames 400000] [--manager-frames 0] [--jobs 2] [--out DIR]
 
 Vezhnevets et al. 2017 (arXiv:1703.01161) train the Worker on r + alpha r^I, where the intrinsic reward r^I_t is the
 mean over i = 1..c of d_cos(s_t - s_{t-i}, g_{t-i}) (eq. 8): the Worker is paid for moving the Manager's state s in
@@ -23,6 +23,13 @@ no training on the same grid and goals (`reference_cosines`): uniform random mov
 follower that takes the move closest to the current goal about 0.26 (walls stop it, and 9 of 10 windows
 [t, t + c] straddle a goal switch, which a policy can only meet by weighing the goals it has seen, as the Worker's
 pooled goal embedding lets it).
+
+With `--manager-frames N` a second run per seed then trains FuN's own Manager (its dilated LSTM on the position,
+the transition policy gradient with gamma_M = 0.99) above that seed's Worker, frozen, on a grid that pays 1 for
+reaching the east wall, and evaluates it with its goals and with random goals (`oracle/goal_east`: how much the
+goals point east). BENCHMARKS.md says what this showed: the Manager, whose 2-d dilated LSTM starts out pointing
+its goals one way, gets almost no reward to learn from under the paper's small goal-exploration probability, and
+turns only slowly.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from decoupled.agents import get_agent, register_agent
@@ -48,6 +56,8 @@ from decoupled.envs.base import EnvSpec
 
 GRID = 15
 ENV_ID = "OpenGrid-v0"
+EAST_ENV_ID = "OpenGridEast-v0"
+WORKER_PARTS = ("torso", "worker", "action_embedding", "worker_value", "goal_embedding")
 MOVES = np.array([(0, -1), (1, 0), (0, 1), (-1, 0)])  # north, east, south, west
 
 
@@ -76,8 +86,24 @@ class OpenGridEnv(gym.Env):
         return self._obs(), 0.0, False, False, {}
 
 
-if ENV_ID not in gym.registry:
-    gym.register(ENV_ID, entry_point=OpenGridEnv, max_episode_steps=60)
+class OpenGridEastEnv(OpenGridEnv):
+    """The open grid with one reward: 1 for reaching the east wall (x = size - 1), which ends the episode. Starts
+    anywhere west of it."""
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.pos = np.array([self.np_random.integers(0, self.size - 1), self.np_random.integers(0, self.size)])
+        return self._obs(), {}
+
+    def step(self, action: int):
+        obs, _, _, _, info = super().step(action)
+        east = bool(self.pos[0] == self.size - 1)
+        return obs, float(east), east, False, info
+
+
+for _id, _entry in ((ENV_ID, OpenGridEnv), (EAST_ENV_ID, OpenGridEastEnv)):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=_entry, max_episode_steps=60)
 
 
 def oracle_goals(s: torch.Tensor, tick: torch.Tensor) -> torch.Tensor:
@@ -127,9 +153,14 @@ class FirstTwo(nn.Module):
 
 
 class FeudalOracleConfig(FeudalConfig):
-    """`agent: feudal` with the Manager replaced by the oracle (`manager_size` must be 2: s is the position)."""
+    """`agent: feudal` on the position as the Manager's state space (`manager_size` must be 2), with the oracle
+    Manager or the agent's own (a dilated LSTM on the position) above a Worker loaded from a run and frozen."""
 
     name: Literal["feudal_oracle"] = "feudal_oracle"  # type: ignore[assignment]
+    manager: Literal["oracle", "learned"] = Field("oracle", description="the oracle's held goals, or FuN's Manager")
+    worker_from: str | None = Field(
+        None, description="a run dir or checkpoint of this agent: its Worker is loaded and frozen (no training)"
+    )
 
 
 def make_oracle_net(spec: EnvSpec, cfg: FeudalOracleConfig) -> FeudalNet:
@@ -138,15 +169,34 @@ def make_oracle_net(spec: EnvSpec, cfg: FeudalOracleConfig) -> FeudalNet:
     net = FeudalNet(spec, cfg)
     net.torso = PositionTorso(net.torso)
     net.manager_space = FirstTwo()
-    net.manager = OracleManager(cfg.horizon, cfg.dilation)
+    if cfg.manager == "oracle":
+        net.manager = OracleManager(cfg.horizon, cfg.dilation)
+    if cfg.worker_from:
+        from decoupled.runners.evaluation.evaluate import load_checkpoint
+
+        _, state, _ = load_checkpoint(Path(cfg.worker_from))
+        worker = {k: v for k, v in state["net"].items() if k.split(".")[0] in WORKER_PARTS}
+        missing, _ = net.load_state_dict(worker, strict=False)
+        if any(k.split(".")[0] in WORKER_PARTS for k in missing):
+            raise ValueError(f"{cfg.worker_from} has no Worker of this shape (missing {missing})")
+        for part in WORKER_PARTS:
+            getattr(net, part).requires_grad_(False)
     return net
+
+
+def oracle_loss(cfg: FeudalOracleConfig, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]):
+    """FuN's loss, plus how much the Manager's goals point east (`oracle/goal_east`: the mean cosine of the goals
+    of the new transitions with +x)."""
+    loss, metrics = feudal_loss(cfg, batch, outputs)
+    metrics["oracle/goal_east"] = outputs["goal"][cfg.horizon : -1].detach()[..., 0].mean()
+    return loss, metrics
 
 
 ORACLE_AGENT = AgentDef(
     name="feudal_oracle",
     config_class=FeudalOracleConfig,
     make_net=make_oracle_net,
-    loss_fn=feudal_loss,
+    loss_fn=oracle_loss,
     overlap=lambda cfg: cfg.horizon,
     loss_sum_factor=get_agent("feudal").loss_sum_factor,
 )
@@ -199,25 +249,48 @@ def reference_cosines(episodes: int = 4000, seed: int = 0) -> dict[str, float]:
     return out
 
 
-def _train_seed(a: dict[str, Any]) -> dict[str, Any]:
+def manager_config(seed: int, frames: int, worker_from: str) -> dict[str, Any]:
+    """The Manager's run: FuN's own Manager (a dilated LSTM on the position, TPG with gamma_M = 0.99, c = 10) above
+    the frozen Worker of `worker_from`, on the grid that pays 1 at the east wall."""
+    cfg = oracle_config(seed, frames)
+    cfg["agent"].update(
+        manager="learned", worker_from=worker_from, manager_cost=1.0, manager_value_cost=0.5, random_goal_prob=0.01
+    )
+    cfg["env"]["id"] = f"{__name__}:{EAST_ENV_ID}"
+    return cfg
+
+
+def _train(a: dict[str, Any]) -> str:
+    """Train (or resume, or reuse when finished) the run `a["run_dir"]` of config `a["config"]`."""
     from decoupled.api import train
 
     run_dir = Path(a["run_dir"])
+    if (run_dir / "done").is_file():
+        return str(run_dir)
     if (run_dir / "config.yaml").is_file():
-        if (run_dir / "done").is_file():
-            return {"seed": a["seed"], "run_dir": str(run_dir)}
         train(run_dir=run_dir, resume=True)
     else:
-        train(oracle_config(a["seed"], a["frames"]), run_dir=run_dir)
+        train(a["config"], run_dir=run_dir)
     (run_dir / "done").write_text("finished\n")
-    return {"seed": a["seed"], "run_dir": str(run_dir)}
+    return str(run_dir)
 
 
-def read_curve(run_dir: Path) -> list[dict[str, float]]:
+def _train_all(todo: list[dict[str, Any]], jobs: int) -> None:
+    if jobs <= 1:
+        for a in todo:
+            _train(a)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(_train, a) for a in todo]):
+            future.result()
+
+
+def read_curve(run_dir: Path, key: str = "feudal/goal_cosine") -> list[dict[str, float]]:
+    """The metrics.jsonl records of a run that have `key`."""
     rows = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        if "feudal/goal_cosine" in r:
+        if key in r:
             rows.append(r)
     return rows
 
@@ -230,42 +303,100 @@ def summarise(rows: list[dict[str, float]], key: str) -> tuple[float, float]:
     return first, statistics.fmean(last)
 
 
+def evaluate_goals(run_dir: Path, episodes: int, ablation: str) -> dict[str, float]:
+    """Success rate (reward 1 at the east wall) and mean episode length of the run's final policy, with its goals
+    (`ablation="none"`) or with random unit goals in their place."""
+    import dataclasses
+
+    from decoupled.runners.evaluation.evaluate import checkpoint_task, evaluate_task
+
+    task = dataclasses.replace(checkpoint_task(run_dir), goal_ablation=ablation)
+    r = evaluate_task(task, episodes, [0])
+    return {"success": float(np.mean(r["episode_scores"])), "steps": float(np.mean(r["episode_frames"]))}
+
+
 def bench_feudal_oracle(args: argparse.Namespace) -> list[dict[str, Any]]:
     from decoupled.runners.bench.commands import emit
 
-    if args.seeds < 1 or args.frames < 1:
-        raise ValueError("--seeds and --frames must be at least 1")
+    if args.seeds < 1 or args.frames < 1 or args.manager_frames < 0:
+        raise ValueError("--seeds and --frames must be at least 1, --manager-frames at least 0")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [{"seed": s, "frames": args.frames, "run_dir": str(out / f"s{s}")} for s in range(args.seeds)]
-    if args.jobs <= 1:
-        for a in todo:
-            _train_seed(a)
-    else:
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            for future in as_completed([pool.submit(_train_seed, a) for a in todo]):
-                future.result()
+    seeds = range(args.seeds)
+    workers = {s: str(out / f"s{s}") for s in seeds}
+    _train_all([{"run_dir": workers[s], "config": oracle_config(s, args.frames)} for s in seeds], args.jobs)
     records, curves = [], {}
-    for a in todo:
-        rows = read_curve(Path(a["run_dir"]))
-        curves[a["seed"]] = rows
+    for s in seeds:
+        rows = read_curve(Path(workers[s]))
+        curves[s] = rows
         cos0, cos1 = summarise(rows, "feudal/goal_cosine")
         ri0, ri1 = summarise(rows, "feudal/intrinsic_reward")
         records.append(emit({
-            "bench": "feudal_oracle", "seed": a["seed"], "env_frames": rows[-1]["env_frames"],
+            "bench": "feudal_oracle", "seed": s, "env_frames": rows[-1]["env_frames"],
             "goal_cosine_start": cos0, "goal_cosine_final": cos1,
-            "intrinsic_reward_start": ri0, "intrinsic_reward_final": ri1, "run_dir": a["run_dir"],
+            "intrinsic_reward_start": ri0, "intrinsic_reward_final": ri1, "run_dir": workers[s],
         }))  # fmt: skip
     finals = [r["goal_cosine_final"] for r in records]
     refs = reference_cosines()
-    records.append(emit({
+    summary = {
         "bench": "feudal_oracle", "what": "summary", "seeds": len(records), "frames": args.frames,
         "goal_cosine_final_median": statistics.median(finals), "goal_cosine_final_min": min(finals),
         "goal_cosine_start_median": statistics.median(r["goal_cosine_start"] for r in records),
         "goal_cosine_random_policy": refs["random"], "goal_cosine_hand_written_follower": refs["follower"],
-    }))  # fmt: skip
+    }  # fmt: skip
     plot_curves(curves, refs, out / "feudal_oracle.png")
+    if args.manager_frames:
+        managers = {s: str(out / f"manager_s{s}") for s in seeds}
+        todo = [{"run_dir": managers[s], "config": manager_config(s, args.manager_frames, workers[s])} for s in seeds]
+        _train_all(todo, args.jobs)
+        manager_rows = {}
+        for s in seeds:
+            rows = read_curve(Path(managers[s]), "oracle/goal_east")
+            manager_rows[s] = rows
+            east0, east1 = summarise(rows, "oracle/goal_east")
+            own, rnd = (evaluate_goals(Path(managers[s]), args.eval_episodes, a) for a in ("none", "random"))
+            records.append(emit({
+                "bench": "feudal_oracle", "what": "manager", "seed": s, "env_frames": rows[-1]["env_frames"],
+                "goal_east_start": east0, "goal_east_final": east1,
+                "success": own["success"], "steps": own["steps"],
+                "success_random_goals": rnd["success"], "steps_random_goals": rnd["steps"], "run_dir": managers[s],
+            }))  # fmt: skip
+        mine = [r for r in records if r.get("what") == "manager"]
+        summary.update(
+            manager_frames=args.manager_frames,
+            goal_east_final_median=statistics.median(r["goal_east_final"] for r in mine),
+            success_median=statistics.median(r["success"] for r in mine),
+            success_random_goals_median=statistics.median(r["success_random_goals"] for r in mine),
+            steps_median=statistics.median(r["steps"] for r in mine),
+            steps_random_goals_median=statistics.median(r["steps_random_goals"] for r in mine),
+        )
+        plot_manager(manager_rows, out / "feudal_oracle_manager.png")
+    records.append(emit(summary))
     return records
+
+
+def plot_manager(curves: dict[int, list[dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for seed, rows in curves.items():
+        x = [r["env_frames"] for r in rows]
+        axes[0].plot(x, [r["oracle/goal_east"] for r in rows], label=f"seed {seed}")
+        ret = [(r["env_frames"], r["train/episode_return"]) for r in rows if "train/episode_return" in r]
+        axes[1].plot([f for f, _ in ret], [v for _, v in ret], label=f"seed {seed}")
+    axes[0].set_title("cos(goal, east) of the Manager's goals", fontsize=9)
+    axes[1].set_title("training return (1: reached the east wall)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("env frames", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("FuN's Manager (TPG) above a frozen goal-following Worker, reward at the east wall", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_curves(curves: dict[int, list[dict[str, float]]], refs: dict[str, float], path: Path) -> None:

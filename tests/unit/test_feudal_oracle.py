@@ -86,14 +86,26 @@ def test_oracle_goals_cover_every_direction_and_the_references_bracket_following
 
 def test_bench_feudal_oracle_trains_a_seed_prints_its_cosines_and_reuses_a_finished_run(tmp_path):
     cmd = [sys.executable, "-m", "decoupled", "bench", "feudal-oracle", "--seeds", "1", "--frames", "1500",
-           "--jobs", "1", "--out", str(tmp_path / "o")]  # fmt: skip
+           "--manager-frames", "1500", "--eval-episodes", "4", "--jobs", "1", "--out", str(tmp_path / "o")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    seed_line, summary = lines
+    seed_line, manager, summary = lines
+    assert manager["what"] == "manager" and 0.0 <= manager["success"] <= 1.0 and manager["steps"] <= 60
+    assert summary["success_random_goals_median"] == manager["success_random_goals"]
     assert seed_line["env_frames"] >= 1500 and -1.0 <= seed_line["goal_cosine_final"] <= 1.0
     assert summary["what"] == "summary" and abs(summary["goal_cosine_random_policy"]) < 0.05
     assert (tmp_path / "o" / "feudal_oracle.png").stat().st_size > 0
+    assert (tmp_path / "o" / "feudal_oracle_manager.png").stat().st_size > 0
+    # the Manager's run loaded that seed's Worker and left it exactly as it was
+    from decoupled.runners.bench.feudal_checks import WORKER_PARTS
+    from decoupled.runners.evaluation.evaluate import load_checkpoint
+
+    worker = load_checkpoint(tmp_path / "o" / "s0")[1]["net"]
+    above = load_checkpoint(tmp_path / "o" / "manager_s0")[1]["net"]
+    parts = [k for k in worker if k.split(".")[0] in WORKER_PARTS]
+    assert parts and all(torch.equal(worker[k], above[k]) for k in parts)
+    assert any(k.startswith("manager.") for k in above) and not any(k.startswith("manager.") for k in worker)
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "training feudal_oracle" not in again.stdout + again.stderr
     assert json.loads(again.stdout.splitlines()[0]) == seed_line
