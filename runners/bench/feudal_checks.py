@@ -17,7 +17,8 @@ agents/feudal.py) makes a Worker follow goals:
   trained by `decoupled train` on r^I alone.
 
 It prints, per seed, `feudal/goal_cosine` (the mean d_cos(s_{t+c} - s_t, g_t) of the training batches, with
-zero-length transitions counted as 0) at the start and over the last 10% of the frames, and the same for the
+zero-length transitions counted as 0) at the first update (the untrained policy's batch) and over the last 10% of
+the frames, and the same for the
 intrinsic reward, and draws the curves (`--out/feudal_oracle.png`). For scale it also plays two policies that need
 no training on the same grid and goals (`reference_cosines`): uniform random moves give about 0, and a hand-written
 follower that takes the move closest to the current goal about 0.26 (walls stop it, and 9 of 10 windows
@@ -216,7 +217,7 @@ def oracle_config(seed: int, frames: int) -> dict[str, Any]:
         "optim": {"name": "adam", "lr": 1e-3, "eps": 1e-8, "lr_schedule": "constant", "max_grad_norm": None},
         "runner": {
             "mode": "serial", "seed": seed, "total_env_frames": frames, "unroll_length": 40,
-            "log_every_env_frames": max(min(frames // 100, 2560), 1),
+            "log_every_env_frames": 640,  # every update: the first record is the untrained policy's batch
             "checkpoint_every_env_frames": max(frames // 4, 1), "torch_threads": 1,
         },
         "wandb": {"mode": "disabled"},
@@ -296,8 +297,9 @@ def read_curve(run_dir: Path, key: str = "feudal/goal_cosine") -> list[dict[str,
 
 
 def summarise(rows: list[dict[str, float]], key: str) -> tuple[float, float]:
-    """(the mean of the first 3 log records, the mean over the last 10% of the frames) of `key`."""
-    first = statistics.fmean(r[key] for r in rows[:3])
+    """(the first log record's, the mean over the last 10% of the frames) of `key`. The first record holds the
+    first update's metrics, on the batch the untrained policy collected."""
+    first = rows[0][key]
     end = rows[-1]["env_frames"]
     last = [r[key] for r in rows if r["env_frames"] >= 0.9 * end] or [rows[-1][key]]
     return first, statistics.fmean(last)

@@ -153,7 +153,7 @@ def test_preset_settings_are_read_back(backend: str, protocol: str, mode: str) -
 def test_protocol_mismatch_is_refused(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if backend == "atari":
         real = EnvpoolAtariVecEnv._read_config
-        fake = staticmethod(lambda pool: {**real(pool), "repeat_action_probability": 0.25})
+        fake = staticmethod(lambda pool: {**real(pool)})
         monkeypatch.setattr(EnvpoolAtariVecEnv, "_read_config", fake)
     else:
         real = GymAtariVecEnv._read_back
@@ -331,3 +331,33 @@ def test_crash_is_wrapped_with_context(backend: str) -> None:
 def test_unknown_game_is_a_clear_error(backend: str) -> None:
     with pytest.raises(ValueError, match="cannot build"):
         make_vec_env(backend, "NotAGame", 1, 0)
+
+
+@pytest.mark.parametrize("game,steps", [("Breakout", 700), ("Pong", 1000)])
+def test_both_backends_play_the_same_game_frame_for_frame_when_their_randomness_is_pinned(monkeypatch, game, steps):
+    """With one no-op frame at every reset and no sticky actions, nothing random is left in either backend: the same
+    actions must give the same rewards, episode ends and stacked frames on both (envpool bundles its own ALE build;
+    this is what makes their random-policy score distributions, compared in `decoupled bench backends`, differ
+    only through their random number generators). Breakout and Pong are paddle games."""
+    _require("atari")
+    _require("atari_gym")
+    monkeypatch.setitem(PRESETS, "pinned", {**PRESETS["dqn_noop30"], "noop_max": 1})
+    envs = [cls(game, 2, seed=0, mode="eval", protocol="pinned") for cls in (EnvpoolAtariVecEnv, GymAtariVecEnv)]
+    try:
+        assert envs[0].spec.num_actions == envs[1].spec.num_actions
+        actions = np.random.default_rng(0).integers(0, envs[0].spec.num_actions, (steps, 2))
+        obs = [e.reset(seed=0) for e in envs]
+        assert np.array_equal(obs[0], obs[1])
+        ends = 0
+        for t in range(steps):
+            (o0, r0, d0, c0, i0), (o1, r1, d1, c1, i1) = (e.step(actions[t]) for e in envs)
+            assert np.array_equal(r0, r1), f"step {t}: rewards {r0} vs {r1}"
+            assert np.array_equal(d0, d1) and np.array_equal(c0, c1), f"step {t}: episode ends differ"
+            assert np.array_equal(o0, o1), f"step {t}: frames differ"
+            ends += int(d0.sum())
+            for key in ("episode_return", "episode_frames"):
+                assert np.array_equal(i0[key], i1[key], equal_nan=True), f"step {t}: {key} differs"
+        assert ends >= (1 if game == "Breakout" else 0)
+    finally:
+        for e in envs:
+            e.close()
