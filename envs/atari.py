@@ -19,6 +19,11 @@ Known differences between the backends (measured with envpool 1.2.5 / ale-py 0.1
   to 30 frames (7 agent steps) fewer.
 - No no-op starts (`machado2018`): envpool crashes (segfault) with `noop_max=0` and always plays
   `uniform{1..noop_max}` no-op frames at reset, so the envpool backend uses `noop_max=1`: one no-op frame per reset.
+  That frame matters: a random policy scores 1.88 on Breakout under `machado2018` on envpool and 1.29 on ale-py
+  (800 episodes each; the same, 1.89 vs 1.87, when both play the frame), so `decoupled eval` runs `machado2018` on
+  this module's gymnasium backend (`runners/evaluation/evaluate.py`, `eval_backend`). With the randomness pinned
+  (one no-op frame, no sticky actions) the two backends play the same game frame for frame
+  (tests/unit/test_env_atari.py); `decoupled bench backends` compares their score distributions.
 - Life loss as terminal (`dqn_noop30` training): envpool's `episodic_life` "resets" after a lost life by playing
   `1..noop_max` no-op frames and continuing the game; the gymnasium backend emits `terminated` and keeps playing
   without any extra frames.

@@ -135,7 +135,12 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
         choices=["dqn_noop30", "machado2018"],
         help="Atari protocol (default: the run's; dqn_noop30 for --policy random --games)",
     )
-    e.add_argument("--backend", choices=["atari", "atari_gym"], help="Atari backend (default: the run's, or atari)")
+    e.add_argument(
+        "--backend",
+        choices=["atari", "atari_gym"],
+        help="Atari backend (default: the run's, or atari; machado2018 runs on atari_gym unless --backend atari: "
+        "envpool cannot start a game without a no-op frame)",
+    )
     e.add_argument(
         "--max-episode-frames",
         type=int,

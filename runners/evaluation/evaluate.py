@@ -597,12 +597,48 @@ def atari_game(env_id: str) -> str:
         return _game_id(env_id)
 
 
-def atari_task(game: str | None, backend: str, env_id: str, options: dict[str, Any], **kw: Any) -> EvalTask:
+# Envpool cannot reset without playing a no-op frame (noop_max=0 crashes it; envs/atari.py), so under
+# `machado2018`, which has no no-op starts, every envpool game starts one frame later than on the ALE. Measured with
+# `decoupled bench backends` (BENCHMARKS.md, 2026-12-03): no difference detectable on Pong, Space Invaders, Seaquest
+# or Ms. Pac-Man, but a random policy's Breakout score 1.29 on ale-py and 1.88 on envpool (800 episodes each,
+# p < 0.001), the same (1.87 vs 1.89) once both play that frame. Evaluations under these protocols therefore run on
+# gymnasium + ale-py, which follows them exactly, unless `--backend atari` asks for envpool.
+INEXACT_ON_ENVPOOL = ("machado2018",)
+_said: set[str] = set()
+
+
+def eval_backend(backend: str, protocol: str, explicit: bool) -> str:
+    """The backend an Atari evaluation under `protocol` runs on: `backend`, except that envpool hands over to
+    `atari_gym` where it cannot play the protocol exactly (`INEXACT_ON_ENVPOOL`), unless it was asked for
+    (`explicit`), which is said once."""
+    if backend != "atari" or protocol not in INEXACT_ON_ENVPOOL:
+        return backend
+    if explicit:
+        msg = (
+            f"warning: envpool plays one no-op frame at every reset, which {protocol} does not have; scores can "
+            "differ from the ALE's (Breakout's random policy: 1.88 vs 1.29). Leave out --backend for ale-py."
+        )
+    else:
+        msg = (
+            f"{protocol} evaluation runs on atari_gym (gymnasium + ale-py), which plays the protocol exactly "
+            "(envpool adds a no-op frame at every reset); --backend atari for envpool anyway"
+        )
+    if msg not in _said:
+        _said.add(msg)
+        print(msg, flush=True)
+    return backend if explicit else "atari_gym"
+
+
+def atari_task(
+    game: str | None, backend: str, env_id: str, options: dict[str, Any], explicit: bool = False, **kw: Any
+) -> EvalTask:
     """An Atari task named by the table's game name (`atari_game`); a game of the table is built by that name, so a
-    run trained as `ALE/Breakout-v5` or `breakout` plays, and is scored, as `Breakout` on either backend."""
+    run trained as `ALE/Breakout-v5` or `breakout` plays, and is scored, as `Breakout` on either backend. The
+    backend is `eval_backend`'s (`explicit`: the user chose it)."""
     from decoupled.envs.atari_data import ATARI_SCORES
 
     name = atari_game(env_id)
+    backend = eval_backend(backend, options["protocol"], explicit)
     return EvalTask(game or name, backend, name if name in ATARI_SCORES else env_id, options, **kw)
 
 
@@ -618,7 +654,7 @@ def checkpoint_task(
     saved = {"cfg": cfg, "state": state, "checkpoint": ckpt, "run_dir": str(run_dir)}
     if cfg.env.backend in ATARI_BACKENDS:
         options = atari_options(protocol or cfg.env.protocol, cap, cfg.env.options())
-        return atari_task(game, backend or cfg.env.backend, cfg.env.id, options, **saved)
+        return atari_task(game, backend or cfg.env.backend, cfg.env.id, options, backend is not None, **saved)
     if protocol or cap or backend:
         raise ValueError(f"--protocol, --max-episode-frames and --backend are for Atari runs, not {cfg.env.backend}")
     return EvalTask(game or cfg.env.id, cfg.env.backend, cfg.env.id, cfg.env.options(), **saved)
@@ -639,6 +675,7 @@ def _tasks_from_args(args: argparse.Namespace) -> tuple[list[EvalTask], str, Pat
                     raise ValueError(f"--games/--suite are Atari games; {args.config} is a {cfg.env.backend} config")
                 base, backend = cfg.env.options(), args.backend or cfg.env.backend
             options = atari_options(args.protocol, cap, base)
+            backend = eval_backend(backend, options["protocol"], args.backend is not None)
             tasks = [EvalTask(g, backend, g, dict(options)) for g in games]
             name = args.suite or ("_".join(games) if len(games) <= 3 else f"{len(games)}_games")
             return tasks, "random", Path("runs") / f"eval_random_{name}"
@@ -650,7 +687,7 @@ def _tasks_from_args(args: argparse.Namespace) -> tuple[list[EvalTask], str, Pat
             raise ValueError("--policy random needs --games/--suite, --config CONFIG or a run dir to take the env from")
         if cfg.env.backend in ATARI_BACKENDS:
             options = atari_options(args.protocol, cap, cfg.env.options())
-            task = atari_task(None, args.backend or cfg.env.backend, cfg.env.id, options)
+            task = atari_task(None, args.backend or cfg.env.backend, cfg.env.id, options, args.backend is not None)
         else:
             if args.protocol or cap or args.backend:
                 raise ValueError(f"--protocol, --max-episode-frames and --backend are for Atari, not {cfg.env.backend}")

@@ -390,3 +390,30 @@ def test_atari_suite_end_to_end(tmp_path: Path) -> None:
     assert any("1 run(s)" in w for w in summary["warnings"]) and any("2000" in w for w in summary["warnings"])
     assert {p.name for p in (out / "eval" / "videos").iterdir()} == {"Breakout.gif", "Pong.gif"}
     assert list((out / "report").glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_machado2018_evaluation_runs_on_ale_py_unless_envpool_is_asked_for(tmp_path: Path, capsys) -> None:
+    """Envpool starts every game with a no-op frame that machado2018 does not have (a random policy's Breakout score
+    1.88 instead of ale-py's 1.29 in `decoupled bench backends`), so the protocol is evaluated on gymnasium +
+    ale-py unless --backend atari is given; dqn_noop30 stays on envpool."""
+    from decoupled.runners.evaluation.evaluate import eval_backend
+
+    assert eval_backend("atari", "dqn_noop30", explicit=False) == "atari"
+    assert eval_backend("atari", "machado2018", explicit=False) == "atari_gym"
+    assert eval_backend("atari", "machado2018", explicit=True) == "atari"
+    assert eval_backend("atari_gym", "machado2018", explicit=True) == "atari_gym"
+    out = capsys.readouterr().out
+    assert "runs on atari_gym" in out and "warning: envpool plays one no-op frame" in out
+    task = atari_task(None, "atari", "Breakout", atari_options("machado2018", None))
+    assert task.backend == "atari_gym"
+    _needs_atari()
+    r = _cli("eval", "--policy", "random", "--games", "Pong", "--protocol", "machado2018", "--episodes", 1,
+             "--max-episode-frames", 400, "--video-steps", 0, "--out", tmp_path / "e", timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    pong = json.loads((tmp_path / "e" / "scores.json").read_text())["games"]["Pong"]
+    assert pong["settings"]["backend"] == "gymnasium" and pong["settings"]["noop_max"] == 0
+    r = _cli("eval", "--policy", "random", "--games", "Pong", "--protocol", "machado2018", "--episodes", 1,
+             "--max-episode-frames", 400, "--video-steps", 0, "--backend", "atari", "--out", tmp_path / "f",
+             timeout=300)  # fmt: skip
+    assert r.returncode == 0 and "warning: envpool plays one no-op frame" in r.stdout
+    assert json.loads((tmp_path / "f" / "scores.json").read_text())["games"]["Pong"]["settings"]["backend"] == "envpool"
