@@ -271,6 +271,7 @@ def plot_distributions(cells: dict, games: list[str], protocols: list[str], path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(len(protocols), len(games), figsize=(3.2 * len(games), 2.6 * len(protocols)),
                              squeeze=False)  # fmt: skip
@@ -281,6 +282,7 @@ def plot_distributions(cells: dict, games: list[str], protocols: list[str], path
                 s = np.sort(np.asarray(cells[(g, p, b)]["scores"], float))
                 ax.step(s, np.arange(1, len(s) + 1) / len(s), where="post", label=f"{label} ({s.mean():.2f})")
             ax.set_title(f"{g}, {p}", fontsize=9)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6, loc="lower right")
             if j == 0:
