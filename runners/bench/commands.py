@@ -13,6 +13,7 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
     decoupled bench feudal --tasks minigrid_doorkey --seeds 3   # FeUdal Networks vs the LSTM baseline, goal ablation
     decoupled bench feudal-oracle --seeds 3    # FuN's Worker follows an oracle Manager's goals (bench/feudal_checks.py)
+    decoupled bench feudal-subgoals RUN        # where a trained FuN policy's sub-goals fall (key, door, goal; Fig. 2b)
     decoupled bench backends --episodes 200   # envpool vs gymnasium + ale-py random-policy scores (bench/backends.py)
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
@@ -489,6 +490,20 @@ def add_parser(sub: Any) -> None:
         return 0
 
     fo.set_defaults(func=feudal_oracle)
+    fs = bsub.add_parser("feudal-subgoals", help="where a trained FuN policy's sub-goals fall on MiniGrid (Fig. 2b)")
+    fs.add_argument("run", help="a FuN run dir (or checkpoint) on a MiniGrid task")
+    fs.add_argument("--episodes", type=int, default=20)
+    fs.add_argument("--seed", type=int, default=0)
+    fs.add_argument("--tolerance", type=int, default=1, help="steps either side of an event that count as at it")
+    fs.add_argument("--out", help="the figure (default: RUN/subgoals.png)")
+
+    def feudal_subgoals(a: argparse.Namespace) -> int:
+        from decoupled.runners.bench import feudal_checks
+
+        feudal_checks.bench_feudal_subgoals(a)
+        return 0
+
+    fs.set_defaults(func=feudal_subgoals)
     from decoupled.runners.bench import backends as bench_backends
 
     be = bsub.add_parser(

@@ -425,3 +425,155 @@ def plot_curves(curves: dict[int, list[dict[str, float]]], refs: dict[str, float
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ sub-goals
+def play_recorded(run_dir: Path, episodes: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Play a trained FuN policy on its MiniGrid task (sampled actions) and record, per step, the Manager's state s_t
+    and goal g_t and the events: the step at which the key is picked up, the door opened, the goal reached."""
+    import gymnasium as gym
+
+    from decoupled.envs.minigrid import MiniGridVecEnv
+    from decoupled.runners.evaluation.evaluate import load_checkpoint, make_policy_net
+
+    cfg, state, _ = load_checkpoint(run_dir)
+    if cfg.env.backend != "minigrid" or cfg.agent_name != "feudal":
+        raise ValueError(f"{run_dir} is a {cfg.agent_name} run on {cfg.env.backend}: sub-goals need FuN on MiniGrid")
+    probe = MiniGridVecEnv(cfg.env.id, 1, 0, cfg.env.max_episode_steps)
+    spec = probe.spec
+    probe.close()
+    net = make_policy_net(cfg, state, spec)
+    env = gym.make(
+        cfg.env.id, **({} if cfg.env.max_episode_steps is None else {"max_steps": cfg.env.max_episode_steps})
+    )
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=seed * 10_000 + ep)
+        u = env.unwrapped
+        net_state = net.initial_state(1)
+        first, prev_a, prev_r = True, 0, 0.0
+        s_list, g_list, events = [], [], {}
+        for t in range(10_000):
+            inputs = {
+                "obs": torch.as_tensor(MiniGridVecEnv._view(obs))[None, None],
+                "first": torch.tensor([[first]]),
+                "prev_action": torch.tensor([[prev_a]]),
+                "prev_reward": torch.tensor([[prev_r]], dtype=torch.float32),
+            }
+            with torch.no_grad():
+                o, net_state = net(inputs, net_state)
+            s_list.append(o["manager_state"][0, 0].numpy())
+            g_list.append(o["goal"][0, 0].numpy())
+            a = int(torch.multinomial(torch.softmax(o["policy_logits"][0, 0], -1), 1, generator=gen))
+            had_key = u.carrying is not None
+            doors_open = sum(1 for x in u.grid.grid if x is not None and x.type == "door" and x.is_open)
+            obs, r, te, tr, _ = env.step(a)
+            if not had_key and u.carrying is not None and "key" not in events:
+                events["key"] = t + 1  # the state after the pickup is s_{t+1}
+            now_open = sum(1 for x in u.grid.grid if x is not None and x.type == "door" and x.is_open)
+            if now_open > doors_open and "door" not in events:
+                events["door"] = t + 1
+            first, prev_a, prev_r = False, a, float(r)
+            if te or tr:
+                if r > 0:
+                    events["goal"] = t + 1
+                # the final state: one more forward pass for s_T (its goal is not used)
+                inputs = {"obs": torch.as_tensor(MiniGridVecEnv._view(obs))[None, None],
+                          "first": torch.tensor([[False]]), "prev_action": torch.tensor([[a]]),
+                          "prev_reward": torch.tensor([[float(r)]], dtype=torch.float32)}  # fmt: skip
+                with torch.no_grad():
+                    o, _ = net(inputs, net_state)
+                s_list.append(o["manager_state"][0, 0].numpy())
+                g_list.append(o["goal"][0, 0].numpy())
+                break
+        out.append({"s": np.array(s_list), "g": np.array(g_list), "events": events, "return": float(r)})
+    env.close()
+    return out
+
+
+def subgoal_steps(s: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """For each step t < T of an episode with states s [T+1, d] and goals g: the step t' in t+1..T maximising
+    cos(s_{t'} - s_t, g_t), the sub-goal of the paper's Fig. 2b (Vezhnevets et al. 2017)."""
+    T = len(s) - 1
+    out = np.zeros(T, np.int64)
+    for t in range(T):
+        delta = s[t + 1 :] - s[t]
+        cos = delta @ g[t] / (np.linalg.norm(delta, axis=1) * np.linalg.norm(g[t]) + 1e-8)
+        out[t] = t + 1 + int(np.argmax(cos))
+    return out
+
+
+def subgoal_shares(episodes: list[dict[str, Any]], tolerance: int = 1) -> dict[str, dict[str, float]]:
+    """Per event (key, door, goal): the share of steps whose sub-goal lies within `tolerance` steps of the event,
+    and the share expected if sub-goals were drawn uniformly from the steps after t (chance)."""
+    shares: dict[str, dict[str, float]] = {}
+    for event in ("key", "door", "goal"):
+        hit = chance = n = 0.0
+        for e in episodes:
+            if event not in e["events"]:
+                continue
+            k = e["events"][event]
+            sub = subgoal_steps(e["s"], e["g"])
+            for t, tp in enumerate(sub):
+                if t >= k:  # only the steps before the event can have it ahead
+                    break
+                lo, hi = max(t + 1, k - tolerance), min(len(e["s"]) - 1, k + tolerance)
+                n += 1
+                hit += float(lo <= tp <= hi)
+                chance += (hi - lo + 1) / (len(e["s"]) - 1 - t)
+        shares[event] = {"share": hit / n if n else float("nan"), "chance": chance / n if n else float("nan"),
+                         "steps": int(n)}  # fmt: skip
+    return shares
+
+
+def bench_feudal_subgoals(args: argparse.Namespace) -> dict[str, Any]:
+    """`decoupled bench feudal-subgoals RUN`: where a trained FuN policy's sub-goals fall (key, door, goal)."""
+    from decoupled.runners.bench.commands import emit
+
+    eps = play_recorded(Path(args.run), args.episodes, args.seed)
+    shares = subgoal_shares(eps, args.tolerance)
+    record = emit({
+        "bench": "feudal_subgoals", "run": args.run, "episodes": args.episodes,
+        "solved": float(np.mean([e["return"] > 0 for e in eps])), "tolerance": args.tolerance,
+        **{f"{k}_{m}": v[m] for k, v in shares.items() for m in ("share", "chance", "steps")},
+    })  # fmt: skip
+    out = Path(args.out or Path(args.run) / "subgoals.png")
+    plot_subgoals(eps, shares, out)
+    print(f"wrote {out}", flush=True)
+    return record
+
+
+def plot_subgoals(episodes: list[dict[str, Any]], shares: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [e for e in episodes if "key" in e["events"]][:3] or episodes[:3]
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(3.4 * (len(shown) + 1), 2.8), squeeze=False)
+    colours = {"key": "tab:orange", "door": "tab:green", "goal": "tab:red"}
+    for ax, e in zip(axes[0], shown, strict=False):
+        sub = subgoal_steps(e["s"], e["g"])
+        counts = np.bincount(sub, minlength=len(e["s"]))
+        ax.bar(np.arange(len(counts)), counts, color="tab:blue", width=1.0)
+        for name, step in e["events"].items():
+            ax.axvline(step, color=colours[name], ls="--", lw=1, label=name)
+        ax.set_xlabel("step of the episode", fontsize=8)
+        ax.set_ylabel("times chosen as sub-goal", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    ax = axes[0][-1]
+    names = list(shares)
+    x = np.arange(len(names))
+    ax.bar(x - 0.2, [shares[n]["share"] for n in names], 0.4, label="FuN's sub-goals")
+    ax.bar(x + 0.2, [shares[n]["chance"] for n in names], 0.4, label="chance")
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("share of earlier steps", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    fig.suptitle("Sub-goals (argmax_t' cos(s_t' - s_t, g_t)) of a trained FuN policy, as in the paper's Fig. 2b",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from decoupled.envs.base import EnvSpec
@@ -109,3 +110,43 @@ def test_bench_feudal_oracle_trains_a_seed_prints_its_cosines_and_reuses_a_finis
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "training feudal_oracle" not in again.stdout + again.stderr
     assert json.loads(again.stdout.splitlines()[0]) == seed_line
+
+
+def test_subgoal_steps_pick_the_future_state_most_in_the_goals_direction():
+    from decoupled.runners.bench.feudal_checks import subgoal_shares, subgoal_steps
+
+    s = np.array([(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)], float)
+    north = np.tile([0.0, 1.0], (5, 1))
+    # from (0,0) the most northward change is to (2,2) (cos 0.71); from (2,0) both later states lie due north (the
+    # norm's epsilon favours the farther one)
+    assert subgoal_steps(s, north).tolist() == [4, 4, 4, 4]
+    east = np.tile([1.0, 0.0], (5, 1))
+    # east: the farthest eastward state (2,0) from steps 0 and 1; from (2,0) on no change points east (the first)
+    assert subgoal_steps(s, east).tolist() == [2, 2, 3, 4]
+    # the event at step 2, tolerance 0: steps 0 and 1 can have it ahead, and both take it as their sub-goal
+    ep = {"s": s, "g": east, "events": {"key": 2}}
+    shares = subgoal_shares([ep], tolerance=0)["key"]
+    assert shares["steps"] == 2 and shares["share"] == 1.0
+    assert subgoal_shares([{**ep, "g": north}], tolerance=0)["key"]["share"] == 0.0
+    assert shares["chance"] == (1 / 4 + 1 / 3) / 2  # uniform over the steps after t: 4 for t=0, 3 for t=1
+
+
+def test_bench_feudal_subgoals_plays_a_trained_minigrid_run(tmp_path):
+    pytest.importorskip("minigrid")
+    from decoupled.api import train
+
+    run = tmp_path / "fun"
+    train("configs/feudal/minigrid_doorkey.yaml", run_dir=run,
+          overrides=["env.id=MiniGrid-DoorKey-5x5-v0", "runner.total_env_frames=3200", "env.num_envs=4",
+                     "runner.unroll_length=20", "agent.manager_size=16", "agent.worker_size=16",
+                     "agent.hidden_sizes=[16]", "wandb.mode=disabled"])  # fmt: skip
+    cmd = [sys.executable, "-m", "decoupled", "bench", "feudal-subgoals", str(run), "--episodes", "2",
+           "--out", str(tmp_path / "sub.png")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = json.loads(proc.stdout.splitlines()[0])
+    assert line["episodes"] == 2 and 0.0 <= line["solved"] <= 1.0
+    assert (tmp_path / "sub.png").stat().st_size > 0
+    bad = subprocess.run([sys.executable, "-m", "decoupled", "bench", "feudal-subgoals", str(tmp_path / "nope")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode != 0 and "nope" in bad.stderr
