@@ -483,27 +483,23 @@ def add_parser(sub: Any) -> None:
     fo.add_argument("--jobs", type=int, default=2, help="seeds trained in parallel (one process each)")
     fo.add_argument("--out", default="runs/bench_feudal_oracle")
 
-    def feudal_oracle(a: argparse.Namespace) -> int:
-        from decoupled.runners.bench import feudal_checks  # imports torch and gymnasium: only when asked for
+    def feudal_check(name: str):
+        def run(a: argparse.Namespace) -> int:
+            from decoupled.runners.bench import feudal_checks  # imports torch and gymnasium: only when asked for
 
-        feudal_checks.bench_feudal_oracle(a)
-        return 0
+            getattr(feudal_checks, name)(a)
+            return 0
 
-    fo.set_defaults(func=feudal_oracle)
+        return run
+
+    fo.set_defaults(func=feudal_check("bench_feudal_oracle"))
     fs = bsub.add_parser("feudal-subgoals", help="where a trained FuN policy's sub-goals fall on MiniGrid (Fig. 2b)")
     fs.add_argument("run", help="a FuN run dir (or checkpoint) on a MiniGrid task")
     fs.add_argument("--episodes", type=int, default=20)
     fs.add_argument("--seed", type=int, default=0)
     fs.add_argument("--tolerance", type=int, default=1, help="steps either side of an event that count as at it")
     fs.add_argument("--out", help="the figure (default: RUN/subgoals.png)")
-
-    def feudal_subgoals(a: argparse.Namespace) -> int:
-        from decoupled.runners.bench import feudal_checks
-
-        feudal_checks.bench_feudal_subgoals(a)
-        return 0
-
-    fs.set_defaults(func=feudal_subgoals)
+    fs.set_defaults(func=feudal_check("bench_feudal_subgoals"))
     from decoupled.runners.bench import backends as bench_backends
 
     be = bsub.add_parser(

@@ -391,11 +391,18 @@ def plot_manager(curves: dict[int, list[dict[str, float]]], path: Path) -> None:
         axes[1].plot([f for f, _ in ret], [v for _, v in ret], label=f"seed {seed}")
     axes[0].set_title("cos(goal, east) of the Manager's goals", fontsize=9)
     axes[1].set_title("training return (1: reached the east wall)", fontsize=9)
+    _finish(fig, axes, "FuN's Manager (TPG) above a frozen goal-following Worker, reward at the east wall", path)
+
+
+def _finish(fig: Any, axes: Any, title: str, path: Path) -> None:
+    """Label the env-frames axes of a row of curve panels, title the figure and save it."""
+    import matplotlib.pyplot as plt
+
     for ax in axes:
         ax.set_xlabel("env frames", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
-    fig.suptitle("FuN's Manager (TPG) above a frozen goal-following Worker, reward at the east wall", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -418,13 +425,7 @@ def plot_curves(curves: dict[int, list[dict[str, float]]], refs: dict[str, float
     axes[1].set_title("intrinsic reward r^I", fontsize=9)
     for ax in axes:
         ax.axhline(0.0, color="grey", lw=0.5)
-        ax.set_xlabel("env frames", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7)
-    fig.suptitle("FuN Worker with an oracle Manager: open 15x15 grid, goals held 10 steps", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, "FuN Worker with an oracle Manager: open 15x15 grid, goals held 10 steps", path)
 
 
 # ------------------------------------------------------------------------------------------------ sub-goals
