@@ -50,8 +50,21 @@ def _train(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     import yaml
 
-    from decoupled.runners.training.config import ConfigError, load_config
+    from decoupled.runners.training.config import ConfigError, config_reference, load_config
 
+    if args.keys is not None:
+        if args.config is not None:
+            print("decoupled config: --keys lists the keys of every config; give no CONFIG with it", file=sys.stderr)
+            return 2
+        try:
+            print("\n".join(config_reference(None if args.keys == "all" else args.keys, args.agent)))
+        except (ValueError, KeyError) as e:
+            print(f"decoupled config: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.config is None:
+        print("decoupled config: give a CONFIG to validate, or --keys [SECTION] for the key reference", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config, list(args.overrides))
     except ConfigError as e:
@@ -178,9 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its newest valid checkpoint")
     t.set_defaults(func=_train)
 
-    c = sub.add_parser("config", help="validate a config and print it resolved")
-    c.add_argument("config")
+    c = sub.add_parser("config", help="validate a config and print it resolved; --keys: every key, type, default")
+    c.add_argument("config", nargs="?")
     c.add_argument("overrides", nargs="*")
+    c.add_argument(
+        "--keys",
+        nargs="?",
+        const="all",
+        metavar="SECTION",
+        help="list every config key with its type, default and description (agent, env, optim, runner or wandb)",
+    )
+    c.add_argument("--agent", help="with --keys: only this agent's `agent` section")
     c.set_defaults(func=_config)
 
     cs = sub.add_parser("configs", help="list the packaged configs (each usable by name: decoupled train impala/catch)")
@@ -221,9 +242,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Commands that take dotted overrides; on these `--section.key=value` is an override too (the form W&B sweeps and
+# Hydra-style launchers pass), the same as `section.key=value`.
+OVERRIDE_COMMANDS = ("train", "config", "suite")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # `--a.b=v`, and `a.b=v` that argparse left over once an unknown option had cut the positionals short
+        dotted = [a for a in unknown if "=" in a and "." in a.partition("=")[0] and (a[:2] == "--" or a[0] != "-")]
+        rest = [a for a in unknown if a not in dotted]
+        if args.command not in OVERRIDE_COMMANDS:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)} (overrides look like section.key=value)")
+        args.overrides = [*args.overrides, *(a[2:] if a[:2] == "--" else a for a in dotted)]
     return args.func(args)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -229,9 +230,27 @@ def _path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) if parts else "<root>"
 
 
+# `1e7`, `2.5E6`, `1_000e3`: YAML 1.1 (PyYAML) reads a number in exponent form without a dot and a signed exponent
+# as a string, and pydantic will not read such a string as an integer; `10_000_000` is already an int in YAML.
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d[\d_]*(\.[\d_]*)?|\.\d[\d_]*)[eE][+-]?\d+$")
+
+
+def _numbers(node: Any) -> Any:
+    """Strings written as numbers in exponent form (`1e7`) -> int where whole, else float, anywhere in the tree."""
+    if isinstance(node, dict):
+        return {k: _numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_numbers(v) for v in node]
+    if isinstance(node, str) and _EXPONENT_NUMBER.match(node.strip()):
+        value = float(node.replace("_", ""))
+        return int(value) if value.is_integer() and abs(value) < 2**63 else value
+    return node
+
+
 def validate_config(raw: dict[str, Any], source: str = "") -> ConfigBase:
     if not isinstance(raw, dict):
         raise ConfigError([("<root>", "a config is a mapping with sections agent, env, optim, runner, wandb")], source)
+    raw = _numbers(raw)
     agent = raw.get("agent")
     name = agent.get("name") if isinstance(agent, dict) else None
     if name not in agent_names():
@@ -275,3 +294,44 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> ConfigB
 
 def dump_config(cfg: ConfigBase, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------------------------- reference
+SECTIONS = ("agent", "env", "optim", "runner", "wandb")
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "")
+    return re.sub(r"<class '([\w.]+)'>", r"\1", text).replace("NoneType", "None")
+
+
+def _field_lines(prefix: str, model: type[BaseModel]) -> list[str]:
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # a nested section, e.g. agent.dni
+            lines += _field_lines(f"{prefix}.{name}", annotation)
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        about = f"  {field.description}" if field.description else ""
+        lines.append(f"{prefix}.{name}: {_type_name(annotation)} = {default}{about}")
+    return lines
+
+
+def config_reference(section: str | None = None, agent: str | None = None) -> list[str]:
+    """Every config key as `section.key: type = default  description`, for one section or all (`decoupled config
+    --keys [SECTION]`): the `agent` section of every agent (or of `agent`), the `env` section of every backend."""
+    if section is not None and section not in SECTIONS:
+        raise ValueError(f"unknown config section {section!r}; choose one of {', '.join(SECTIONS)}")
+    lines: list[str] = []
+    for sec in [section] if section else SECTIONS:
+        if sec == "agent":
+            for name in [agent] if agent else agent_names():
+                lines += [f"# agent.name: {name}", *_field_lines("agent", get_agent(name).config_class)]
+        elif sec == "env":
+            for name, backend in env_backends().items():
+                lines += [f"# env.backend: {name}", *_field_lines("env", backend.config_class)]
+        else:
+            lines += _field_lines(sec, {"optim": OptimConfig, "runner": RunnerConfig, "wandb": WandbConfig}[sec])
+    return lines

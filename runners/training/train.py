@@ -141,6 +141,14 @@ class Progress:
         self.last_t = time.time()
         self.last_frames = 0
         self.recent: deque[float] = deque(maxlen=100)
+        self.start: tuple[float, int] | None = None  # (time, env frames) of the first print: the rate for time left
+
+    def time_left(self, env_frames: int, now: float) -> str:
+        """The time to the frame budget at the average rate since the first progress line (this process's)."""
+        if self.start is None or env_frames <= self.start[1] or now <= self.start[0]:
+            return "n/a"
+        rate = (env_frames - self.start[1]) / (now - self.start[0])
+        return time.strftime("%H:%M:%S", time.gmtime(max(self.total - env_frames, 0) / rate))
 
     def sps(self, env_frames: int) -> float:
         dt = max(time.time() - self.last_t, 1e-9)
@@ -153,12 +161,16 @@ class Progress:
         pct = 100.0 * env_frames / self.total
         fps = self.sps(env_frames)
         rate = f"{fps:,.0f} frames/s" + (f" ({fps / self.frame_skip:,.0f} steps/s)" if self.frame_skip > 1 else "")
+        now = time.time()
+        if self.start is None:
+            self.start = (self.last_t, self.last_frames)
         print(
             f"frames {env_frames:,}/{self.total:,} ({pct:.0f}%) | {rate} | "
-            f"return {ret} | {time.strftime('%H:%M:%S', time.gmtime(elapsed))}",
+            f"return {ret} | {time.strftime('%H:%M:%S', time.gmtime(elapsed))} | "
+            f"left {self.time_left(env_frames, now)}",
             flush=True,
         )
-        self.last_t, self.last_frames = time.time(), env_frames
+        self.last_t, self.last_frames = now, env_frames
 
 
 def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any]:
@@ -271,6 +283,7 @@ def _train_loop(
 
     source.publish(net, learner.version)  # async: the actor threads start with these parameters
     progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)
+    progress.last_frames = counters["env_frames"]  # a resumed run's rates count its own frames only
     window = _LogWindow(counters["env_frames"])
     t_start = time.time() - counters["wall_time"]
     last_ckpt_frames, last_ckpt_time = counters["env_frames"], time.time()
