@@ -124,11 +124,18 @@ class WandbConfig(_Section):
     )
 
 
+class LoggerConfig(_Section):
+    tensorboard: bool = Field(
+        False, description="also write TensorBoard event files into the run dir (tensorboard --logdir runs/)"
+    )
+
+
 class ConfigBase(_Section):
     env: EnvConfigBase  # each run's model replaces it with the union of the registered backends' sections
     optim: OptimConfig = OptimConfig()
     runner: RunnerConfig
     wandb: WandbConfig = WandbConfig()
+    logger: LoggerConfig = LoggerConfig()
 
     @model_validator(mode="after")
     def _torso_fits_env(self) -> ConfigBase:
@@ -297,7 +304,7 @@ def dump_config(cfg: ConfigBase, path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- reference
-SECTIONS = ("agent", "env", "optim", "runner", "wandb")
+SECTIONS = ("agent", "env", "optim", "runner", "wandb", "logger")
 
 
 def _type_name(annotation: Any) -> str:
@@ -333,5 +340,6 @@ def config_reference(section: str | None = None, agent: str | None = None) -> li
             for name, backend in env_backends().items():
                 lines += [f"# env.backend: {name}", *_field_lines("env", backend.config_class)]
         else:
-            lines += _field_lines(sec, {"optim": OptimConfig, "runner": RunnerConfig, "wandb": WandbConfig}[sec])
+            models = {"optim": OptimConfig, "runner": RunnerConfig, "wandb": WandbConfig, "logger": LoggerConfig}
+            lines += _field_lines(sec, models[sec])
     return lines

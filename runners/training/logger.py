@@ -276,13 +276,37 @@ class WandbSink:
             time.sleep(0.2)
 
 
-class Logger:
-    """`write(data, env_frames)`: namespaced metrics (train/, loss/, eval/, perf/, aux/<task>/) on one step axis."""
+class TensorBoardSink:
+    """Scalars as TensorBoard event files in the run dir itself, so `tensorboard --logdir runs/` shows every run
+    (written by tensorboardX, which needs no TensorFlow). Every numeric metric is a scalar at step `env_frames`. A
+    resumed run starts a new event file with `purge_step` at its checkpoint's frames, so TensorBoard drops what the
+    interrupted segment logged past the checkpoint (as metrics.jsonl is truncated there)."""
 
-    def __init__(self, run_dir: Path, wandb: WandbSink | None = None):
+    def __init__(self, run_dir: Path, start_env_frames: int = 0):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir), purge_step=int(start_env_frames) if start_env_frames else None)
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = int(record[STEP_KEY])
+        for k, v in record.items():
+            if k in (STEP_KEY, "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            self.writer.add_scalar(k, float(v), global_step=step, walltime=record.get("time"))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Logger:
+    """`write(data, env_frames)`: namespaced metrics (train/, loss/, eval/, perf/, aux/<task>/) on one step axis, to
+    metrics.jsonl, W&B and (optionally) TensorBoard."""
+
+    def __init__(self, run_dir: Path, wandb: WandbSink | None = None, tensorboard: TensorBoardSink | None = None):
         self.run_dir = Path(run_dir)
         self.jsonl = JsonlSink(self.run_dir / "metrics.jsonl")
         self.wandb = wandb
+        self.tensorboard = tensorboard
         self._t0 = time.time()
         self.last_env_frames = 0
 
@@ -293,6 +317,8 @@ class Logger:
         self.jsonl.write(record)
         if self.wandb is not None:
             self.wandb.write({k: v for k, v in record.items() if k != "time" and v is not None})
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
 
     def summary(self, data: dict[str, Any]) -> None:
         if self.wandb is not None:
@@ -302,6 +328,8 @@ class Logger:
         """Close W&B, then metrics.jsonl. When the W&B run does not hold everything metrics.jsonl holds, a last
         metrics.jsonl record says so (`wandb/incomplete`: why), and the reason is returned for the console."""
         problem = self.wandb.close() if self.wandb is not None else None
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if problem:
             problem = f"W&B did not finish: {problem}"
             record = {STEP_KEY: self.last_env_frames, "time": round(time.time(), 3), "wandb/incomplete": problem}

@@ -33,7 +33,7 @@ from decoupled.runners.training.actor_learner import Actor, Learner, NonFiniteEr
 from decoupled.runners.training.async_actors import AsyncRollouts, SerialRollouts
 from decoupled.runners.training.checkpoint import CheckpointManager
 from decoupled.runners.training.config import ConfigBase, dump_config, load_config
-from decoupled.runners.training.logger import Logger, WandbSink, truncate_metrics
+from decoupled.runners.training.logger import Logger, TensorBoardSink, WandbSink, truncate_metrics
 
 
 def run_name(cfg: ConfigBase) -> str:
@@ -274,7 +274,8 @@ def _train_loop(
     r = cfg.runner
     counters, wandb_id = _restore_or_start(run_dir, source, net, learner, ckpts, restored)
     wandb = _open_wandb(cfg, run_dir, settings, wandb_id)
-    logger = Logger(run_dir, wandb)
+    tensorboard = TensorBoardSink(run_dir, counters["env_frames"]) if cfg.logger.tensorboard else None
+    logger = Logger(run_dir, wandb, tensorboard)
     meta = {"git_sha": git_sha(), "config_digest": cfg.digest(), "agent": cfg.agent_name, "env_settings": settings}
 
     def checkpoint(with_actor: bool = True) -> Path:
