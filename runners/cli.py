@@ -122,7 +122,11 @@ def _plot(args: argparse.Namespace) -> int:
     from decoupled.runners.evaluation.plot import plot_run
 
     labels = args.labels.split(",") if args.labels else None
-    out = plot_run(args.run_dir if len(args.run_dir) > 1 else args.run_dir[0], args.out, labels=labels)
+    try:
+        out = plot_run(args.run_dir, args.out, key=args.key, labels=labels, smoothing=args.smooth)
+    except ValueError as e:  # NothingToPlot, or labels that do not match the runs
+        print(f"decoupled plot: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 
@@ -222,10 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_arguments(su)
     su.set_defaults(func=_suite)
 
-    pl = sub.add_parser("plot", help="write the learning curve of a run (or several, overlaid) as PNG")
+    pl = sub.add_parser("plot", help="learning curves of runs as PNG: any metric, groups with mean and 95% band")
     pl.add_argument("run_dir", nargs="+", help="run dirs (ours, or `decoupled bench peer` output dirs)")
     pl.add_argument("--out", help="PNG path (default: the first RUN_DIR/learning_curve.png)")
-    pl.add_argument("--labels", help="comma-separated legend labels, one per run dir")
+    pl.add_argument(
+        "--labels", help="comma-separated legend labels, one per run dir; runs with the same label are one group"
+    )
+    pl.add_argument("--key", default="train/episode_return", help="the metric to plot (any key of metrics.jsonl)")
+    pl.add_argument("--smooth", type=int, default=1, help="moving average over this many log records")
     pl.set_defaults(func=_plot)
 
     r = sub.add_parser("render", help="play a labyrinth episode and write a top-down map and an RGB/depth strip")

@@ -1,4 +1,9 @@
-"""Learning curves from `metrics.jsonl`: episode return against env frames and against wall-clock time."""
+"""Learning curves from `metrics.jsonl`: any metric against env frames and against wall-clock time.
+
+`decoupled plot RUN [RUN ...] [--key train/episode_return] [--labels a,a,b] [--smooth N] [--out PNG]`: one curve per
+run; runs that share a label are one group, drawn as thin per-run lines with the group's mean over runs and a 95%
+confidence band (percentile bootstrap over runs, on a common grid of the range every run of the group covers).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,15 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+
+class NothingToPlot(ValueError):
+    """A run dir without the metric asked for (no metrics.jsonl, or no values of the key yet)."""
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -24,33 +35,90 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def human(x: float, _pos: object = None) -> str:
+    """Tick labels a person reads at a glance: 0, 500k, 1M, 2.5M, 1B."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= size:
+            return f"{x / size:.4g}{suffix}"
+    return f"{x:.4g}"
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over `window` points (the first points average what they have)."""
+    if window <= 1:
+        return values
+    c = np.cumsum(np.insert(values.astype(float), 0, 0.0))
+    n = np.arange(1, len(values) + 1)
+    lo = np.maximum(n - window, 0)
+    return (c[n] - c[lo]) / (n - lo)
+
+
+def curve(run: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(env frames, wall-clock minutes, values) of `key` in a run's metrics.jsonl."""
+    try:
+        recs = [r for r in read_metrics(run) if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+    except FileNotFoundError as e:
+        raise NothingToPlot(f"{e}: is {run} a run dir (not an eval or report dir)?") from None
+    if not recs:
+        keys = sorted({k for r in read_metrics(run) for k in r if isinstance(r[k], (int, float))} - {"env_frames"})
+        hint = f"; it has {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}" if keys else ""
+        raise NothingToPlot(f"{run}/metrics.jsonl has no {key} values yet{hint}")
+    frames = np.array([r["env_frames"] for r in recs], float)
+    minutes = np.array([r.get("perf/wall_time_s", 0.0) / 60.0 for r in recs], float)
+    return frames, minutes, np.array([r[key] for r in recs], float)
+
+
+def mean_band(
+    xs: list[np.ndarray], ys: list[np.ndarray], points: int = 200, resamples: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs and its 95% percentile-bootstrap band, on a grid over the x range every run covers."""
+    lo, hi = max(x[0] for x in xs), min(x[-1] for x in xs)
+    grid = np.linspace(lo, hi, points) if hi > lo else np.array([lo])
+    table = np.stack([np.interp(grid, x, y) for x, y in zip(xs, ys, strict=True)])  # [runs, points]
+    rng = np.random.default_rng(seed)
+    means = table[rng.integers(0, len(table), (resamples, len(table)))].mean(1)  # [resamples, points]
+    return grid, table.mean(0), np.percentile(means, 2.5, axis=0), np.percentile(means, 97.5, axis=0)
+
+
 def plot_run(
     run_dir: str | Path | list[str | Path],
     out: str | Path | None = None,
     key: str = "train/episode_return",
     labels: list[str] | None = None,
+    smoothing: int = 1,
 ) -> Path:
-    """One run's curve, or several runs overlaid (e.g. ours and an SB3 peer from `decoupled bench peer`)."""
+    """One run's curve, or several runs (e.g. ours and an SB3 peer from `decoupled bench peer`); runs with the same
+    label are a group: its runs thin, its mean over runs thick with a 95% bootstrap band."""
     runs = [Path(r) for r in (run_dir if isinstance(run_dir, list | tuple) else [run_dir])]
     if labels is not None and len(labels) != len(runs):
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+    names = labels or [r.name for r in runs]
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for run, name in zip(runs, names, strict=True):
+        frames, minutes, values = curve(run, key)
+        groups.setdefault(name, []).append((frames, minutes, smooth(values, smoothing)))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for i, run in enumerate(runs):
-        recs = [r for r in read_metrics(run) if r.get(key) is not None]
-        if not recs:
-            raise ValueError(f"{run}/metrics.jsonl has no {key} values yet")
-        frames = [r["env_frames"] for r in recs]
-        minutes = [r.get("perf/wall_time_s", 0.0) / 60.0 for r in recs]
-        values = [r[key] for r in recs]
-        label = labels[i] if labels else run.name
-        axes[0].plot(frames, values, lw=1.5, label=label, color=f"C{i}")
-        axes[1].plot(minutes, values, lw=1.5, label=label, color=f"C{i}")
+    for i, (name, members) in enumerate(groups.items()):
+        colour = f"C{i}"
+        for j, axis in enumerate((0, 1)):
+            xs = [m[axis] for m in members]
+            ys = [m[2] for m in members]
+            ax = axes[j]
+            if len(members) == 1:
+                ax.plot(xs[0], ys[0], lw=1.5, color=colour, label=name)
+                continue
+            for x, y in zip(xs, ys, strict=True):
+                ax.plot(x, y, lw=0.7, alpha=0.35, color=colour)
+            grid, mean, low, high = mean_band(xs, ys)
+            ax.plot(grid, mean, lw=2.0, color=colour, label=f"{name} (mean of {len(members)})")
+            ax.fill_between(grid, low, high, color=colour, alpha=0.2, lw=0)
     axes[0].set_xlabel("env frames")
-    axes[0].set_ylabel(key.split("/")[-1].replace("_", " "))
+    axes[0].xaxis.set_major_formatter(FuncFormatter(human))
+    axes[0].set_ylabel(key + (f" (smoothed over {smoothing})" if smoothing > 1 else ""))
     axes[1].set_xlabel("wall-clock (minutes)")
     for ax in axes:
         ax.grid(alpha=0.3)
-    if len(runs) > 1:
+    if len(groups) > 1 or any(len(m) > 1 for m in groups.values()):
         axes[1].legend(fontsize=8)
     else:
         fig.suptitle(runs[0].name, fontsize=9)
