@@ -174,7 +174,6 @@ def run_cells(requests: list[dict[str, Any]], out: Path, jobs: int) -> dict[tupl
 
 def bench_backends(args: argparse.Namespace) -> list[dict[str, Any]]:
     from decoupled.envs.atari import PRESETS
-    from decoupled.runners.bench.commands import emit
 
     games = [g.strip() for g in args.games.split(",") if g.strip()]
     protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
@@ -303,3 +302,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-episode-frames", type=int, help="episode cap in frames (default: the protocols' 108,000)")
     p.add_argument("--jobs", type=int, default=2, help="cells played in parallel (one process each)")
     p.add_argument("--out", default="runs/bench_backends")
+
+
+def emit(record: dict[str, Any]) -> dict[str, Any]:
+    """Print one JSON line (as every `decoupled bench` command does) and return the record."""
+    print(json.dumps(record), flush=True)
+    return record

@@ -36,6 +36,7 @@ turns only slowly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -51,7 +52,6 @@ from pydantic import Field
 from torch import nn
 
 from decoupled.agents import get_agent, register_agent
-from decoupled.agents.base import AgentDef
 from decoupled.agents.feudal import FeudalConfig, FeudalNet, feudal_loss
 from decoupled.envs.base import EnvSpec
 
@@ -193,13 +193,13 @@ def oracle_loss(cfg: FeudalOracleConfig, batch: dict[str, torch.Tensor], outputs
     return loss, metrics
 
 
-ORACLE_AGENT = AgentDef(
+# FuN's agent definition (overlap, loss scale) with the oracle's config, net and loss
+ORACLE_AGENT = dataclasses.replace(
+    get_agent("feudal"),
     name="feudal_oracle",
     config_class=FeudalOracleConfig,
     make_net=make_oracle_net,
     loss_fn=oracle_loss,
-    overlap=lambda cfg: cfg.horizon,
-    loss_sum_factor=get_agent("feudal").loss_sum_factor,
 )
 register_agent(ORACLE_AGENT)  # the same object again is a no-op
 
@@ -308,8 +308,6 @@ def summarise(rows: list[dict[str, float]], key: str) -> tuple[float, float]:
 def evaluate_goals(run_dir: Path, episodes: int, ablation: str) -> dict[str, float]:
     """Success rate (reward 1 at the east wall) and mean episode length of the run's final policy, with its goals
     (`ablation="none"`) or with random unit goals in their place."""
-    import dataclasses
-
     from decoupled.runners.evaluation.evaluate import checkpoint_task, evaluate_task
 
     task = dataclasses.replace(checkpoint_task(run_dir), goal_ablation=ablation)
@@ -318,8 +316,6 @@ def evaluate_goals(run_dir: Path, episodes: int, ablation: str) -> dict[str, flo
 
 
 def bench_feudal_oracle(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from decoupled.runners.bench.commands import emit
-
     if args.seeds < 1 or args.frames < 1 or args.manager_frames < 0:
         raise ValueError("--seeds and --frames must be at least 1, --manager-frames at least 0")
     out = Path(args.out)
@@ -530,8 +526,6 @@ def subgoal_shares(episodes: list[dict[str, Any]], tolerance: int = 1) -> dict[s
 
 def bench_feudal_subgoals(args: argparse.Namespace) -> dict[str, Any]:
     """`decoupled bench feudal-subgoals RUN`: where a trained FuN policy's sub-goals fall (key, door, goal)."""
-    from decoupled.runners.bench.commands import emit
-
     eps = play_recorded(Path(args.run), args.episodes, args.seed)
     shares = subgoal_shares(eps, args.tolerance)
     record = emit({
@@ -578,3 +572,9 @@ def plot_subgoals(episodes: list[dict[str, Any]], shares: dict[str, dict[str, fl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def emit(record: dict[str, Any]) -> dict[str, Any]:
+    """Print one JSON line (as every `decoupled bench` command does) and return the record."""
+    print(json.dumps(record), flush=True)
+    return record

@@ -153,7 +153,7 @@ def test_preset_settings_are_read_back(backend: str, protocol: str, mode: str) -
 def test_protocol_mismatch_is_refused(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if backend == "atari":
         real = EnvpoolAtariVecEnv._read_config
-        fake = staticmethod(lambda pool: {**real(pool)})
+        fake = staticmethod(lambda pool: {**real(pool), "repeat_action_probability": 0.25})
         monkeypatch.setattr(EnvpoolAtariVecEnv, "_read_config", fake)
     else:
         real = GymAtariVecEnv._read_back
