@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="all",
         metavar="SECTION",
-        help="list every config key with its type, default and description (agent, env, optim, runner or wandb)",
+        help="list every config key with its type, default and description (agent, env, optim, runner, wandb or "
+        "logger)",
     )
     c.add_argument("--agent", help="with --keys: only this agent's `agent` section")
     c.set_defaults(func=_config)

@@ -31,11 +31,14 @@ import math
 import multiprocessing as mp
 import platform
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from decoupled.runners.bench import emit
 
 BACKENDS = ("atari", "atari_gym")  # (reference, other): differences are atari_gym minus atari
 DEFAULT_GAMES = ("Pong", "Breakout", "SpaceInvaders", "Seaquest", "MsPacman")
@@ -87,7 +90,8 @@ def compare(x: list[float], y: list[float]) -> dict[str, float]:
     if np.unique(np.concatenate([x_a, y_a])).size < 2:
         p_dist = 1.0  # every episode the same score: the distributions are identical
     else:
-        with np.errstate(all="ignore"), _quiet_scipy():
+        with warnings.catch_warnings():  # it warns whenever its p-value is capped to [0.001, 0.25]
+            warnings.simplefilter("ignore", UserWarning)
             p_dist = float(stats.anderson_ksamp([x_a, y_a], midrank=True).pvalue)
     mde = (stats.norm.ppf(1 - LEVEL / 2) + stats.norm.ppf(POWER)) * se
     return {
@@ -98,20 +102,6 @@ def compare(x: list[float], y: list[float]) -> dict[str, float]:
         "diff": diff, "ci95_low": float(lo), "ci95_high": float(hi),
         "p_mean": p_mean, "p_dist": p_dist, "mde80": float(mde),
     }  # fmt: skip
-
-
-class _quiet_scipy:
-    """anderson_ksamp warns whenever its p-value is outside [0.001, 0.25] (it then reports the cap)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", UserWarning)
-
-    def __exit__(self, *exc):
-        return self._w.__exit__(*exc)
 
 
 def holm(pvalues: list[float]) -> list[float]:
@@ -302,9 +292,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-episode-frames", type=int, help="episode cap in frames (default: the protocols' 108,000)")
     p.add_argument("--jobs", type=int, default=2, help="cells played in parallel (one process each)")
     p.add_argument("--out", default="runs/bench_backends")
-
-
-def emit(record: dict[str, Any]) -> dict[str, Any]:
-    """Print one JSON line (as every `decoupled bench` command does) and return the record."""
-    print(json.dumps(record), flush=True)
-    return record

@@ -44,10 +44,7 @@ from typing import Any
 
 import numpy as np
 
-
-def emit(record: dict[str, Any]) -> dict[str, Any]:
-    print(json.dumps(record), flush=True)
-    return record
+from decoupled.runners.bench import emit
 
 
 def _steps_per_second(step_fn, batch: int, seconds: float, warmup: int = 20) -> float:

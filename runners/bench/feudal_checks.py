@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import multiprocessing as mp
 import statistics
@@ -54,6 +53,7 @@ from torch import nn
 from decoupled.agents import get_agent, register_agent
 from decoupled.agents.feudal import FeudalConfig, FeudalNet, feudal_loss
 from decoupled.envs.base import EnvSpec
+from decoupled.runners.bench import emit
 
 GRID = 15
 ENV_ID = "OpenGrid-v0"
@@ -262,17 +262,24 @@ def manager_config(seed: int, frames: int, worker_from: str) -> dict[str, Any]:
 
 
 def _train(a: dict[str, Any]) -> str:
-    """Train (or resume, or reuse when finished) the run `a["run_dir"]` of config `a["config"]`."""
+    """Train the run `a["run_dir"]` of config `a["config"]`: reused when it has finished, resumed from its newest
+    checkpoint when it was interrupted (as `decoupled bench feudal` does)."""
+    import shutil
+
     from decoupled.api import train
+    from decoupled.runners.bench.learning import finished_run
+    from decoupled.runners.training.train import has_checkpoints
 
     run_dir = Path(a["run_dir"])
-    if (run_dir / "done").is_file():
+    if finished_run(run_dir, a["config"]["runner"]["total_env_frames"]):
         return str(run_dir)
-    if (run_dir / "config.yaml").is_file():
-        train(run_dir=run_dir, resume=True)
+    if (run_dir / "config.yaml").is_file() and has_checkpoints(run_dir):
+        result = train(run_dir=run_dir, resume=True)
     else:
-        train(a["config"], run_dir=run_dir)
-    (run_dir / "done").write_text("finished\n")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        result = train(a["config"], run_dir=run_dir)
+    if result["status"] == "stopped":
+        raise RuntimeError(f"{run_dir} was stopped before its budget (checkpoint written): rerun to resume it")
     return str(run_dir)
 
 
@@ -288,12 +295,9 @@ def _train_all(todo: list[dict[str, Any]], jobs: int) -> None:
 
 def read_curve(run_dir: Path, key: str = "feudal/goal_cosine") -> list[dict[str, float]]:
     """The metrics.jsonl records of a run that have `key`."""
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if key in r:
-            rows.append(r)
-    return rows
+    from decoupled.runners.evaluation.plot import read_metrics
+
+    return [r for r in read_metrics(run_dir) if key in r]
 
 
 def summarise(rows: list[dict[str, float]], key: str) -> tuple[float, float]:
@@ -572,9 +576,3 @@ def plot_subgoals(episodes: list[dict[str, Any]], shares: dict[str, dict[str, fl
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def emit(record: dict[str, Any]) -> dict[str, Any]:
-    """Print one JSON line (as every `decoupled bench` command does) and return the record."""
-    print(json.dumps(record), flush=True)
-    return record

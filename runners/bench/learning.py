@@ -64,7 +64,7 @@ def _repo_path(name: str) -> Path:
     return resolve(name)  # a path, or a packaged config (configs/unreal/catch.yaml from any directory)
 
 
-def _finished(run_dir: Path, frames: int) -> bool:
+def finished_run(run_dir: Path, frames: int) -> bool:
     from decoupled.runners.evaluation.plot import read_metrics
 
     try:
@@ -91,7 +91,7 @@ def run_job(
     torch.set_num_threads(1)
     path = Path(run_dir)
     t0 = time.time()
-    if not _finished(path, frames):
+    if not finished_run(path, frames):
         if (path / "config.yaml").is_file() and has_checkpoints(path):
             result = train(load_config(path / "config.yaml", overrides), path, resume=True)  # continue where it was
         else:
