@@ -1,7 +1,7 @@
 """Atari suites and the pinned random / human score table, for human-normalised scores (HNS).
 
 Score table `dqn_zoo_human_at30`: the 57 games of google-deepmind/dqn_zoo, `dqn_zoo/atari_data.py`
-(`_ATARI_DATA`, Apache-2.0; copied as in shared/reference/atari_scores.md). Conditions there: returns averaged over
+(`_ATARI_DATA`, Apache-2.0; copied from that file). Conditions there: returns averaged over
 at least 3 episodes, each starting with 1-30 random no-ops, capped at 108,000 frames (30 minutes); "human" is a
 professional game tester (the "human_at30" numbers; Nature DQN used others, dqn_zoo #28). The random column equals
 google-research/reincarnating_rl `atari_scores.py` for 56 games (Video Pinball: 16256.9 here, 0.0 there).

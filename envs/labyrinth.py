@@ -1,7 +1,7 @@
 """Labyrinth: DeepMind-Lab-style 3D maze navigation for the Nav agent (Mirowski et al. 2016, arXiv:1611.03673).
 
 DeepMind Lab itself does not install from PyPI (it is a bazel build), so the mazes are rebuilt on ViZDoom
-(see /work/shared/reference/nav_env.md): `labmaze`, DeepMind Lab's own maze generator, draws the layout, this
+(the README's "3D labyrinths" section): `labmaze`, DeepMind Lab's own maze generator, draws the layout, this
 module writes it into a Doom map (WAD) with `omgifol`, and ViZDoom's ZDoom engine renders it headless. Goal and
 apples are summoned into the running map, so a goal or apple layout costs no WAD rebuild.
 

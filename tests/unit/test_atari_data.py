@@ -1,7 +1,7 @@
 """Unit tests for envs.atari_data: the pinned score table, the suites, HNS and the Atari-5 regression.
 
 Why: a human-normalised score is only as good as the table it divides by; these tests pin the table's spot values
-(shared/reference/atari_scores.md: alien, breakout, pong), its id, the suites' membership, the name resolution
+(dqn_zoo `atari_data.py`: alien, breakout, pong), its id, the suites' membership, the name resolution
 users type (`breakout`, `ALE/Breakout-v5`) and the Atari-5 formula on hand-computed values.
 """
 
@@ -96,7 +96,7 @@ def test_resolve_games_keeps_order_and_drops_duplicates() -> None:
 
 
 def test_atari5_regression() -> None:
-    # Weights of Aitchison et al. 2022 as hard-coded by the first author (shared/reference/published_numbers.md)
+    # Weights of Aitchison, Sweetser & Hutter 2022 (arXiv:2210.02019) as maitchison/PPO tools/plot_util.py has them
     assert ATARI5_WEIGHTS["BattleZone"] == 0.3819751237831753
     assert ATARI5_WEIGHTS["Qbert"] == 0.08048518286466755
     assert atari5_median_estimate(dict.fromkeys(ATARI5, 0.0)) == 0.0
