@@ -1,14 +1,15 @@
 """Agents: the maths (nets and losses). `get_agent(name)` returns an agent's `AgentDef`.
 
-Agents are found in a registry: the built-in ones (`impala`, `unreal`, `feudal`), those added with `register_agent`, and
-those that installed packages declare under the entry-point group `decoupled.agents` (docs/extending.md).
+Agents are found in a registry: the built-in ones (`impala`, `unreal`, `feudal`, `progressive`), those added with
+`register_agent`, and those that installed packages declare under the entry-point group `decoupled.agents`
+(docs/extending.md).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from decoupled.agents.base import AgentConfigBase, AgentDef, LearnerHook
+from decoupled.agents.base import AgentConfigBase, AgentDef, AgentSetupError, LearnerHook
 from decoupled.plugins import EntryPointRegistry
 
 # built-in agents, imported when first asked for (each module defines AGENT)
@@ -16,6 +17,7 @@ _BUILTIN_MODULES = {
     "impala": "decoupled.agents.impala",
     "unreal": "decoupled.agents.unreal",
     "feudal": "decoupled.agents.feudal",
+    "progressive": "decoupled.agents.progressive",
 }
 _REGISTRY: EntryPointRegistry[AgentDef] = EntryPointRegistry("decoupled.agents", AgentDef, "agent")
 
@@ -40,4 +42,12 @@ def register_agent(agent: AgentDef, *, replace: bool = False) -> None:
     _REGISTRY.register(agent.name, agent, replace=replace)
 
 
-__all__ = ["AgentConfigBase", "AgentDef", "LearnerHook", "agent_names", "get_agent", "register_agent"]
+__all__ = [
+    "AgentConfigBase",
+    "AgentDef",
+    "AgentSetupError",
+    "LearnerHook",
+    "agent_names",
+    "get_agent",
+    "register_agent",
+]

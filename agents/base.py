@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict
 from decoupled.envs.base import EnvSpec
 
 
+class AgentSetupError(ValueError):
+    """An agent cannot be built from what its config names (a source run that is missing, corrupt or of another
+    net): raised before training starts, with the config key and the reason."""
+
+
 class AgentConfigBase(BaseModel):
     """Base of every agent's config section: unknown keys are an error, and the section names its agent."""
 
@@ -83,9 +88,10 @@ def module_learner_hooks(cfg: Any, net: torch.nn.Module) -> list[LearnerHook]:
 
 
 def trainable_parameters(net: torch.nn.Module, hooks: Iterable[LearnerHook]) -> Iterator[torch.nn.Parameter]:
-    """The parameters the agent's optimiser trains: all of the net's but those a hook trains itself, in order."""
+    """The parameters the agent's optimiser trains: all of the net's but those a hook trains itself and frozen ones
+    (requires_grad False, e.g. a progressive net's earlier columns), in order."""
     own = {id(p) for hook in hooks for p in hook.own_parameters()}
-    return (p for p in net.parameters() if id(p) not in own)
+    return (p for p in net.parameters() if id(p) not in own and p.requires_grad)
 
 
 @dataclass(frozen=True)
@@ -117,4 +123,8 @@ class AgentDef:
     # so that a gradient clip means the same (summed-loss units, the IMPALA paper's 40) under either reduction.
     # None: 1 (a loss with no reduction setting).
     loss_sum_factor: Callable[[Any, dict[str, Any]], float] | None = None
+    # init_net(cfg, net, load) -> a JSON-able record: at the start of a new run (not on resume: the checkpoint holds
+    # the whole net), fill parameters from other runs, e.g. a progressive net's earlier columns. `load(path)` reads a
+    # run dir or checkpoint dir -> (its config, its checkpoint state, the checkpoint path). Raise AgentSetupError.
+    init_net: Callable[[Any, torch.nn.Module, Callable[[str], tuple[Any, dict, str]]], dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

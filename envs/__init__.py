@@ -163,10 +163,23 @@ def make_vec_env(
 
     `mode="eval"` asks for the evaluation form of the task: unclipped rewards and whole games as episodes
     (no life-loss terminals), whatever the training form uses. `options` are the backend's own settings
-    (e.g. `protocol`, `frame_stack` for Atari; `rows`, `columns` for Catch).
+    (e.g. `protocol`, `frame_stack` for Atari; `rows`, `columns` for Catch), and `transform` (with `transform_seed`,
+    `transform_noise`) a task variant applied around any image backend (envs/transforms.py).
     """
     try:
         entry = get_env_backend(backend)
     except KeyError as e:
         raise ValueError(e.args[0]) from None
-    return entry.make(env_id, num_envs, seed, mode=mode, **dict(options or {}))
+    opts = dict(options or {})
+    transform = opts.pop("transform", None)
+    t_seed, t_noise = int(opts.pop("transform_seed", 0)), float(opts.pop("transform_noise", 0.1))
+    env = entry.make(env_id, num_envs, seed, mode=mode, **opts)
+    if transform is None:
+        return env
+    from decoupled.envs.transforms import TransformVecEnv
+
+    try:
+        return TransformVecEnv(env, transform, t_seed, t_noise)
+    except ValueError:
+        env.close()
+        raise

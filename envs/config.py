@@ -21,10 +21,27 @@ class EnvConfigBase(BaseModel):
     backend: str
     id: str
     num_envs: int = Field(16, ge=1, le=4096, description="envs stepped together by the actor")
+    transform: Literal["hflip", "vflip", "vhflip", "noisy", "black", "white", "zoom"] | None = Field(
+        None,
+        description="a task variant of an image env (Progressive Nets' Pong Soup, envs/transforms.py), applied after "
+        "the protocol's preprocessing, in training and evaluation; null: the task as it is",
+    )
+    transform_seed: int = Field(0, ge=0, description="seed of env.transform=noisy's frozen noise pattern")
+    transform_noise: float = Field(0.1, gt=0.0, description="std of env.transform=noisy in the net's input units")
 
     def options(self) -> dict[str, Any]:
         """The backend's own settings beyond id, num_envs and seed, as keyword arguments of its `make`."""
-        return {}
+        return self.transform_options()
+
+    def transform_options(self) -> dict[str, Any]:
+        """The `transform*` options `make_vec_env` applies around any backend (none when env.transform is null)."""
+        if self.transform is None:
+            return {}
+        return {
+            "transform": self.transform,
+            "transform_seed": self.transform_seed,
+            "transform_noise": self.transform_noise,
+        }
 
 
 class CatchEnvConfig(EnvConfigBase):
@@ -34,7 +51,7 @@ class CatchEnvConfig(EnvConfigBase):
     columns: int = Field(5, ge=1, le=100)
 
     def options(self) -> dict[str, Any]:
-        return {"rows": self.rows, "columns": self.columns}
+        return {"rows": self.rows, "columns": self.columns} | self.transform_options()
 
 
 class MemoryEnvConfig(EnvConfigBase):
@@ -44,7 +61,7 @@ class MemoryEnvConfig(EnvConfigBase):
     num_cues: int = Field(2, ge=2, le=64)
 
     def options(self) -> dict[str, Any]:
-        return {"delay": self.delay, "num_cues": self.num_cues}
+        return {"delay": self.delay, "num_cues": self.num_cues} | self.transform_options()
 
 
 class GymEnvConfig(EnvConfigBase):
@@ -58,7 +75,7 @@ class GymEnvConfig(EnvConfigBase):
     max_episode_steps: int | None = Field(None, ge=1)
 
     def options(self) -> dict[str, Any]:
-        return {"max_episode_steps": self.max_episode_steps}
+        return {"max_episode_steps": self.max_episode_steps} | self.transform_options()
 
 
 class MinAtarEnvConfig(EnvConfigBase):
@@ -73,7 +90,7 @@ class MinAtarEnvConfig(EnvConfigBase):
             "sticky_action_prob": self.sticky_action_prob,
             "difficulty_ramping": self.difficulty_ramping,
             "max_episode_steps": self.max_episode_steps,
-        }
+        } | self.transform_options()
 
 
 class AtariEnvConfig(EnvConfigBase):
@@ -90,7 +107,7 @@ class AtariEnvConfig(EnvConfigBase):
             "frame_stack": self.frame_stack,
             "clip_rewards": self.clip_rewards,
             "max_episode_frames": self.max_episode_frames,
-        }
+        } | self.transform_options()
 
 
 class LabyrinthEnvConfig(EnvConfigBase):
@@ -131,7 +148,7 @@ class LabyrinthEnvConfig(EnvConfigBase):
             "max_restarts": self.max_restarts,
             "apple_density": self.apple_density,
             "episode_frames": self.episode_frames,
-        }
+        } | self.transform_options()
 
 
 class MiniGridEnvConfig(EnvConfigBase):
@@ -143,4 +160,4 @@ class MiniGridEnvConfig(EnvConfigBase):
     max_episode_steps: int | None = Field(None, ge=1, description="the env's max_steps; null: the task's own")
 
     def options(self) -> dict[str, Any]:
-        return {"max_episode_steps": self.max_episode_steps}
+        return {"max_episode_steps": self.max_episode_steps} | self.transform_options()

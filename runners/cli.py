@@ -25,6 +25,7 @@ import sys
 
 
 def _train(args: argparse.Namespace) -> int:
+    from decoupled.agents.base import AgentSetupError
     from decoupled.runners.training.checkpoint import CheckpointError
     from decoupled.runners.training.config import ConfigError
 
@@ -41,7 +42,7 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError, CheckpointError) as e:
+    except (FileNotFoundError, FileExistsError, CheckpointError, AgentSetupError) as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2
     return 0 if result["status"] in ("finished", "stopped", "time_limit") else 1

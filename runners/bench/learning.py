@@ -25,6 +25,16 @@ vectors (if its score does not fall, the Worker is not using the Manager). It pr
 under the curve, the frames to first reach `--threshold` (default: any solved MiniGrid episode, return > 0) and the
 share of evaluation episodes with a positive return (MiniGrid's success rate).
 
+`bench transfer` is Progressive Nets' transfer experiment (Rusu et al. 2016, Sec. 5): it trains a source column
+(`--source`, an IMPALA config, for its own frames) per seed, then on each target (`--targets`: env transforms such as
+hflip, noisy, white; envs/transforms.py) baseline 1 (the source's config from scratch on the target), baseline 2 (the
+source column, its heads finetuned), baseline 3 (the whole source column finetuned), baseline 4 (a 2-column net whose
+first column is random and frozen) and the 2-column progressive net, seed s of each on source seed s. It prints the
+area under each learning curve (the mean training return over the run, as the paper's score) and the transfer
+matrix: AUC(method) / AUC(baseline 1) (returns minus `--score-offset`, for games whose returns go negative), the
+ratio of the means over seeds and its per-seed ratios; `--out/<source>.png` draws the matrix and
+`--out/<source>_<target>.png` the curves.
+
 Runs go `--jobs` at a time in worker processes (one torch thread each), into `--out/<name>/<method>_s<seed>/`; a
 run dir that already holds a finished run is reused and an interrupted one resumes from its newest checkpoint, so an
 interrupted benchmark continues where it stopped.
@@ -414,8 +424,121 @@ def bench_feudal(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*records, summary]
 
 
+TRANSFER_METHODS = {
+    "b1": [],  # the source's config on the target, from scratch
+    "b2": ["agent.name=progressive", "agent.transfer=finetune_output"],
+    "b3": ["agent.name=progressive", "agent.transfer=finetune_all"],
+    "b4": ["agent.name=progressive", "agent.columns=[random]"],
+    "progressive": ["agent.name=progressive"],
+}
+
+
+def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from decoupled.envs.transforms import TRANSFORMS
+
+    targets = [t.strip() for t in args.targets.split(",")]
+    methods = [m.strip() for m in args.methods.split(",")]
+    bad = [t for t in targets if t not in TRANSFORMS] + [m for m in methods if m not in TRANSFER_METHODS]
+    if bad or "b1" not in methods:
+        raise SystemExit(
+            f"bench transfer: unknown {bad}; --targets from {', '.join(TRANSFORMS)}, --methods from "
+            f"{', '.join(TRANSFER_METHODS)} (b1, the denominator, included)"
+        )
+    config = str(_repo_path(args.source))
+    src = Path(config).stem
+    out = Path(args.out) / src
+    common = ["wandb.mode=disabled", "runner.progress_every_seconds=60", *args.override]
+    # phase 1: the source columns, for the source config's own frames unless --source-frames
+    source_jobs = {}
+    for s in range(args.seeds):
+        frames = [f"runner.total_env_frames={args.source_frames}"] if args.source_frames else []
+        source_jobs[(src, "source", s)] = (config, [f"runner.seed={s}", *frames, *common], str(out / f"source_s{s}"))
+    t0 = time.time()
+    from decoupled.runners.training.config import load_config
+
+    src_frames = args.source_frames or load_config(config).runner.total_env_frames
+    target_frames, args.frames = args.frames, src_frames
+    sources = run_all(source_jobs, args)
+    args.frames = target_frames
+    # phase 2: every method on every target, seed s on source seed s
+    jobs = {}
+    for t in targets:
+        for s in range(args.seeds):
+            for m in methods:
+                overrides = [
+                    f"runner.seed={s}",
+                    f"runner.total_env_frames={args.frames}",
+                    f"env.transform={t}",
+                    *common,
+                ]
+                if m != "b1":
+                    overrides.append(f"agent.columns=[{out / f'source_s{s}'}]")
+                jobs[(t, m, s)] = (config, overrides + TRANSFER_METHODS[m], str(out / t / f"{m}_s{s}"))
+    results = run_all(jobs, args)
+    records = [
+        {"bench": "transfer", "what": "source", "name": src, "seed": s, **_summarise(r["curve"], src_frames),
+         "eval_mean": round(statistics.fmean(r["eval_scores"]), 3) if "eval_scores" in r else None}
+        for (_, _, s), r in sorted(sources.items())
+    ]  # fmt: skip
+    for rec in records:
+        print(json.dumps(rec), flush=True)
+    matrix: dict[str, dict[str, Any]] = {}
+    for t in targets:
+        for rec in _method_records(results, t, methods, args, {"source": src}):
+            records.append(rec)
+        auc = {m: [_summarise(results[(t, m, s)]["curve"], args.frames)["auc"] - args.score_offset
+                   for s in range(args.seeds)] for m in methods}  # fmt: skip
+        matrix[t] = {}
+        for m in methods:
+            base, mine = statistics.fmean(auc["b1"]), statistics.fmean(auc[m])
+            matrix[t][m] = {
+                "transfer": round(mine / base, 3) if base else None,
+                "per_seed": [round(a / b, 3) if b else None for a, b in zip(auc[m], auc["b1"], strict=True)],
+            }
+        plot_curves(results, t, methods, out / f"{src}_{t}.png",
+                    f"{src} -> {t}: progressive net vs baselines 1-4, {args.frames:,} frames")  # fmt: skip
+    plot_transfer_matrix(matrix, targets, methods, Path(args.out) / f"{src}.png", f"{src}: transfer (AUC / AUC b1)")
+    summary = {"bench": "transfer", "what": "summary", "source": src, "frames": args.frames, "seeds": args.seeds,
+               "score_offset": args.score_offset,
+               "matrix": matrix, "seconds": round(time.time() - t0, 1), "out": str(out)}  # fmt: skip
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
+def plot_transfer_matrix(matrix: dict, targets: list[str], methods: list[str], path: Path, title: str) -> None:
+    """Targets x methods, each cell the transfer score (ratio of mean AUCs over seeds) with its per-seed range."""
+    import numpy as np
+
+    values = np.array([[matrix[t][m]["transfer"] or np.nan for m in methods] for t in targets], float)
+    fig, ax = _subplots(1, (1.6 + 1.3 * len(methods), 1.2 + 0.6 * len(targets)))
+    im = ax.imshow(values, cmap="RdBu", vmin=0.0, vmax=2.0)
+    for i, t in enumerate(targets):
+        for j, m in enumerate(methods):
+            seeds = [x for x in matrix[t][m]["per_seed"] if x is not None]
+            text = f"{values[i, j]:.2f}" + (f"\n[{min(seeds):.2f}, {max(seeds):.2f}]" if len(seeds) > 1 else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_yticks(range(len(targets)), targets)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    _save(fig, title, path)
+
+
 def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
-    if which == "feudal":
+    if which == "transfer":
+        p.add_argument("--source", default="configs/impala/minatar_breakout.yaml", help="the source column's config")
+        p.add_argument("--source-frames", type=int, default=None, help="source frames (default: its config's)")
+        p.add_argument("--targets", default="hflip,vflip,noisy,white", help="env transforms (envs/transforms.py)")
+        p.add_argument("--methods", default=",".join(TRANSFER_METHODS), help="b1 (scratch), b2-b4, progressive")
+        p.add_argument("--frames", type=int, default=1_000_000, help="env frames per target run")
+        p.add_argument(
+            "--score-offset", type=float, default=0.0,
+            help="subtracted from every return before the AUC ratio (the game's lowest score, e.g. -21 for Pong, so "
+            "that the ratio of two areas stays meaningful where returns go negative)",
+        )  # fmt: skip
+        p.add_argument("--eval-episodes", type=int, default=0)
+        p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
+        p.add_argument("--out", default="runs/bench_transfer")
+    elif which == "feudal":
         p.add_argument("--tasks", default="minigrid_doorkey", help="configs/feudal/<task>.yaml + impala/<task>_lstm")
         p.add_argument("--frames", type=int, default=2_000_000, help="env frames per run")
         p.add_argument("--eval-episodes", type=int, default=100)

@@ -49,8 +49,8 @@ from decoupled.agents import get_agent
 from decoupled.envs import make_vec_env
 from decoupled.envs.base import EnvSpec, VecEnv
 from decoupled.runners.training.actor_learner import net_inputs, sample_actions
-from decoupled.runners.training.checkpoint import CheckpointManager
 from decoupled.runners.training.config import ConfigBase, load_config
+from decoupled.runners.training.train import load_run_checkpoint
 
 ATARI_BACKENDS = ("atari", "atari_gym")  # the one definition (decoupled.runners.evaluation.suite imports it)
 DEFAULT_PROTOCOL = "dqn_noop30"
@@ -199,25 +199,10 @@ def run_episodes(
 # ----------------------------------------------------------------------------------------------- checkpoints
 def load_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
     """A run dir (its newest valid checkpoint) or one checkpoint dir -> (config, saved state, checkpoint path)."""
-    target = Path(target)
-    if (target / "manifest.json").is_file():
-        ckpt_dir, run_dir = target, target.parent.parent
-    elif (target / "config.yaml").is_file():
-        ckpt_dir, run_dir = None, target
-    else:
-        raise FileNotFoundError(f"{target} is neither a run dir (config.yaml) nor a checkpoint dir (manifest.json)")
-    cfg = load_config(run_dir / "config.yaml")
-    if ckpt_dir is None and not (run_dir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
-    manager = CheckpointManager(run_dir / "checkpoints")
-    if ckpt_dir is not None:
-        state, manifest = manager.load(ckpt_dir)
-    else:
-        restored = manager.load_latest()
-        if restored is None:
-            raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
-        state, manifest = restored
-    return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
+    try:
+        return load_run_checkpoint(Path(target))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(str(e).replace("has no checkpoint", "has no checkpoint to evaluate")) from None
 
 
 def make_policy_net(cfg: ConfigBase, state: dict[str, Any], spec: EnvSpec) -> torch.nn.Module:

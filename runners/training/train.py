@@ -238,6 +238,9 @@ def _train_with_env(
     dump_config(cfg, run_dir / "config.yaml")
 
     net = agent.make_net(env.spec, cfg.agent).to(device)
+    if agent.init_net is not None and restored is None:  # e.g. earlier columns from their runs (not on resume)
+        record = agent.init_net(cfg.agent, net, lambda path: load_run_checkpoint(Path(path)))
+        (run_dir / "init_sources.json").write_text(json.dumps(record, indent=2, default=str))
     replay = agent.make_replay(cfg.agent, env.spec, net, r.unroll_length, r.seed) if agent.make_replay else None
     learner = make_learner(cfg, agent, net, device, replay)
     overlap = agent.overlap(cfg.agent)  # leading transitions repeated from the previous rollout (Actor)
@@ -511,6 +514,30 @@ def _restore_actor(source: SerialRollouts | AsyncRollouts, snapshot: dict[str, A
         print(f"not restoring the actor's envs ({exc}): starting new episodes", file=sys.stderr, flush=True)
         return False
     return True
+
+
+def load_run_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
+    """A run dir (its newest checkpoint that verifies) or one checkpoint dir -> (config, saved state, checkpoint
+    path)."""
+    target = Path(target)
+    if (target / "manifest.json").is_file():
+        ckpt_dir, run_dir = target, target.parent.parent
+    elif (target / "config.yaml").is_file():
+        ckpt_dir, run_dir = None, target
+    else:
+        raise FileNotFoundError(f"{target} is neither a run dir (config.yaml) nor a checkpoint dir (manifest.json)")
+    cfg = load_config(run_dir / "config.yaml")
+    if ckpt_dir is None and not (run_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint")
+    manager = CheckpointManager(run_dir / "checkpoints")
+    if ckpt_dir is not None:
+        state, manifest = manager.load(ckpt_dir)
+    else:
+        restored = manager.load_latest()
+        if restored is None:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint that verifies")
+        state, manifest = restored
+    return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
 
 
 def has_checkpoints(run_dir: Path) -> bool:

@@ -1,0 +1,82 @@
+"""The shipped progressive configs as a user runs them: `decoupled train configs/progressive/<pair>.yaml` trains a
+second and a third column from earlier runs (a small source through the same CLI), checkpoints, resumes and
+evaluates; the baselines' configs train; `decoupled bench transfer` prints and draws its transfer matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["wandb.mode=disabled", "runner.torch_threads=1", "runner.log_every_env_frames=1", "env.num_envs=4",
+         "runner.unroll_length=10"]  # fmt: skip
+
+
+def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    return subprocess.run([sys.executable, "-m", "decoupled", *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout)  # fmt: skip
+
+
+def _frames(run: Path) -> int:
+    return max(json.loads(line)["env_frames"] for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def _train(config: str, run: Path, frames: int, *extra: str) -> None:
+    budget = [f"runner.total_env_frames={frames}", f"runner.checkpoint_every_env_frames={frames}"]
+    r = _cli("train", config, *SMALL, *budget, *extra, "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_minatar_progressive_configs_train_two_and_three_columns_resume_and_evaluate(tmp_path: Path):
+    pytest.importorskip("minatar")
+    src, p2, p3 = tmp_path / "breakout", tmp_path / "hflip", tmp_path / "vflip"
+    _train("configs/impala/minatar_breakout.yaml", src, 400)
+    _train("configs/progressive/minatar_breakout_hflip.yaml", p2, 400, f"agent.columns=[{src}]")
+    _train("configs/progressive/minatar_breakout_vflip_3col.yaml", p3, 400, f"agent.columns=[{src}, {p2}]")
+    r = _cli("train", "--resume", str(p3), "runner.total_env_frames=800")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _frames(p3) == 800
+    r = _cli("eval", str(p3), "--episodes", "1", "--no-video")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((p3 / "env_settings.json").read_text())["transform"] == "vflip"
+    _train("configs/impala/minatar_breakout_hflip.yaml", tmp_path / "b1", 200)  # baseline 1: from scratch
+    for b in ("b2", "b3", "b4"):
+        _train(f"configs/progressive/minatar_breakout_hflip_{b}.yaml", tmp_path / b, 200, f"agent.columns=[{src}]"
+               if b in ("b2", "b3") else "runner.seed=0")  # fmt: skip
+    _train("configs/progressive/minatar_breakout_white.yaml", tmp_path / "white", 200, f"agent.columns=[{src}]")
+
+
+@pytest.mark.slow
+@pytest.mark.atari
+def test_pong_soup_configs_train_from_the_pong_recipe(tmp_path: Path):
+    pytest.importorskip("envpool")
+    src = tmp_path / "pong"
+    atari = ["runner.mode=serial", "env.num_envs=2", "agent.hidden_sizes=[32]"]
+    _train("configs/impala/pong.yaml", src, 160, *atari)
+    for t in ("hflip", "noisy"):
+        _train(f"configs/progressive/pong_{t}.yaml", tmp_path / t, 160, f"agent.columns=[{src}]", *atari)
+        settings = json.loads((tmp_path / t / "env_settings.json").read_text())
+        assert settings["transform"] == t
+
+
+@pytest.mark.slow
+def test_bench_transfer_prints_and_draws_the_transfer_matrix(tmp_path: Path):
+    r = _cli("bench", "transfer", "--source", "impala/catch", "--source-frames", "1600", "--frames", "1600",
+             "--targets", "hflip", "--seeds", "1", "--jobs", "1", "--out", str(tmp_path))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    summary = next(x for x in lines if x.get("what") == "summary")
+    row = summary["matrix"]["hflip"]
+    assert set(row) == {"b1", "b2", "b3", "b4", "progressive"} and row["b1"]["transfer"] == 1.0
+    assert all(isinstance(v["transfer"], float) for v in row.values())
+    assert (tmp_path / "catch.png").is_file() and (tmp_path / "catch" / "catch_hflip.png").is_file()
+    # the progressive run's first column is the source run's
+    init = json.loads((tmp_path / "catch" / "hflip" / "progressive_s0" / "init_sources.json").read_text())
+    assert "source_s0" in init["columns"][0]
