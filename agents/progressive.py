@@ -262,6 +262,28 @@ class ProgressiveNet(nn.Module):
         return acts, core_out.reshape(T * B, -1), new_state
 
     def forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> tuple[dict[str, torch.Tensor], CoreState]:
+        outputs, _, new_state = self._forward(inputs, state, record=False)
+        return outputs, new_state
+
+    def forward_with_activations(
+        self, inputs: dict[str, torch.Tensor], state: CoreState
+    ) -> tuple[dict[str, torch.Tensor], dict[tuple[int, str], torch.Tensor], CoreState]:
+        """The forward pass with every column's activations in the autograd graph, frozen columns included (for
+        the Fisher sensitivity of the policy to them, `decoupled analyze afs`): (outputs, {(column, layer name):
+        activation [T*B, ...]}, new state). Layer names: `conv1`.., `fc1`.. in torso order, and `core` (LSTM)."""
+        return self._forward(inputs, state, record=True)
+
+    def layer_names(self) -> list[str]:
+        names, counts = [], {"conv": 0, "fc": 0}
+        for layer in self._layers[-1]:
+            kind = "conv" if isinstance(layer, nn.Conv2d) else "fc"
+            counts[kind] += 1
+            names.append(f"{kind}{counts[kind]}")
+        return names + (["core"] if isinstance(self.columns[-1].core, LSTMCore) else [])
+
+    def _forward(
+        self, inputs: dict[str, torch.Tensor], state: CoreState, record: bool
+    ) -> tuple[dict[str, torch.Tensor], dict[tuple[int, str], torch.Tensor], CoreState]:
         obs = inputs["obs"]
         T, B = obs.shape[:2]
         states = self._split_state(state)
@@ -269,13 +291,20 @@ class ProgressiveNet(nn.Module):
         x0 = torso0._float(obs.reshape(T * B, *obs.shape[2:]))
         if isinstance(torso0, MLPTorso):
             x0 = x0.flatten(1)
+        if record:  # every activation, frozen columns' too, becomes a function of a leaf that requires grad
+            x0 = x0.detach().requires_grad_(True)
         lower_acts: list[list[torch.Tensor]] = []
         lower_out: list[torch.Tensor] = []
         new_states: list[CoreState] = []
+        recorded: dict[tuple[int, str], torch.Tensor] = {}
+        names = self.layer_names()
         for k in range(len(self.columns)):
-            frozen = k < self.frozen
+            frozen = k < self.frozen and not record
             with torch.no_grad() if frozen else contextlib.nullcontext():
                 acts, out, s = self._column(k, x0, (T, B), inputs, states[k], lower_acts)
+            if record:
+                for name, a in zip(names, [*acts, out] if "core" in names else acts, strict=True):
+                    recorded[(k, name)] = a
             if k < len(self.columns) - 1:
                 lower_acts.append(acts)
                 lower_out.append(out)
@@ -286,7 +315,7 @@ class ProgressiveNet(nn.Module):
             logits = logits + self.adapters[-1].policy(lower_out)
             baseline = baseline + self.adapters[-1].baseline(lower_out).squeeze(-1)
         outputs = {"policy_logits": logits.reshape(T, B, -1), "baseline": baseline.reshape(T, B)}
-        return outputs, tuple(t for s in new_states for t in s)
+        return outputs, recorded, tuple(t for s in new_states for t in s)
 
     def column_net(self, j: int) -> nn.Module:
         """Column j (0-based) alone, with its own heads, as a net of the agent it came from (only for j = 0 or a

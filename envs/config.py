@@ -84,13 +84,22 @@ class MinAtarEnvConfig(EnvConfigBase):
     sticky_action_prob: float = Field(0.1, ge=0.0, le=1.0, description="MinAtar's default (Young & Tian 2019)")
     difficulty_ramping: bool = True
     max_episode_steps: int | None = Field(None, ge=1)
+    channels: Literal["game", "union"] = Field(
+        "game",
+        description="game: the game's own channels; union: every game's channels by name in one 27-plane layout, the "
+        "same input for all five games (transfer between games, multi-game students)",
+    )
+    full_action_set: bool = Field(False, description="all 6 MinAtar actions instead of the game's minimal set")
 
     def options(self) -> dict[str, Any]:
-        return {
+        out = {
             "sticky_action_prob": self.sticky_action_prob,
             "difficulty_ramping": self.difficulty_ramping,
             "max_episode_steps": self.max_episode_steps,
-        } | self.transform_options()
+        }
+        if self.channels != "game" or self.full_action_set:  # only when asked: older runs' options stay as they were
+            out |= {"channels": self.channels, "full_action_set": self.full_action_set}
+        return out | self.transform_options()
 
 
 class AtariEnvConfig(EnvConfigBase):

@@ -5,7 +5,9 @@ seed each copy's RNG, and its observation is already the binary [10, 10, C] grid
 channels-first uint8 [C, 10, 10] (0/1) so the same torso code handles MinAtar and Atari; `obs_scale` is 1.0.
 
 Defaults follow the paper: sticky actions with probability 0.1 and difficulty ramping on. Actions index the game's
-*minimal* action set (e.g. 3 actions in Breakout), not MinAtar's full 6.
+*minimal* action set (e.g. 3 actions in Breakout), not MinAtar's full 6 (`full_action_set=True`: all 6, in MinAtar's
+order). `channels="union"` places each game's channels by name into one 27-plane layout shared by the five games
+(`UNION_CHANNELS`), so that one net reads every game (transfer between games, multi-game students).
 
 Seeding: `Environment.seed(s)` replaces one `RandomState` shared by the sticky-action draw and the game itself, so
 env i is fully determined by `seed + i` and its action sequence.
@@ -21,6 +23,14 @@ import numpy as np
 from decoupled.envs.base import EnvSpec, EnvStep, PerEnvVecEnv
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+# Every game's channels by name, in one layout (`channels="union"`): the five games' channel names in game order, a
+# name shared by two games (trail; friendly and enemy bullets) one channel. An agent then sees every game through
+# the same 27 input planes: a column, teacher or student trained on one game reads another.
+UNION_CHANNELS = (
+    "player", "enemy", "trail", "gold", "paddle", "ball", "brick", "chicken", "car", "speed1", "speed2", "speed3",
+    "speed4", "speed5", "sub_front", "sub_back", "friendly_bullet", "enemy_bullet", "enemy_fish", "enemy_sub",
+    "oxygen_guage", "diver_guage", "diver", "cannon", "alien", "alien_left", "alien_right",
+)  # fmt: skip
 # MinAtar's full action set, in its order (minatar/environments/*.py `action_map`).
 _ACTION_MEANINGS = ("NOOP", "LEFT", "UP", "RIGHT", "DOWN", "FIRE")
 # Attributes of a game object that are configuration, not state; everything else in `vars(game)` is snapshotted.
@@ -67,6 +77,8 @@ class MinAtarVecEnv(PerEnvVecEnv):
         sticky_action_prob: float = 0.1,
         difficulty_ramping: bool = True,
         max_episode_steps: int | None = None,
+        channels: str = "game",
+        full_action_set: bool = False,
     ):
         import minatar
 
@@ -82,8 +94,17 @@ class MinAtarVecEnv(PerEnvVecEnv):
             minatar.Environment(self.game, sticky_action_prob=sticky_action_prob, difficulty_ramping=difficulty_ramping)
             for _ in range(num_envs)
         ]
-        self._action_set = np.asarray(self._envs[0].minimal_action_set(), np.int64)
+        if channels not in ("game", "union"):
+            raise ValueError(f"channels must be 'game' or 'union', got {channels!r}")
+        self.channels, self.full_action_set = channels, bool(full_action_set)
+        minimal = self._envs[0].minimal_action_set()
+        self._action_set = np.asarray(range(len(_ACTION_MEANINGS)) if full_action_set else minimal, np.int64)
         h, w, c = self._envs[0].state_shape()
+        self._planes: np.ndarray | None = None  # union layout: plane of each of the game's channels
+        if channels == "union":
+            own = self._envs[0].env.channels  # name -> index in the game's own layout
+            self._planes = np.array([UNION_CHANNELS.index(n) for n in sorted(own, key=own.get)], np.int64)
+            c = len(UNION_CHANNELS)
         self.spec = EnvSpec(
             name=f"minatar/{self.game}",
             obs_shape=(c, h, w),
@@ -98,7 +119,12 @@ class MinAtarVecEnv(PerEnvVecEnv):
         self._steps = np.zeros(num_envs, np.int64)  # agent steps into each env's episode, for max_episode_steps
 
     def _observe(self, i: int) -> np.ndarray:
-        return np.ascontiguousarray(self._envs[i].state().transpose(2, 0, 1), dtype=np.uint8)
+        own = np.ascontiguousarray(self._envs[i].state().transpose(2, 0, 1), dtype=np.uint8)
+        if self._planes is None:
+            return own
+        out = np.zeros(self.spec.obs_shape, np.uint8)
+        out[self._planes] = own
+        return out
 
     def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
         env = self._envs[i]
@@ -139,7 +165,9 @@ class MinAtarVecEnv(PerEnvVecEnv):
             "sticky_action_prob": float(env.sticky_action_prob),
             "difficulty_ramping": None if ramping is None else bool(ramping),
             "max_episode_steps": self._max_episode_steps,
-            "minimal_action_set": [int(a) for a in self._action_set],
+            "minimal_action_set": [int(a) for a in self._envs[0].minimal_action_set()],
+            "action_set": [int(a) for a in self._action_set],
+            "channels": self.channels,
             "obs_shape": list(self.spec.obs_shape),
             "obs_scale": self.spec.extra["obs_scale"],
             "minatar_version": version("minatar"),

@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs/render", help="output dir (default runs/render)")
     r.set_defaults(func=_render)
 
+    from decoupled.runners.evaluation.analyze import add_arguments as add_analyze_parser
+
+    add_analyze_parser(sub)
+
     from decoupled.runners.bench.commands import add_parser as add_bench_parser
 
     add_bench_parser(sub)

@@ -27,7 +27,8 @@ share of evaluation episodes with a positive return (MiniGrid's success rate).
 
 `bench transfer` is Progressive Nets' transfer experiment (Rusu et al. 2016, Sec. 5): it trains a source column
 (`--source`, an IMPALA config, for its own frames) per seed, then on each target (`--targets`: env transforms such as
-hflip, noisy, white; envs/transforms.py) baseline 1 (the source's config from scratch on the target), baseline 2 (the
+hflip, noisy, white, envs/transforms.py; or `id:<game>`, another game, e.g. `id:space_invaders` with `--override
+env.channels=union` on MinAtar) baseline 1 (the source's config from scratch on the target), baseline 2 (the
 source column, its heads finetuned), baseline 3 (the whole source column finetuned), baseline 4 (a 2-column net whose
 first column is random and frozen) and the 2-column progressive net, seed s of each on source seed s. It prints the
 area under each learning curve (the mean training return over the run, as the paper's score) and the transfer
@@ -438,11 +439,12 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     targets = [t.strip() for t in args.targets.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
-    bad = [t for t in targets if t not in TRANSFORMS] + [m for m in methods if m not in TRANSFER_METHODS]
+    bad = [t for t in targets if t not in TRANSFORMS and not (t.startswith("id:") and len(t) > 3)]
+    bad += [m for m in methods if m not in TRANSFER_METHODS]
     if bad or "b1" not in methods:
         raise SystemExit(
-            f"bench transfer: unknown {bad}; --targets from {', '.join(TRANSFORMS)}, --methods from "
-            f"{', '.join(TRANSFER_METHODS)} (b1, the denominator, included)"
+            f"bench transfer: unknown {bad}; --targets from {', '.join(TRANSFORMS)} or id:<env id> (another game of "
+            f"the source's backend), --methods from {', '.join(TRANSFER_METHODS)} (b1, the denominator, included)"
         )
     config = str(_repo_path(args.source))
     src = Path(config).stem
@@ -468,12 +470,16 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
                 overrides = [
                     f"runner.seed={s}",
                     f"runner.total_env_frames={args.frames}",
-                    f"env.transform={t}",
+                    f"env.id={t[3:]}" if t.startswith("id:") else f"env.transform={t}",
                     *common,
                 ]
                 if m != "b1":
                     overrides.append(f"agent.columns=[{out / f'source_s{s}'}]")
-                jobs[(t, m, s)] = (config, overrides + TRANSFER_METHODS[m], str(out / t / f"{m}_s{s}"))
+                jobs[(t, m, s)] = (
+                    config,
+                    overrides + TRANSFER_METHODS[m],
+                    str(out / t.replace(":", "_") / f"{m}_s{s}"),
+                )
     results = run_all(jobs, args)
     records = [
         {"bench": "transfer", "what": "source", "name": src, "seed": s, **_summarise(r["curve"], src_frames),
@@ -495,7 +501,7 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "transfer": round(mine / base, 3) if base else None,
                 "per_seed": [round(a / b, 3) if b else None for a, b in zip(auc[m], auc["b1"], strict=True)],
             }
-        plot_curves(results, t, methods, out / f"{src}_{t}.png",
+        plot_curves(results, t, methods, out / f"{src}_{t.replace(':', '_')}.png",
                     f"{src} -> {t}: progressive net vs baselines 1-4, {args.frames:,} frames")  # fmt: skip
     plot_transfer_matrix(matrix, targets, methods, Path(args.out) / f"{src}.png", f"{src}: transfer (AUC / AUC b1)")
     summary = {"bench": "transfer", "what": "summary", "source": src, "frames": args.frames, "seeds": args.seeds,
@@ -527,7 +533,11 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
     if which == "transfer":
         p.add_argument("--source", default="configs/impala/minatar_breakout.yaml", help="the source column's config")
         p.add_argument("--source-frames", type=int, default=None, help="source frames (default: its config's)")
-        p.add_argument("--targets", default="hflip,vflip,noisy,white", help="env transforms (envs/transforms.py)")
+        p.add_argument(
+            "--targets", default="hflip,vflip,noisy,white",
+            help="env transforms (envs/transforms.py) and/or id:<env id>, another game (MinAtar: with --override "
+            "env.channels=union, one input layout for every game)",
+        )  # fmt: skip
         p.add_argument("--methods", default=",".join(TRANSFER_METHODS), help="b1 (scratch), b2-b4, progressive")
         p.add_argument("--frames", type=int, default=1_000_000, help="env frames per target run")
         p.add_argument(

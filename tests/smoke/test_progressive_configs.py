@@ -80,3 +80,20 @@ def test_bench_transfer_prints_and_draws_the_transfer_matrix(tmp_path: Path):
     # the progressive run's first column is the source run's
     init = json.loads((tmp_path / "catch" / "hflip" / "progressive_s0" / "init_sources.json").read_text())
     assert "source_s0" in init["columns"][0]
+
+
+@pytest.mark.slow
+def test_bench_transfer_to_another_minatar_game_through_the_union_channels(tmp_path: Path):
+    pytest.importorskip("minatar")
+    r = _cli("bench", "transfer", "--source", "configs/impala/minatar_breakout.yaml", "--source-frames", "800",
+             "--frames", "800", "--targets", "id:space_invaders", "--methods", "b1,b2,progressive", "--seeds", "1",
+             "--jobs", "1", "--override", "env.channels=union", "--override", "env.num_envs=4", "--out",
+             str(tmp_path))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = next(
+        json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"bench": "transfer", "what": "summary')
+    )
+    assert set(summary["matrix"]["id:space_invaders"]) == {"b1", "b2", "progressive"}
+    run = tmp_path / "minatar_breakout" / "id_space_invaders" / "progressive_s0"
+    settings = json.loads((run / "env_settings.json").read_text())
+    assert settings["game"] == "space_invaders" and settings["channels"] == "union"

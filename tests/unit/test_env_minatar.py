@@ -134,3 +134,37 @@ def test_step_exception_is_wrapped_with_context() -> None:
     env._envs[1].act = boom
     with pytest.raises(EnvCrashedError, match=r"minatar.*breakout.*index 1.*seed 11.*grid broke"):
         env.step(np.zeros(2, np.int64))
+
+
+@pytest.mark.parametrize("game", ["breakout", "seaquest", "space_invaders"])
+def test_union_channels_place_each_games_planes_by_name_in_one_layout(game):
+    from decoupled.envs.minatar import UNION_CHANNELS
+
+    own = make_vec_env("minatar", game, 2, 4)
+    union = make_vec_env("minatar", game, 2, 4, options={"channels": "union"})
+    try:
+        names = own._envs[0].env.channels  # name -> the game's own plane
+        assert union.spec.obs_shape == (len(UNION_CHANNELS), 10, 10) and own.spec.num_actions == union.spec.num_actions
+        pairs = [(own.reset(4), union.reset(4))]
+        for t in range(20):
+            a = np.full(2, t % own.spec.num_actions)
+            pairs.append((own.step(a)[0], union.step(a)[0]))
+        for o, u in pairs:
+            for name, plane in names.items():
+                np.testing.assert_array_equal(u[:, UNION_CHANNELS.index(name)], o[:, plane])
+            assert u.sum() == o.sum()  # nothing else lit
+    finally:
+        own.close()
+        union.close()
+
+
+def test_full_action_set_plays_minatars_six_actions():
+    env = make_vec_env("minatar", "breakout", 1, 0, options={"full_action_set": True})
+    try:
+        assert env.spec.num_actions == 6 and env.spec.extra["action_meanings"][5] == "FIRE"
+        assert env.settings()["action_set"] == [0, 1, 2, 3, 4, 5]
+        env.reset(0)
+        for a in range(6):
+            env.step(np.array([a]))
+    finally:
+        env.close()

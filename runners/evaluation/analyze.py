@@ -1,0 +1,157 @@
+"""Which columns a trained progressive net uses: Average Fisher Sensitivity (Rusu et al. 2016, arXiv:1606.04671,
+Sec. 5.2 "Analysis").
+
+    decoupled analyze afs RUN [--steps 2000] [--num-envs 8] [--seed 0] [--out DIR]
+
+The policy plays its own task (actions sampled from pi, so the states and actions follow rho(s, a) of the trained net)
+and at every step the per-sample gradient of log pi(a|s) with respect to every column's activations is taken (one
+backward per step: the samples of a batch do not interact). With normalised activations h^ = (h - mu) / sigma
+(sigma per unit, or per feature map over its pixels), d/dh^ = sigma * d/dh, and the modified diagonal Fisher of unit
+(or map) m of layer i of column k is
+
+    F_i^(k)(m) = E_rho[ sum over the map's pixels of (sigma_m * d log pi / d h_i^(k)_m)^2 ].
+
+The paper's sensitivity is AFS(i, k, m) = F_i^(k)(m) / sum_k F_i^(k)(m) and AFS(i, k) its mean over m (columns have
+the same widths here, so the shares of a layer sum to 1 over the columns; an m whose Fisher is 0 in every column is
+left out of the mean); `share` is the simpler
+sum_m F_i^(k)(m) / sum_{k, m} F_i^(k)(m). Written: `afs.json` and `afs.png` (one bar per layer, stacked by column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from decoupled.runners.training.actor_learner import net_inputs
+
+
+def fisher_sensitivity(net: Any, env: Any, steps: int, seed: int) -> dict[str, Any]:
+    """Play `steps` steps of `env` (all its copies) with `net`'s sampled actions and return, per layer and column, the
+    Fisher diagonal summed over units (`fisher`), AFS (`afs`) and the share of the layer's Fisher (`share`)."""
+    if not hasattr(net, "forward_with_activations"):
+        raise ValueError("AFS needs a progressive net (agent progressive); this run's net has one column")
+    gen = torch.Generator().manual_seed(seed)
+    n = env.num_envs
+    obs = env.reset(seed=seed)
+    state = net.initial_state(n)
+    first, prev_a, prev_r = np.ones(n, bool), np.zeros(n, np.int64), np.zeros(n, np.float32)
+    grad_sq: dict[tuple[int, str], torch.Tensor] = {}
+    act_sum: dict[tuple[int, str], torch.Tensor] = {}
+    act_sq: dict[tuple[int, str], torch.Tensor] = {}
+    count: dict[tuple[int, str], int] = {}
+    net.eval()
+    for _ in range(steps):
+        inputs = net_inputs(obs[None], first[None], prev_a[None], prev_r[None], torch.device("cpu"))
+        out, acts, new_state = net.forward_with_activations(inputs, state)
+        logp = torch.log_softmax(out["policy_logits"][0], -1)
+        action = torch.multinomial(logp.detach().exp(), 1, generator=gen).squeeze(-1)
+        chosen = logp.gather(-1, action[:, None]).sum()
+        keys = list(acts)
+        grads = torch.autograd.grad(chosen, [acts[k] for k in keys], allow_unused=True)
+        for key, g in zip(keys, grads, strict=True):
+            a = acts[key].detach()
+            g = torch.zeros_like(a) if g is None else g
+            # per unit: sum over pixels of g^2 (maps [N, C, H, W]) or g^2 (vectors [N, F]); activation moments
+            # per unit over samples (and pixels)
+            dims = (0, 2, 3) if a.dim() == 4 else (0,)
+            grad_sq[key] = grad_sq.get(key, 0) + (g**2).sum(dims)
+            act_sum[key] = act_sum.get(key, 0) + a.sum(dims)
+            act_sq[key] = act_sq.get(key, 0) + (a**2).sum(dims)
+            count[key] = count.get(key, 0) + a.numel() // a.shape[1]
+        state = tuple(s.detach() for s in new_state)
+        obs, reward, terminated, truncated, _ = env.step(action.numpy())
+        first = np.asarray(terminated | truncated, bool)
+        prev_a, prev_r = action.numpy().astype(np.int64), np.asarray(reward, np.float32)
+    samples = steps * n
+    fisher: dict[tuple[int, str], torch.Tensor] = {}
+    for key in grad_sq:
+        mean = act_sum[key] / count[key]
+        var = (act_sq[key] / count[key] - mean**2).clamp_min(0.0)
+        fisher[key] = var * grad_sq[key] / samples  # sigma_m^2 E[sum_p g^2]
+    columns = sorted({k for k, _ in fisher})
+    layers = list(dict.fromkeys(name for _, name in fisher))
+    out: dict[str, Any] = {"layers": layers, "columns": columns, "steps": steps, "num_envs": n, "per_layer": {}}
+    for name in layers:
+        per_col = torch.stack([fisher[(k, name)] for k in columns])  # [K, units]
+        total = per_col.sum(0, keepdim=True)
+        live = total[0] > 0  # units no column's Fisher reaches (dead in every column) say nothing: left out
+        afs = (
+            (per_col[:, live] / total[:, live]).mean(1) if live.any() else torch.full((len(columns),), 1 / len(columns))
+        )
+        out["per_layer"][name] = {
+            "fisher": [float(x) for x in per_col.sum(1)],
+            "afs": [float(x) for x in afs],
+            "share": [float(x) for x in (per_col.sum(1) / per_col.sum().clamp_min(1e-30))],
+        }
+    return out
+
+
+def plot_afs(result: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers, columns = result["layers"], result["columns"]
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(layers), 3.4))
+    bottom = np.zeros(len(layers))
+    for k in columns:
+        values = np.array([result["per_layer"][name]["afs"][columns.index(k)] for name in layers])
+        label = f"column {k + 1}" + (" (new)" if k == columns[-1] else " (frozen)")
+        ax.bar(layers, values, bottom=bottom, label=label, color=f"C{k}")
+        bottom += values
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("average Fisher sensitivity")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def analyze_afs(args: argparse.Namespace) -> int:
+    from decoupled.envs import make_vec_env
+    from decoupled.runners.evaluation.evaluate import load_checkpoint, make_policy_net
+
+    run = Path(args.run)
+    cfg, state, ckpt = load_checkpoint(run)
+    env = make_vec_env(cfg.env.backend, cfg.env.id, args.num_envs, args.seed, mode="eval", options=cfg.env.options())
+    try:
+        net = make_policy_net(cfg, state, env.spec)
+        result = fisher_sensitivity(net, env, args.steps, args.seed)
+    finally:
+        env.close()
+    result.update({"run": str(run), "checkpoint": ckpt, "env": env.spec.name})
+    out = Path(args.out) if args.out else run / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "afs.json").write_text(json.dumps(result, indent=2))
+    plot_afs(result, out / "afs.png", f"{run.name}: AFS per layer and column ({env.spec.name}, {args.steps} steps)")
+    print(json.dumps({"afs": {n: v["afs"] for n, v in result["per_layer"].items()}, "out": str(out)}), flush=True)
+    return 0
+
+
+def add_arguments(sub: Any) -> None:
+    a = sub.add_parser("analyze", help="analyses of a trained run: afs (progressive nets' Fisher sensitivity)")
+    asub = a.add_subparsers(dest="analysis", required=True)
+    f = asub.add_parser("afs", help="Average Fisher Sensitivity of a progressive net per layer and column")
+    f.add_argument("run", help="a progressive run dir or checkpoint dir")
+    f.add_argument("--steps", type=int, default=500, help="agent steps of every env copy (default 500)")
+    f.add_argument("--num-envs", type=int, default=8)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--out", help="output dir (default RUN/analysis)")
+    f.set_defaults(func=_run_afs)
+
+
+def _run_afs(args: argparse.Namespace) -> int:
+    try:
+        return analyze_afs(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"decoupled analyze afs: {e}", file=sys.stderr)
+        return 2
