@@ -5,14 +5,16 @@ game (small budgets and sizes through overrides; the configs' own settings other
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+try:
+    from tests.smoke.cli_helpers import cli as _cli
+    from tests.smoke.cli_helpers import last_frames as _frames
+except ImportError:  # tests/smoke is on sys.path when pytest runs it as a rootless directory
+    from cli_helpers import cli as _cli
+    from cli_helpers import last_frames as _frames
 SMALL = ["agent.manager_size=32", "agent.worker_size=32", "agent.hidden_sizes=[32]", "runner.unroll_length=10",
          "runner.log_every_env_frames=1", "wandb.mode=disabled", "runner.torch_threads=1"]  # fmt: skip
 CASES = {
@@ -21,16 +23,6 @@ CASES = {
     "nav_maze_small_sparse": ("vizdoom", 80, ["env.num_envs=2", "env.episode_frames=400"], []),
     "frostbite": ("envpool", 80, ["env.num_envs=2", "runner.mode=serial"], ["--max-episode-frames", "2000"]),
 }
-
-
-def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    return subprocess.run([sys.executable, "-m", "decoupled", *args], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=timeout)  # fmt: skip
-
-
-def _frames(run: Path) -> int:
-    return max(json.loads(line)["env_frames"] for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
 @pytest.mark.slow
