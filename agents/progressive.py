@@ -236,9 +236,21 @@ class ProgressiveNet(nn.Module):
             z = layer(h)
             if k > 0 and i > 0:
                 z = z + self.adapters[k].torso[i - 1]([col[i - 1] for col in lower])
-            h = F.relu(z)
+            h = self._perturb(k, i, F.relu(z))
             acts.append(h)
         return acts
+
+    # Perturbation sensitivity (`decoupled analyze aps`): Gaussian noise added to one layer of one column after its
+    # ReLU, fresh on every forward pass: {(column, layer index in `layer_names()`): (std per unit, generator)}.
+    perturbation: dict[tuple[int, int], tuple[torch.Tensor, torch.Generator]] | None = None
+
+    def _perturb(self, k: int, i: int, h: torch.Tensor) -> torch.Tensor:
+        if not self.perturbation or (k, i) not in self.perturbation:
+            return h
+        std, gen = self.perturbation[(k, i)]
+        shape = (1, -1, 1, 1) if h.dim() == 4 else (1, -1)
+        noise = torch.randn(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+        return h + noise * std.reshape(shape)
 
     def _column(
         self,
@@ -259,7 +271,7 @@ class ProgressiveNet(nn.Module):
         core_out, new_state = col.core(
             features.reshape(T, B, -1), inputs["prev_action"], inputs["prev_reward"], inputs["first"], state
         )
-        return acts, core_out.reshape(T * B, -1), new_state
+        return acts, self._perturb(k, len(self._layers[k]), core_out.reshape(T * B, -1)), new_state
 
     def forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> tuple[dict[str, torch.Tensor], CoreState]:
         outputs, _, new_state = self._forward(inputs, state, record=False)

@@ -1,7 +1,8 @@
 """Which columns a trained progressive net uses: Average Fisher Sensitivity (Rusu et al. 2016, arXiv:1606.04671,
 Sec. 5.2 "Analysis").
 
-    decoupled analyze afs RUN [--steps 2000] [--num-envs 8] [--seed 0] [--out DIR]
+    decoupled analyze afs RUN [--steps 500] [--num-envs 8] [--seed 0] [--out DIR]
+    decoupled analyze aps RUN [--episodes 10] [--bisections 8] [--out DIR]
 
 The policy plays its own task (actions sampled from pi, so the states and actions follow rho(s, a) of the trained net)
 and at every step the per-sample gradient of log pi(a|s) with respect to every column's activations is taken (one
@@ -15,6 +16,12 @@ The paper's sensitivity is AFS(i, k, m) = F_i^(k)(m) / sum_k F_i^(k)(m) and AFS(
 the same widths here, so the shares of a layer sum to 1 over the columns; an m whose Fisher is 0 in every column is
 left out of the mean); `share` is the simpler
 sum_m F_i^(k)(m) / sum_{k, m} F_i^(k)(m). Written: `afs.json` and `afs.png` (one bar per layer, stacked by column).
+
+Average Perturbation Sensitivity (the paper's Appendix A) is the slow check of the same question: Gaussian noise is
+added to one layer of one column after its ReLU, fresh on every forward pass, of standard deviation sigma times each
+unit's (or map's) activation standard deviation; sigma is bisected (in log10 between 1e-3 and 1e3, the same episodes'
+seeds every time) to the value that halves the return over `--episodes` episodes (above `--score-offset`), and
+Lambda = 1 / sigma^2; APS(i, k) = Lambda_i^(k) / sum_k Lambda_i^(k). Written: `aps.json` and `aps.png`.
 """
 
 from __future__ import annotations
@@ -92,7 +99,77 @@ def fisher_sensitivity(net: Any, env: Any, steps: int, seed: int) -> dict[str, A
     return out
 
 
-def plot_afs(result: dict[str, Any], path: Path, title: str) -> None:
+def activation_std(net: Any, env: Any, steps: int, seed: int) -> dict[tuple[int, int], torch.Tensor]:
+    """Per unit (or map) standard deviation of every column's activations on the policy's own states."""
+    gen = torch.Generator().manual_seed(seed)
+    n = env.num_envs
+    obs, state = env.reset(seed=seed), net.initial_state(n)
+    first, prev_a, prev_r = np.ones(n, bool), np.zeros(n, np.int64), np.zeros(n, np.float32)
+    names = net.layer_names()
+    moments: dict[tuple[int, int], list] = {}
+    with torch.no_grad():
+        for _ in range(steps):
+            inputs = net_inputs(obs[None], first[None], prev_a[None], prev_r[None], torch.device("cpu"))
+            out, acts, state = net.forward_with_activations(inputs, state)
+            for (k, name), a in acts.items():
+                dims = (0, 2, 3) if a.dim() == 4 else (0,)
+                m = moments.setdefault((k, names.index(name)), [0.0, 0.0, 0])
+                m[0], m[1], m[2] = m[0] + a.sum(dims), m[1] + (a**2).sum(dims), m[2] + a.numel() // a.shape[1]
+            action = torch.multinomial(torch.softmax(out["policy_logits"][0], -1), 1, generator=gen).squeeze(-1)
+            obs, reward, terminated, truncated, _ = env.step(action.numpy())
+            first = np.asarray(terminated | truncated, bool)
+            prev_a, prev_r = action.numpy().astype(np.int64), np.asarray(reward, np.float32)
+    return {key: ((s2 / c - (s1 / c) ** 2).clamp_min(0.0)).sqrt() for key, (s1, s2, c) in moments.items()}
+
+
+def perturbation_sensitivity(
+    net: Any, make_env: Any, episodes: int, seed: int, bisections: int = 8, score_offset: float = 0.0
+) -> dict[str, Any]:
+    """APS per layer and column (module docstring). `make_env()` builds the evaluation env (closed here)."""
+    from decoupled.runners.evaluation.evaluate import Policy, play_episodes
+
+    if not hasattr(net, "forward_with_activations"):
+        raise ValueError("APS needs a progressive net (agent progressive); this run's net has one column")
+    net.eval()
+
+    def score() -> float:
+        with make_env() as env:
+            return float(
+                np.mean(play_episodes(env, Policy(env.spec.num_actions, seed, net), episodes, seed)["episode_scores"])
+            )
+
+    with make_env() as env:
+        stds = activation_std(net, env, 100, seed)
+    net.perturbation = None
+    clean = score()
+    target = score_offset + 0.5 * (clean - score_offset)
+    names = net.layer_names()
+    sigma: dict[tuple[int, int], float] = {}
+    try:
+        for key, std in stds.items():
+            lo, hi = -3.0, 3.0  # log10 sigma
+            for _ in range(bisections):
+                mid = (lo + hi) / 2
+                net.perturbation = {key: (std * 10**mid, torch.Generator().manual_seed(seed))}
+                if score() <= target:
+                    hi = mid
+                else:
+                    lo = mid
+            sigma[key] = 10 ** ((lo + hi) / 2)
+    finally:
+        net.perturbation = None
+    columns = sorted({k for k, _ in sigma})
+    layers = [names[i] for i in sorted({i for _, i in sigma})]
+    out: dict[str, Any] = {"layers": layers, "columns": columns, "clean_score": clean, "target_score": target,
+                           "episodes": episodes, "per_layer": {}}  # fmt: skip
+    for name in layers:
+        i = names.index(name)
+        lam = np.array([1.0 / sigma[(k, i)] ** 2 for k in columns])
+        out["per_layer"][name] = {"sigma": [sigma[(k, i)] for k in columns], "aps": [float(x) for x in lam / lam.sum()]}
+    return out
+
+
+def plot_afs(result: dict[str, Any], path: Path, title: str, key: str = "afs") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,12 +179,12 @@ def plot_afs(result: dict[str, Any], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(layers), 3.4))
     bottom = np.zeros(len(layers))
     for k in columns:
-        values = np.array([result["per_layer"][name]["afs"][columns.index(k)] for name in layers])
+        values = np.array([result["per_layer"][name][key][columns.index(k)] for name in layers])
         label = f"column {k + 1}" + (" (new)" if k == columns[-1] else " (frozen)")
         ax.bar(layers, values, bottom=bottom, label=label, color=f"C{k}")
         bottom += values
     ax.set_ylim(0, 1)
-    ax.set_ylabel("average Fisher sensitivity")
+    ax.set_ylabel({"afs": "average Fisher sensitivity", "aps": "average perturbation sensitivity"}[key])
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -137,8 +214,32 @@ def analyze_afs(args: argparse.Namespace) -> int:
     return 0
 
 
+def analyze_aps(args: argparse.Namespace) -> int:
+    from decoupled.envs import make_vec_env
+    from decoupled.runners.evaluation.evaluate import eval_num_envs, load_checkpoint, make_policy_net
+
+    run = Path(args.run)
+    cfg, state, ckpt = load_checkpoint(run)
+    num_envs = eval_num_envs(args.episodes, None)
+
+    def make_env() -> Any:
+        return make_vec_env(cfg.env.backend, cfg.env.id, num_envs, args.seed, mode="eval", options=cfg.env.options())
+
+    with make_env() as env:
+        spec = env.spec
+    net = make_policy_net(cfg, state, spec)
+    result = perturbation_sensitivity(net, make_env, args.episodes, args.seed, args.bisections, args.score_offset)
+    result.update({"run": str(run), "checkpoint": ckpt, "env": spec.name})
+    out = Path(args.out) if args.out else run / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "aps.json").write_text(json.dumps(result, indent=2))
+    plot_afs(result, out / "aps.png", f"{run.name}: APS per layer and column ({spec.name})", key="aps")
+    print(json.dumps({"aps": {n: v["aps"] for n, v in result["per_layer"].items()}, "out": str(out)}), flush=True)
+    return 0
+
+
 def add_arguments(sub: Any) -> None:
-    a = sub.add_parser("analyze", help="analyses of a trained run: afs (progressive nets' Fisher sensitivity)")
+    a = sub.add_parser("analyze", help="which columns a progressive net uses: afs (Fisher), aps (perturbation)")
     asub = a.add_subparsers(dest="analysis", required=True)
     f = asub.add_parser("afs", help="Average Fisher Sensitivity of a progressive net per layer and column")
     f.add_argument("run", help="a progressive run dir or checkpoint dir")
@@ -146,12 +247,20 @@ def add_arguments(sub: Any) -> None:
     f.add_argument("--num-envs", type=int, default=8)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--out", help="output dir (default RUN/analysis)")
-    f.set_defaults(func=_run_afs)
+    f.set_defaults(func=lambda a: _run(analyze_afs, a))
+    p = asub.add_parser("aps", help="Average Perturbation Sensitivity (noise that halves the return), slower than afs")
+    p.add_argument("run", help="a progressive run dir or checkpoint dir")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per evaluation (default 10, as the paper)")
+    p.add_argument("--bisections", type=int, default=8, help="bisection steps of log10 sigma in [-3, 3]")
+    p.add_argument("--score-offset", type=float, default=0.0, help="the score that counts as 0 (e.g. -21 for Pong)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output dir (default RUN/analysis)")
+    p.set_defaults(func=lambda a: _run(analyze_aps, a))
 
 
-def _run_afs(args: argparse.Namespace) -> int:
+def _run(fn: Any, args: argparse.Namespace) -> int:
     try:
-        return analyze_afs(args)
+        return fn(args)
     except (FileNotFoundError, ValueError) as e:
-        print(f"decoupled analyze afs: {e}", file=sys.stderr)
+        print(f"decoupled analyze {args.analysis}: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""Average Fisher Sensitivity (runners/evaluation/analyze.py): per-sample gradients from one backward equal the
-batch-of-one ones; a column the policy cannot see gets 0, a column it reads alone gets 1; the CLI writes its files."""
+"""Average Fisher and Perturbation Sensitivity (runners/evaluation/analyze.py): per-sample gradients from one backward
+equal the batch-of-one ones; a column the policy cannot see gets 0, a column it reads alone gets 1 (both measures);
+the CLI writes their files."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_a_column_the_policy_cannot_see_scores_0_and_one_it_reads_alone_scores_1
             assert sum(r["per_layer"][name]["share"]) == pytest.approx(1.0)
 
 
-def test_analyze_afs_writes_its_json_and_figure(tmp_path):
+def test_analyze_afs_and_aps_write_their_json_and_figures(tmp_path):
     import decoupled
     from decoupled.runners.cli import main
 
@@ -79,3 +80,46 @@ def test_analyze_afs_writes_its_json_and_figure(tmp_path):
         assert np.isclose(sum(v["afs"]), 1.0) and all(0 <= x <= 1 for x in v["afs"])
     assert (run / "analysis" / "afs.png").stat().st_size > 0
     assert main(["analyze", "afs", str(src)]) == 2  # one column: nothing to compare
+    args = ["analyze", "aps", str(run), "--episodes", "2", "--bisections", "2", "--score-offset", "-1"]
+    assert main(args) == 0
+    aps = json.loads((run / "analysis" / "aps.json").read_text())
+    assert aps["layers"] == ["fc1", "fc2"] and all(np.isclose(sum(v["aps"]), 1.0) for v in aps["per_layer"].values())
+    assert (run / "analysis" / "aps.png").stat().st_size > 0
+
+
+def test_aps_and_afs_give_everything_to_the_column_the_policy_copies(tmp_path):
+    """A 2-column net whose policy is exactly its frozen column's (the head adapter copies that column's policy
+    layer, the new column's own output weights are 0): noise in the new column never costs return (APS ~ 0), noise
+    in the frozen one does (APS ~ 1), and the Fisher agrees."""
+    import decoupled
+    from decoupled.runners.evaluation.analyze import perturbation_sensitivity
+    from decoupled.runners.training.train import load_run_checkpoint
+
+    src = tmp_path / "src"
+    decoupled.train("impala/catch", run_dir=src, runner={"total_env_frames": 60_000, "mode": "serial"},
+                    wandb={"mode": "disabled"})  # fmt: skip
+    _, state, _ = load_run_checkpoint(src)
+    with make_vec_env("catch", "catch", 4, 0) as env:
+        spec = env.spec
+    net = ProgressiveNet(spec, ProgressiveConfig(columns=(str(src),), torso="mlp", hidden_sizes=(64, 64)))
+    net.columns[0].load_state_dict(state["net"])
+    ad, own = net.adapters[1].policy, net.columns[1].heads.policy
+    with torch.no_grad():
+        ad.alpha.fill_(1.0)
+        ad.v.weight.copy_(torch.eye(64))
+        ad.v.bias.zero_()
+        ad.u.weight.copy_(net.columns[0].heads.policy.weight)
+        own.weight.zero_()
+        own.bias.copy_(net.columns[0].heads.policy.bias)
+
+    def make_env():
+        return make_vec_env("catch", "catch", 8, 0, mode="eval")
+
+    r = perturbation_sensitivity(net, make_env, episodes=16, seed=0, bisections=6, score_offset=-1.0)
+    assert r["clean_score"] > 0.5  # the source policy catches
+    for name in r["layers"]:
+        assert r["per_layer"][name]["aps"][0] > 0.99, (name, r["per_layer"][name])
+    with make_vec_env("catch", "catch", 4, 0) as env:
+        f = fisher_sensitivity(net, env, steps=20, seed=0)
+    for name in f["layers"]:
+        assert f["per_layer"][name]["afs"][0] == pytest.approx(1.0), name
