@@ -78,13 +78,15 @@ def train(
     `run_dir`, ...). `config` as for `load_config`; `run_dir` defaults to `runs/<agent>__<env>__<seed>__<time>`
     (under `$DECOUPLED_RUNS` if set). `resume=True` continues `run_dir` from its newest valid checkpoint
     (`config` then stays None; `overrides` still apply)."""
+    from decoupled.runners.evaluation.evaluate import make_periodic_evaluator
+
     if resume:
         if run_dir is None or config is not None or sections:
             raise ValueError("resume=True continues run_dir with its own config: give run_dir (and overrides) only")
-        return resume_run(Path(run_dir), list(overrides))
+        return resume_run(Path(run_dir), list(overrides), make_periodic_evaluator)
     if config is None:
         raise ValueError("give a config: a YAML path, a packaged name such as 'impala/catch', a dict or a config")
-    return start_run(load_config(config, overrides, **sections), run_dir)
+    return start_run(load_config(config, overrides, **sections), run_dir, make_periodic_evaluator)
 
 
 # ----------------------------------------------------------------------------------------------- policies

@@ -36,9 +36,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.config is not None:  # `train --resume DIR k=v`: argparse took k=v as config
         overrides.insert(0, args.config)
     try:
+        from decoupled.runners.evaluation.evaluate import make_periodic_evaluator
         from decoupled.runners.training.train import train_from_files
 
-        result = train_from_files(None if args.resume else args.config, overrides, args.run_dir, args.resume)
+        config = None if args.resume else args.config
+        result = train_from_files(config, overrides, args.run_dir, args.resume, make_periodic_evaluator)
     except ConfigError as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2

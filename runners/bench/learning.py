@@ -94,7 +94,7 @@ def run_job(
 
     import torch
 
-    from decoupled.runners.evaluation.evaluate import load_policy, run_episodes
+    from decoupled.runners.evaluation.evaluate import load_policy, make_periodic_evaluator, run_episodes
     from decoupled.runners.evaluation.plot import read_metrics
     from decoupled.runners.training.config import load_config
     from decoupled.runners.training.train import has_checkpoints, train
@@ -104,10 +104,11 @@ def run_job(
     t0 = time.time()
     if not finished_run(path, frames):
         if (path / "config.yaml").is_file() and has_checkpoints(path):
-            result = train(load_config(path / "config.yaml", overrides), path, resume=True)  # continue where it was
+            cfg = load_config(path / "config.yaml", overrides)
+            result = train(cfg, path, resume=True, evaluator=make_periodic_evaluator)  # continue where it was
         else:
             shutil.rmtree(path, ignore_errors=True)
-            result = train(load_config(config, overrides), path)
+            result = train(load_config(config, overrides), path, evaluator=make_periodic_evaluator)
         if result["status"] == "stopped":  # Ctrl-C / SIGTERM: the checkpoint is written; take no further job
             os._exit(0)
     recs = read_metrics(path)

@@ -635,14 +635,90 @@ def checkpoint_task(
     backend: str | None = None,
 ) -> EvalTask:
     cfg, state, ckpt = load_checkpoint(target)
-    run_dir = Path(target) if (Path(target) / "config.yaml").is_file() else Path(target).parent.parent
+    run_dir = run_dir_of(Path(target))
     saved = {"cfg": cfg, "state": state, "checkpoint": ckpt, "run_dir": str(run_dir)}
+    return config_task(cfg, game, protocol, cap, backend, **saved)
+
+
+def config_task(
+    config: ConfigBase,
+    game: str | None = None,
+    protocol: str | None = None,
+    cap: int | None = None,
+    backend: str | None = None,
+    **saved: Any,
+) -> EvalTask:
+    """The evaluation task of a run's config: its env in evaluation form (Atari: the protocol's, 108,000-frame cap,
+    the backend that plays it exactly), as `decoupled eval RUN` plays it. `saved`: the task's policy fields."""
+    cfg = config
     if cfg.env.backend in ATARI_BACKENDS:
         options = atari_options(protocol or cfg.env.protocol, cap, cfg.env.options())
         return atari_task(game, backend or cfg.env.backend, cfg.env.id, options, backend is not None, **saved)
     if protocol or cap or backend:
         raise ValueError(f"--protocol, --max-episode-frames and --backend are for Atari runs, not {cfg.env.backend}")
     return EvalTask(game or cfg.env.id, cfg.env.backend, cfg.env.id, cfg.env.options(), **saved)
+
+
+def run_dir_of(target: Path) -> Path:
+    """The run dir of a run dir, a checkpoint dir, or a checkpoint under checkpoints/best/ (the nearest parent with a
+    config.yaml)."""
+    for path in (target, *target.parents[:3]):
+        if (path / "config.yaml").is_file():
+            return path
+    return target.parent.parent
+
+
+class PeriodicEvaluator:
+    """Evaluation during training (`runner.eval_every_env_frames`): `runner.eval_episodes` whole episodes of the
+    run's task in evaluation form (`config_task`, as `decoupled eval RUN`), on env copies of its own built once, reset
+    with `runner.eval_seed` every time (the same episodes, so successive evaluations differ by the policy only), the
+    policy's actions sampled from a generator of its own (the training's random streams are untouched). Returns the
+    `eval/` metrics."""
+
+    def __init__(self, cfg: ConfigBase):
+        r = cfg.runner
+        self.task = config_task(cfg)
+        self.episodes, self.seed = r.eval_episodes, r.eval_seed
+        n = eval_num_envs(self.episodes, None)
+        self.env = make_vec_env(
+            self.task.backend, self.task.env_id, n, self.seed, mode="eval", options=self.task.options
+        )
+        try:
+            self.settings = self.env.settings()
+            if self.task.atari:
+                check_eval_settings(
+                    self.settings, self.task.options["protocol"], self.task.options["max_episode_frames"]
+                )
+        except BaseException:
+            self.env.close()
+            raise
+
+    def __call__(self, net: torch.nn.Module) -> dict[str, float]:
+        was_training = net.training
+        net.eval()
+        t0 = time.time()
+        try:
+            with torch.no_grad():
+                policy = Policy(self.env.spec.num_actions, self.seed, net)
+                result = play_episodes(self.env, policy, self.episodes, self.seed)
+        finally:
+            net.train(was_training)
+        scores = np.asarray(result["episode_scores"], float)
+        return {
+            "eval/episode_return": float(scores.mean()),
+            "eval/episode_return_std": float(scores.std()),
+            "eval/episode_frames": float(np.mean(result["episode_frames"])),
+            "eval/episodes": float(len(scores)),
+            "eval/seconds": round(time.time() - t0, 3),
+        }
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_periodic_evaluator(cfg: ConfigBase) -> PeriodicEvaluator:
+    """The evaluator factory the training loop takes (`train(..., evaluator=make_periodic_evaluator)`)."""
+    return PeriodicEvaluator(cfg)
 
 
 def _tasks_from_args(args: argparse.Namespace) -> tuple[list[EvalTask], str, Path]:

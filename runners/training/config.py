@@ -90,6 +90,15 @@ class RunnerConfig(_Section):
     max_wall_seconds: float | None = Field(
         None, gt=0.0, description="also stop (with a checkpoint) once the run has trained this long; null: no limit"
     )
+    eval_every_env_frames: int | None = Field(
+        None,
+        ge=1,
+        description="evaluate the policy this often during training (separate env copies, the evaluation form of the "
+        "task, as `decoupled eval`): eval/ metrics, checkpoints/best by eval score, the final eval in the summary; "
+        "null: no evaluation during training",
+    )
+    eval_episodes: int = Field(10, ge=1, le=10_000, description="episodes of each evaluation during training")
+    eval_seed: int = Field(12345, ge=0, description="env seed of every evaluation during training (the same episodes)")
     checkpoint_every_env_frames: int = Field(1_000_000, ge=1)
     checkpoint_every_seconds: float | None = Field(600.0, gt=0.0)
     keep_checkpoints: int = Field(3, ge=1)

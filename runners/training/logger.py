@@ -321,8 +321,17 @@ class Logger:
             self.tensorboard.write(record)
 
     def summary(self, data: dict[str, Any]) -> None:
+        """The run's summary (status, frames, final and best evaluation) to W&B and to `summary.json` in the run dir
+        (a resumed run's keys are merged into it)."""
+        data = {k: _jsonable(v) for k, v in data.items()}
+        path = self.run_dir / "summary.json"
+        try:
+            old = json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:  # a summary cut short by a crash: rewritten whole
+            old = {}
+        path.write_text(json.dumps({**old, **data}, indent=2))
         if self.wandb is not None:
-            self.wandb.summary({k: _jsonable(v) for k, v in data.items()})
+            self.wandb.summary(data)
 
     def close(self) -> str | None:
         """Close W&B, then metrics.jsonl. When the W&B run does not hold everything metrics.jsonl holds, a last

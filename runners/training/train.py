@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,8 +174,23 @@ class Progress:
         self.last_t, self.last_frames = now, env_frames
 
 
-def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any]:
-    """Train `cfg` in `run_dir` (continuing from its newest checkpoint when `resume`). Returns final counters."""
+# evaluator(cfg) -> a callable net -> {"eval/...": value} with close(): evaluation during training. The training package
+# does not evaluate itself (runners/evaluation does); the entry points that run training pass the evaluation's.
+EvaluatorFactory = Callable[[ConfigBase], Any]
+
+
+def train(
+    cfg: ConfigBase, run_dir: Path, resume: bool = False, evaluator: EvaluatorFactory | None = None
+) -> dict[str, Any]:
+    """Train `cfg` in `run_dir` (continuing from its newest checkpoint when `resume`). Returns final counters.
+    `evaluator` builds the evaluation during training that `runner.eval_every_env_frames` asks for
+    (`decoupled.runners.evaluation.evaluate.make_periodic_evaluator`; `decoupled train` and `decoupled.train` pass
+    it)."""
+    if cfg.runner.eval_every_env_frames and evaluator is None:
+        raise ValueError(
+            "runner.eval_every_env_frames needs an evaluator: pass evaluator=make_periodic_evaluator "
+            "(decoupled.runners.evaluation.evaluate), or train through `decoupled train` / `decoupled.train`"
+        )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     r = cfg.runner
@@ -209,14 +225,19 @@ def train(cfg: ConfigBase, run_dir: Path, resume: bool = False) -> dict[str, Any
 
     seeds = [r.seed + i * per_actor for i in range(r.actor_count)]
     actor_envs: list[list[VecEnv]] = []
+    periodic = None
     try:  # whatever fails from here on, every env (and its worker processes) is closed
         for seed in seeds:
             actor_envs.append(make_envs(seed))
-        return _train_with_env(cfg, run_dir, actor_envs, make_envs, seeds, agent, device, ckpts, restored)
+        if r.eval_every_env_frames and evaluator is not None:
+            periodic = evaluator(cfg)
+        return _train_with_env(cfg, run_dir, actor_envs, make_envs, seeds, agent, device, ckpts, restored, periodic)
     finally:
         for envs in actor_envs:
             for env in envs:
                 env.close()
+        if periodic is not None:
+            periodic.close()
 
 
 def _train_with_env(
@@ -229,6 +250,7 @@ def _train_with_env(
     device: torch.device,
     ckpts: CheckpointManager,
     restored: tuple[dict, dict] | None,
+    periodic: Any = None,
 ) -> dict[str, Any]:
     r = cfg.runner
     env = actor_envs[0][0]
@@ -256,7 +278,7 @@ def _train_with_env(
         source = AsyncRollouts(actors, lambda i, seed: make_envs(seed), seeds, r.queue_size, r.max_env_restarts)
     actor_envs.clear()  # the source owns the envs from here on: its close() closes each actor's current ones
     try:
-        return _train_loop(cfg, run_dir, env, source, net, learner, ckpts, restored, settings)
+        return _train_loop(cfg, run_dir, env, source, net, learner, ckpts, restored, settings, periodic)
     finally:
         source.close()
 
@@ -271,6 +293,7 @@ def _train_loop(
     ckpts: CheckpointManager,
     restored: tuple[dict, dict] | None,
     settings: dict[str, Any],
+    periodic: Any = None,
 ) -> dict[str, Any]:
     """Act, learn, log and checkpoint until the frame budget, the wall-clock limit or a stop signal; then write the
     final checkpoint. On a crash, save what is consistent and say how to resume."""
@@ -284,6 +307,27 @@ def _train_loop(
     def checkpoint(with_actor: bool = True) -> Path:
         state = _checkpoint_state(net, learner, counters, source, wandb.run_id, with_actor)
         return ckpts.save(counters["env_frames"], state, {**meta, "wall_time": counters["wall_time"]})
+
+    best = CheckpointManager(run_dir / "checkpoints" / "best", keep=2) if periodic is not None else None
+    final_eval: dict[str, float] = {}
+
+    def evaluate() -> None:
+        """One evaluation: eval/ metrics on the env_frames axis; the net as checkpoints/best when it scores best."""
+        result = periodic(net)
+        f = counters["env_frames"]
+        counters["last_eval_frames"] = f
+        score = result["eval/episode_return"]
+        if counters.get("best_eval") is None or score > counters["best_eval"]:
+            counters["best_eval"], counters["best_eval_frames"] = score, f
+            state = {"net": net.state_dict(), "counters": dict(counters), "eval": result}
+            path = best.save(f, state, {**meta, "eval": result})
+            for other in best.list():  # one best: also over a best that a resumed run's abandoned frames left above
+                if other != path:
+                    shutil.rmtree(other, ignore_errors=True)
+        result["eval/best_episode_return"] = counters["best_eval"]
+        logger.write(result, f)
+        final_eval.clear()
+        final_eval.update(result)
 
     source.publish(net, learner.version)  # async: the actor threads start with these parameters
     progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)
@@ -318,6 +362,10 @@ def _train_loop(
                 if f - window.start_frames >= r.log_every_env_frames or done:
                     logger.write(window.record(counters, source), f)
                     window.reset(f)
+                if periodic is not None and (
+                    f - counters.get("last_eval_frames", 0) >= r.eval_every_env_frames or (done and not out_of_time)
+                ):
+                    evaluate()
                 progress.maybe_print(f, counters["wall_time"], force=done)
                 if not done and (
                     f - last_ckpt_frames >= r.checkpoint_every_env_frames
@@ -337,7 +385,13 @@ def _train_loop(
         _save_after_crash(e, run_dir, counters, last_ckpt_frames, ckpts, checkpoint)
         raise
     finally:
-        logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
+        summary = {"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]}
+        if final_eval:  # the last evaluation (at the end of a finished run) and the best one
+            summary.update({"eval/final_episode_return": final_eval["eval/episode_return"],
+                            "eval/final_env_frames": counters.get("last_eval_frames"),
+                            "eval/best_episode_return": counters.get("best_eval"),
+                            "eval/best_env_frames": counters.get("best_eval_frames")})  # fmt: skip
+        logger.summary(summary)
         wandb_problem = logger.close()
         if wandb_problem:  # the last console line, as the last metrics.jsonl record, says so
             print(f"{wandb_problem}; metrics.jsonl holds every record (a `wandb sync` now uploads less)", flush=True)
@@ -520,16 +574,20 @@ def load_run_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
     """A run dir (its newest checkpoint that verifies) or one checkpoint dir -> (config, saved state, checkpoint
     path)."""
     target = Path(target)
+    manager_dir = None
     if (target / "manifest.json").is_file():
-        ckpt_dir, run_dir = target, target.parent.parent
+        ckpt_dir, run_dir = target, _run_dir_above(target)
     elif (target / "config.yaml").is_file():
         ckpt_dir, run_dir = None, target
+    elif target.name == "best" and (target.parent.parent / "config.yaml").is_file():  # RUN/checkpoints/best
+        ckpt_dir, run_dir, manager_dir = None, target.parent.parent, target
     else:
         raise FileNotFoundError(f"{target} is neither a run dir (config.yaml) nor a checkpoint dir (manifest.json)")
     cfg = load_config(run_dir / "config.yaml")
-    if ckpt_dir is None and not (run_dir / "checkpoints").is_dir():
+    manager_dir = manager_dir or (ckpt_dir.parent if ckpt_dir is not None else run_dir / "checkpoints")
+    if ckpt_dir is None and not manager_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    manager = CheckpointManager(run_dir / "checkpoints")
+    manager = CheckpointManager(manager_dir)
     if ckpt_dir is not None:
         state, manifest = manager.load(ckpt_dir)
     else:
@@ -540,33 +598,49 @@ def load_run_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
     return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
 
 
+def _run_dir_above(ckpt_dir: Path) -> Path:
+    """RUN of RUN/checkpoints/ckpt-N and of RUN/checkpoints/best/ckpt-N."""
+    for path in ckpt_dir.parents[:3]:
+        if (path / "config.yaml").is_file():
+            return path
+    return ckpt_dir.parent.parent
+
+
 def has_checkpoints(run_dir: Path) -> bool:
     """Whether `run_dir` holds anything to resume from (`train(..., resume=True)` picks the newest that verifies)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     return ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
 
 
-def start_run(cfg: ConfigBase, run_dir: str | Path | None = None) -> dict[str, Any]:
+def start_run(
+    cfg: ConfigBase, run_dir: str | Path | None = None, evaluator: EvaluatorFactory | None = None
+) -> dict[str, Any]:
     """Train `cfg` in a new run dir (default `runs/<agent>__<env>__<seed>__<time>`, under `$DECOUPLED_RUNS` if set);
     a dir that already holds checkpoints is refused with the command that continues it."""
     run = Path(run_dir) if run_dir else Path(os.environ.get("DECOUPLED_RUNS", "runs")) / run_name(cfg)
     if has_checkpoints(run):
         raise FileExistsError(f"{run} already holds checkpoints: continue it with `decoupled train --resume {run}`")
-    return train(cfg, run, resume=False)
+    return train(cfg, run, resume=False, evaluator=evaluator)
 
 
-def resume_run(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def resume_run(
+    run_dir: str | Path, overrides: list[str] | None = None, evaluator: EvaluatorFactory | None = None
+) -> dict[str, Any]:
     """Continue a run dir from its newest valid checkpoint, with its own config and dotted `overrides`."""
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a run dir (no config.yaml); pass the dir `decoupled train` made")
-    return train(load_config(run / "config.yaml", overrides), run, resume=True)
+    return train(load_config(run / "config.yaml", overrides), run, resume=True, evaluator=evaluator)
 
 
 def train_from_files(
-    config_path: str | None, overrides: list[str], run_dir: str | None, resume_dir: str | None
+    config_path: str | None,
+    overrides: list[str],
+    run_dir: str | None,
+    resume_dir: str | None,
+    evaluator: EvaluatorFactory | None = None,
 ) -> dict[str, Any]:
     """The CLI's entry: validate before anything starts, pick the run dir, train."""
     if resume_dir is not None:
-        return resume_run(resume_dir, overrides)
-    return start_run(load_config(config_path, overrides), run_dir)
+        return resume_run(resume_dir, overrides, evaluator)
+    return start_run(load_config(config_path, overrides), run_dir, evaluator)

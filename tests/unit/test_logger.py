@@ -97,30 +97,9 @@ def test_close_returns_when_wandb_is_wedged(tmp_path):
     release.set()
 
 
-def _tensorboard_scalars(run_dir):
-    """(tag, step, value) of every scalar in the run dir's TensorBoard event files, read as TFRecords (independent
-    of the writer), and the purge steps of the files' session-start records."""
-    import struct
-    from pathlib import Path
-
-    from tensorboardX.proto import event_pb2
-
-    scalars, purges = [], []
-    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
-        data, i = path.read_bytes(), 0
-        while i < len(data):
-            (n,) = struct.unpack("<Q", data[i : i + 8])
-            event = event_pb2.Event()
-            event.ParseFromString(data[i + 12 : i + 12 + n])
-            i += 12 + n + 4
-            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
-                purges.append(event.step)
-            for v in event.summary.value:
-                scalars.append((v.tag, event.step, v.simple_value))
-    return scalars, purges
-
-
-def test_tensorboard_gets_every_metric_on_the_env_frames_axis_and_a_resume_purges_past_the_checkpoint(tmp_path):
+def test_tensorboard_gets_every_metric_on_the_env_frames_axis_and_a_resume_purges_past_the_checkpoint(
+    tmp_path, tensorboard_scalars
+):
     from decoupled.runners.training.config import load_config
     from decoupled.runners.training.train import train
 
@@ -128,7 +107,7 @@ def test_tensorboard_gets_every_metric_on_the_env_frames_axis_and_a_resume_purge
                  "runner.log_every_env_frames=1600", "runner.checkpoint_every_env_frames=3200"]  # fmt: skip
     cfg = load_config("configs/impala/catch.yaml", overrides)
     train(cfg, tmp_path / "run")
-    scalars, purges = _tensorboard_scalars(tmp_path / "run")
+    scalars, purges = tensorboard_scalars(tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     numeric = [(k, r["env_frames"], v) for r in records for k, v in r.items() if k not in ("env_frames", "time")]
     expected = {(k, f) for k, f, v in numeric if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -138,5 +117,5 @@ def test_tensorboard_gets_every_metric_on_the_env_frames_axis_and_a_resume_purge
     assert purges == []  # a fresh run purges nothing
     cfg = load_config("configs/impala/catch.yaml", [*overrides, "runner.total_env_frames=9600"])
     train(cfg, tmp_path / "run", resume=True)
-    _, purges = _tensorboard_scalars(tmp_path / "run")
+    _, purges = tensorboard_scalars(tmp_path / "run")
     assert purges == [6400]  # the resumed segment's file starts at its checkpoint's frames
