@@ -24,9 +24,12 @@ are not part of the progressive forward pass (no lateral reads them); they are k
 `column_net(j)` plays column j alone on its own task.
 
 Losses: the IMPALA loss with V-trace on the newest column's outputs (agents/impala.py; the paper trains each column
-with A3C, the on-policy special case). `agent.transfer` also gives the paper's baselines 2 and 3 on the same runner:
-`finetune_output` (one column from the last source, only its heads train) and `finetune_all` (the whole column
-trains). Baseline 1 is the IMPALA config on the target; baseline 4 is `columns: [random]`.
+with A3C, the on-policy special case), plus UNREAL's auxiliary tasks on the newest column when their costs are above
+0 (agents/unreal.py: pixel and feature control read its core output, reward prediction its torso features, value
+replay its baseline; its replay holds every column's core state). An UNREAL run can be a source column (its torso
+and core; its auxiliary heads stay with it). `agent.transfer` also gives the paper's baselines 2 and 3 on the same
+runner: `finetune_output` (one column from the last source, only its heads train) and `finetune_all` (the whole
+column trains). Baseline 1 is the IMPALA config on the target; baseline 4 is `columns: [random]`.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
+from decoupled.agents import unreal
 from decoupled.agents.base import AgentDef, AgentSetupError
-from decoupled.agents.impala import ImpalaConfig, ImpalaNet, impala_loss, loss_sum_factor
+from decoupled.agents.impala import ImpalaNet
 from decoupled.agents.nets.cores import CoreState, LSTMCore
 from decoupled.agents.nets.torsos import MinAtarCNN, MLPTorso, NatureCNN
 from decoupled.envs.base import EnvSpec
@@ -50,11 +54,16 @@ RANDOM = "random"
 ARCHITECTURE_KEYS = ("torso", "hidden_sizes", "core", "lstm_size")
 
 
-class ProgressiveConfig(ImpalaConfig):
-    """The new column's architecture and loss settings are IMPALA's (agent.torso, agent.core, ...); every earlier
-    column must have the same architecture."""
+class ProgressiveConfig(unreal.UnrealConfig):
+    """The new column's architecture and loss settings are IMPALA's (agent.torso, agent.core, ...), and UNREAL's
+    auxiliary tasks can ride on the newest column (agent.pixel_control_cost, ...: off by default); every earlier
+    column must have the same torso and core."""
 
     name: Literal["progressive"] = "progressive"  # type: ignore[assignment]
+    core: Literal["none", "lstm", "dni_lstm"] = Field("none", description="the columns' core: none or lstm")
+    pixel_control_cost: float = Field(0.0, ge=0.0, description="UNREAL's pixel control on the newest column; 0: off")
+    reward_prediction_cost: float = Field(0.0, ge=0.0, description="UNREAL's reward prediction on the newest column")
+    value_replay_cost: float = Field(0.0, ge=0.0, description="UNREAL's value replay on the newest column; 0: off")
     columns: tuple[str, ...] = Field(
         min_length=1,
         description="earlier columns, oldest first: run dirs or checkpoint dirs of impala or progressive runs (a "
@@ -199,6 +208,9 @@ class ProgressiveNet(nn.Module):
         if cfg.transfer == "finetune_output":
             self._freeze(self.columns[0].torso)
             self._freeze(self.columns[0].core)
+        self.cfg = cfg
+        if cfg.uses_replay:  # UNREAL's auxiliary heads on the newest column (its torso features and core output)
+            unreal.add_auxiliary_heads(self, spec, cfg, self.columns[-1].torso, self.columns[-1].core.out_size)
 
     @staticmethod
     def _freeze(module: nn.Module) -> None:
@@ -293,16 +305,47 @@ class ProgressiveNet(nn.Module):
             names.append(f"{kind}{counts[kind]}")
         return names + (["core"] if isinstance(self.columns[-1].core, LSTMCore) else [])
 
+    def _input(self, obs: torch.Tensor) -> torch.Tensor:
+        """Stored observations [N, ...] -> the float input every column reads (flattened for MLP torsos)."""
+        torso0 = self.columns[-1].torso
+        x0 = torso0._float(obs)
+        return x0.flatten(1) if isinstance(torso0, MLPTorso) else x0
+
+    def _torsos(self, obs: torch.Tensor) -> list[torch.Tensor]:
+        """The newest column's torso activations on obs [N, ...] (the earlier columns' torsos feed its laterals)."""
+        x0, lower = self._input(obs), []
+        for k in range(len(self.columns)):
+            with torch.no_grad() if k < self.frozen else contextlib.nullcontext():
+                acts = self._torso(k, x0, lower)
+            lower.append(acts)
+        return acts
+
+    def replay_forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> dict[str, torch.Tensor]:
+        """The outputs on replayed sequences [T+1, n] plus UNREAL's PC / FC outputs from the newest column (as
+        `agents.unreal.UnrealNet.replay_forward`)."""
+        newest: dict[str, Any] = {}
+        out, _, _ = self._forward(inputs, state, record=False, newest=newest)
+        maps = None
+        if self.cfg.feature_control_cost > 0:  # the newest column's last conv layer's maps (after its ReLU)
+            convs = [
+                a for a, layer in zip(newest["acts"], self._layers[-1], strict=True) if isinstance(layer, nn.Conv2d)
+            ]
+            maps = convs[-1]
+        return {**out, **unreal.auxiliary_outputs(self, inputs["obs"], newest["core_out"], maps)}
+
+    def reward_prediction_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs [k, n, *obs] -> logits [n, 3] from the newest column's torso features (no core, as UNREAL's)."""
+        k, n = obs.shape[:2]
+        features = self._torsos(obs.reshape(k * n, *obs.shape[2:]))[-1].view(k, n, -1)
+        return self.reward_prediction(features)
+
     def _forward(
-        self, inputs: dict[str, torch.Tensor], state: CoreState, record: bool
+        self, inputs: dict[str, torch.Tensor], state: CoreState, record: bool, newest: dict | None = None
     ) -> tuple[dict[str, torch.Tensor], dict[tuple[int, str], torch.Tensor], CoreState]:
         obs = inputs["obs"]
         T, B = obs.shape[:2]
         states = self._split_state(state)
-        torso0 = self.columns[-1].torso
-        x0 = torso0._float(obs.reshape(T * B, *obs.shape[2:]))
-        if isinstance(torso0, MLPTorso):
-            x0 = x0.flatten(1)
+        x0 = self._input(obs.reshape(T * B, *obs.shape[2:]))
         if record:  # every activation, frozen columns' too, becomes a function of a leaf that requires grad
             x0 = x0.detach().requires_grad_(True)
         lower_acts: list[list[torch.Tensor]] = []
@@ -321,6 +364,8 @@ class ProgressiveNet(nn.Module):
                 lower_acts.append(acts)
                 lower_out.append(out)
             new_states.append(s)
+        if newest is not None:
+            newest.update(acts=acts, core_out=out)
         heads = self.columns[-1].heads
         logits, baseline = heads.policy(out), heads.baseline(out).squeeze(-1)
         if lower_out:
@@ -369,9 +414,9 @@ def init_from_sources(
         except Exception as e:  # a missing run, a corrupt checkpoint: what the loader says, with the column named
             raise AgentSetupError(f"{where}: cannot load it: {e}") from e
         name = src_cfg.agent_name
-        if name not in ("impala", "progressive"):
+        if name not in ("impala", "unreal", "progressive"):
             raise AgentSetupError(
-                f"{where}: a {name} run; a progressive column is an impala net ({_describe_want(want)})"
+                f"{where}: a {name} run; a progressive column is an impala or unreal net ({_describe_want(want)})"
             )
         have = {k: getattr(src_cfg.agent, k) for k in ARCHITECTURE_KEYS}
         if have != want:
@@ -379,7 +424,7 @@ def init_from_sources(
                 f"{where}: its net is {_describe(src_cfg)}, this run's columns are {_describe_want(want)}"
             )
         net_state = state["net"]
-        if name == "impala":
+        if name in ("impala", "unreal"):  # an UNREAL run's auxiliary heads stay with it
             _load_column(net, j, net_state, where)
         else:
             _load_progressive(net, j, net_state, src_cfg.agent, where)
@@ -394,7 +439,7 @@ def _describe_want(want: dict[str, Any]) -> str:
 def _load_column(net: ProgressiveNet, j: int, net_state: dict[str, torch.Tensor], where: str) -> None:
     """An IMPALA net's state into column j: torso and core must fit; the heads load when the action counts agree."""
     column = net.columns[j]
-    body = {k: v for k, v in net_state.items() if not k.startswith("heads.")}
+    body = {k: v for k, v in net_state.items() if k.startswith(("torso.", "core."))}
     heads = {k[len("heads.") :]: v for k, v in net_state.items() if k.startswith("heads.")}
     try:
         missing, unexpected = column.load_state_dict(body, strict=False)
@@ -451,7 +496,10 @@ AGENT = AgentDef(
     name="progressive",
     config_class=ProgressiveConfig,
     make_net=make_net,
-    loss_fn=impala_loss,
-    loss_sum_factor=loss_sum_factor,
+    loss_fn=unreal.unreal_loss,  # the IMPALA loss, plus the auxiliary losses when a cost is above 0
+    make_replay=unreal.make_replay,
+    sample_replay=unreal.sample_replay,
+    replay_outputs=unreal.replay_outputs,
+    loss_sum_factor=unreal.loss_sum_factor,
     init_net=init_from_sources,
 )

@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from decoupled.agents.base import AgentDef
 from decoupled.agents.impala import ImpalaConfig, ImpalaNet, impala_loss, sequence_inputs, vtrace_inputs
@@ -117,65 +118,23 @@ class UnrealNet(ImpalaNet):
 
     def __init__(self, spec: EnvSpec, cfg: UnrealConfig):
         super().__init__(spec, cfg)
-        self.cfg = cfg
-        A = spec.num_actions
-        stack = int(spec.extra.get("frame_stack", 1))
-        self.pc_channels = slice(-1, None) if stack > 1 else slice(None)  # frame stacks: the newest frame
-        self.obs_scale = float(spec.extra.get("obs_scale", 1.0))
-        with torch.random.fork_rng(devices=[]):  # leave the global RNG as the base agent's net leaves it
-            torch.manual_seed(torch.initial_seed() + 2)
-            if cfg.pixel_control_cost > 0:
-                self.pixel_control = PixelControlHead(self.core.out_size, A, self._pc_grid(spec, cfg))
-            if cfg.reward_prediction_cost > 0:
-                self.reward_prediction = RewardPredictionHead(
-                    self.torso.out_size, cfg.reward_prediction_frames, cfg.reward_prediction_hidden
-                )
-            if cfg.feature_control_cost > 0:
-                with torch.no_grad():
-                    _, maps = self.torso.forward_maps(torch.zeros(1, *spec.obs_shape, dtype=torch.uint8))
-                self.feature_control = FeatureControlHead(self.core.out_size, A, maps.shape[1])
-
-    @staticmethod
-    def _pc_grid(spec: EnvSpec, cfg: UnrealConfig) -> tuple[int, int]:
-        if len(spec.obs_shape) != 3:
-            raise ValueError(f"pixel control needs image observations [C,H,W], got {spec.obs_shape}; set "
-                             "agent.pixel_control_cost=0")  # fmt: skip
-        H, W = spec.obs_shape[-2:]
-        c, k = cfg.pixel_control_crop, cfg.pixel_control_cell
-        h, w = H - 2 * c, W - 2 * c
-        if h < 3 * k or w < 3 * k or h % k or w % k:
-            raise ValueError(
-                f"pixel control: {H}x{W} frames cropped by agent.pixel_control_crop={c} do not split into a grid of "
-                f"at least 3x3 cells of agent.pixel_control_cell={k} pixels (Atari 84x84: crop 2, cell 4; MinAtar "
-                "10x10: crop 0, cell 1)"
-            )
-        return h // k, w // k
+        add_auxiliary_heads(self, spec, cfg, self.torso, self.core.out_size)
 
     def replay_forward(self, inputs: dict[str, torch.Tensor], state) -> dict[str, torch.Tensor]:
         """The base outputs on replayed sequences [T+1, n] plus the PC / FC Q maps and FC's feature means."""
         obs = inputs["obs"]
         T, B = obs.shape[:2]
         flat = obs.reshape(T * B, *obs.shape[2:])
-        out: dict[str, torch.Tensor] = {}
+        maps = None
         if self.cfg.feature_control_cost > 0:
             features, maps = self.torso.forward_maps(flat)
-            out["feature_means"] = maps.mean(dim=(-2, -1)).view(T, B, -1)
         else:
             features = self.torso(flat)
         core_out, _ = self.core(
             features.view(T, B, -1), inputs["prev_action"], inputs["prev_reward"], inputs["first"], state
         )
-        out.update(self.heads(core_out))
-        h = core_out.reshape(T * B, -1)
-        if self.cfg.pixel_control_cost > 0:
-            q = self.pixel_control(h)
-            out["pixel_control_q"] = q.view(T, B, *q.shape[1:])
-            c, k = self.cfg.pixel_control_crop, self.cfg.pixel_control_cell
-            with torch.no_grad():  # the pseudo-rewards of the T transitions, [T-1, B, G_h, G_w]
-                out["pixel_change"] = pixel_change_rewards(obs[:-1], obs[1:], c, k, self.obs_scale, self.pc_channels)
-        if self.cfg.feature_control_cost > 0:
-            q = self.feature_control(h)
-            out["feature_control_q"] = q.view(T, B, *q.shape[1:])
+        out: dict[str, torch.Tensor] = dict(self.heads(core_out))
+        out.update(auxiliary_outputs(self, obs, core_out.reshape(T * B, -1), maps))
         return out
 
     def reward_prediction_logits(self, obs: torch.Tensor) -> torch.Tensor:
@@ -183,6 +142,64 @@ class UnrealNet(ImpalaNet):
         k, n = obs.shape[:2]
         features = self.torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1)
         return self.reward_prediction(features)
+
+
+def add_auxiliary_heads(net: nn.Module, spec: EnvSpec, cfg: UnrealConfig, torso: nn.Module, core_size: int) -> None:
+    """The auxiliary heads whose cost is above 0, on `net` (UnrealNet, or a progressive net's newest column): pixel
+    control and feature control read the core's output (`core_size`), reward prediction the torso's features."""
+    net.cfg = cfg
+    A = spec.num_actions
+    stack = int(spec.extra.get("frame_stack", 1))
+    net.pc_channels = slice(-1, None) if stack > 1 else slice(None)  # frame stacks: the newest frame
+    net.obs_scale = float(spec.extra.get("obs_scale", 1.0))
+    with torch.random.fork_rng(devices=[]):  # leave the global RNG as the base agent's net leaves it
+        torch.manual_seed(torch.initial_seed() + 2)
+        if cfg.pixel_control_cost > 0:
+            net.pixel_control = PixelControlHead(core_size, A, pixel_control_grid(spec, cfg))
+        if cfg.reward_prediction_cost > 0:
+            net.reward_prediction = RewardPredictionHead(
+                torso.out_size, cfg.reward_prediction_frames, cfg.reward_prediction_hidden
+            )
+        if cfg.feature_control_cost > 0:
+            with torch.no_grad():
+                _, maps = torso.forward_maps(torch.zeros(1, *spec.obs_shape, dtype=torch.uint8))
+            net.feature_control = FeatureControlHead(core_size, A, maps.shape[1])
+
+
+def auxiliary_outputs(net: nn.Module, obs: torch.Tensor, h: torch.Tensor, maps: torch.Tensor | None) -> dict:
+    """The PC / FC outputs on replayed sequences: obs [T, B, ...], the core's output h [T*B, H], the last conv
+    layer's maps [T*B, C, h, w] (feature control)."""
+    cfg = net.cfg
+    T, B = obs.shape[:2]
+    out: dict[str, torch.Tensor] = {}
+    if cfg.feature_control_cost > 0:
+        out["feature_means"] = maps.mean(dim=(-2, -1)).view(T, B, -1)
+    if cfg.pixel_control_cost > 0:
+        q = net.pixel_control(h)
+        out["pixel_control_q"] = q.view(T, B, *q.shape[1:])
+        c, k = cfg.pixel_control_crop, cfg.pixel_control_cell
+        with torch.no_grad():  # the pseudo-rewards of the T transitions, [T-1, B, G_h, G_w]
+            out["pixel_change"] = pixel_change_rewards(obs[:-1], obs[1:], c, k, net.obs_scale, net.pc_channels)
+    if cfg.feature_control_cost > 0:
+        q = net.feature_control(h)
+        out["feature_control_q"] = q.view(T, B, *q.shape[1:])
+    return out
+
+
+def pixel_control_grid(spec: EnvSpec, cfg: UnrealConfig) -> tuple[int, int]:
+    if len(spec.obs_shape) != 3:
+        raise ValueError(f"pixel control needs image observations [C,H,W], got {spec.obs_shape}; set "
+                             "agent.pixel_control_cost=0")  # fmt: skip
+    H, W = spec.obs_shape[-2:]
+    c, k = cfg.pixel_control_crop, cfg.pixel_control_cell
+    h, w = H - 2 * c, W - 2 * c
+    if h < 3 * k or w < 3 * k or h % k or w % k:
+        raise ValueError(
+            f"pixel control: {H}x{W} frames cropped by agent.pixel_control_crop={c} do not split into a grid of "
+            f"at least 3x3 cells of agent.pixel_control_cell={k} pixels (Atari 84x84: crop 2, cell 4; MinAtar "
+            "10x10: crop 0, cell 1)"
+        )
+    return h // k, w // k
 
 
 def make_net(spec: EnvSpec, cfg: UnrealConfig) -> torch.nn.Module:

@@ -608,8 +608,8 @@ def _run_dir_above(ckpt_dir: Path) -> Path:
 
 def has_checkpoints(run_dir: Path) -> bool:
     """Whether `run_dir` holds anything to resume from (`train(..., resume=True)` picks the newest that verifies)."""
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    return ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+    ckpt_dir = Path(run_dir) / "checkpoints"  # a lock file alone (a start that failed before training) is nothing
+    return ckpt_dir.is_dir() and any(p.name.startswith("ckpt-") for p in ckpt_dir.iterdir())
 
 
 def start_run(

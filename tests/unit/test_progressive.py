@@ -164,10 +164,10 @@ def test_unusable_columns_are_refused_naming_the_column_and_why(source: Path, tm
     assert "agent.columns[0] = /nonexistent/run" in _setup_error(["/nonexistent/run"])
     msg = _setup_error([str(source)], {"hidden_sizes": (32,)})
     assert "agent.columns[0]" in msg and "hidden_sizes=(64, 64)" in msg and "hidden_sizes=(32,)" in msg
-    unreal = tmp_path / "unreal"
-    decoupled.train("unreal/catch", run_dir=unreal, **SMALL)
-    msg = _setup_error([str(unreal)])
-    assert "a unreal run" in msg and "impala" in msg
+    feudal = tmp_path / "feudal"
+    decoupled.train("feudal/catch", run_dir=feudal, **SMALL)
+    msg = _setup_error([str(feudal)])
+    assert "a feudal run" in msg and "impala or unreal" in msg
     # a corrupt checkpoint (every one of the run's): the loader's reason, with the column named
     bad = tmp_path / "bad"
     import shutil
@@ -189,3 +189,26 @@ def test_the_cli_exits_2_before_training_on_a_missing_column(tmp_path: Path, cap
     assert rc == 2
     assert "agent.columns[0] = runs/does_not_exist" in capsys.readouterr().err
     assert not list((tmp_path / "r").glob("checkpoints/ckpt-*"))  # nothing trained
+
+
+def test_unreals_auxiliary_tasks_ride_on_the_newest_column_over_an_unreal_source(tmp_path: Path):
+    """An UNREAL run as the source column (its torso and core; its auxiliary heads stay with it), and pixel control,
+    reward prediction and value replay trained on the newest column: aux metrics, the source untouched, a resume."""
+    src, run = tmp_path / "unreal", tmp_path / "p2"
+    decoupled.train("unreal/catch", run_dir=src, **SMALL)
+    aux = {"core": "lstm", "lstm_size": 64, "pixel_control_cost": 0.01, "pixel_control_crop": 0,
+           "pixel_control_cell": 1, "reward_prediction_cost": 1.0, "value_replay_cost": 1.0,
+           "replay_start_steps": 200}  # fmt: skip
+    _progressive(run, [str(src)], **aux)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = {k for r in records for k in r}
+    assert {"aux/pixel_control/loss", "aux/reward_prediction/loss", "aux/value_replay/loss"} <= keys
+    _, s_src, _ = load_run_checkpoint(src)
+    _, s_run, _ = load_run_checkpoint(run)
+    for k, v in s_src["net"].items():
+        if k.startswith(("torso.", "core.")):
+            assert torch.equal(s_run["net"][f"columns.0.{k}"], v), k
+    assert any(k.startswith("pixel_control.") for k in s_run["net"])  # the new column's heads, not the source's
+    assert not any(k.startswith("columns.0.pixel_control") for k in s_run["net"])
+    res = decoupled.train(run_dir=run, resume=True, overrides=["runner.total_env_frames=4800"])
+    assert res["status"] == "finished"
