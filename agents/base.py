@@ -123,8 +123,10 @@ class AgentDef:
     # so that a gradient clip means the same (summed-loss units, the IMPALA paper's 40) under either reduction.
     # None: 1 (a loss with no reduction setting).
     loss_sum_factor: Callable[[Any, dict[str, Any]], float] | None = None
-    # init_net(cfg, net, load) -> a JSON-able record: at the start of a new run (not on resume: the checkpoint holds
-    # the whole net), fill parameters from other runs, e.g. a progressive net's earlier columns. `load(path)` reads a
-    # run dir or checkpoint dir -> (its config, its checkpoint state, the checkpoint path). Raise AgentSetupError.
-    init_net: Callable[[Any, torch.nn.Module, Callable[[str], tuple[Any, dict, str]]], dict] | None = None
+    # init_net(cfg, net, load, resume) -> a JSON-able record: fill a net from other runs, called for every copy the
+    # runner builds (the learner's and each actor's) before training, `resume` True when the run continues from its
+    # checkpoint (which then loads over it). E.g. a progressive net's earlier columns (new runs only: its checkpoints
+    # hold them), a distillation student's teachers (every time: checkpoints leave them out). `load(path)` reads a run
+    # dir or checkpoint dir -> (its config, its checkpoint state, the checkpoint path). Raise AgentSetupError.
+    init_net: Callable[[Any, torch.nn.Module, Callable[[str], tuple[Any, dict, str]], bool], dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

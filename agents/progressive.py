@@ -395,13 +395,16 @@ def _describe(cfg: Any) -> str:
 
 
 def init_from_sources(
-    cfg: ProgressiveConfig, net: ProgressiveNet, load: Callable[[str], tuple[Any, dict, str]]
+    cfg: ProgressiveConfig, net: ProgressiveNet, load: Callable[[str], tuple[Any, dict, str]], resume: bool = False
 ) -> dict:
-    """Load the earlier columns (and, for the finetuning baselines, the one source column) from their runs.
+    """Load the earlier columns (and, for the finetuning baselines, the one source column) from their runs; nothing on
+    a resume (the run's checkpoints hold every column, so a resumed or evaluated run needs no source run).
 
     `load(path) -> (run config, checkpoint state, checkpoint path)` reads a run dir or a checkpoint dir. Raises
     `AgentSetupError` naming the column and the reason when a column cannot be used. Returns what was loaded, per
     column: its checkpoint path (or 'random')."""
+    if resume:
+        return {}
     want = cfg.architecture()
     loaded: list[str] = []
     for j, path in enumerate(cfg.columns):

@@ -259,10 +259,18 @@ def _train_with_env(
     (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
     dump_config(cfg, run_dir / "config.yaml")
 
-    net = agent.make_net(env.spec, cfg.agent).to(device)
-    if agent.init_net is not None and restored is None:  # e.g. earlier columns from their runs (not on resume)
-        record = agent.init_net(cfg.agent, net, lambda path: load_run_checkpoint(Path(path)))
-        (run_dir / "init_sources.json").write_text(json.dumps(record, indent=2, default=str))
+    def build_net() -> torch.nn.Module:
+        """The agent's net, filled from other runs where the agent takes any (`AgentDef.init_net`)."""
+        built = agent.make_net(env.spec, cfg.agent).to(device)
+        if agent.init_net is not None:
+            built.init_record = agent.init_net(
+                cfg.agent, built, lambda path: load_run_checkpoint(Path(path)), restored is not None
+            )
+        return built
+
+    net = build_net()
+    if getattr(net, "init_record", None):  # what the net was filled from (e.g. the checkpoints of earlier columns)
+        (run_dir / "init_sources.json").write_text(json.dumps(net.init_record, indent=2, default=str))
     replay = agent.make_replay(cfg.agent, env.spec, net, r.unroll_length, r.seed) if agent.make_replay else None
     learner = make_learner(cfg, agent, net, device, replay)
     overlap = agent.overlap(cfg.agent)  # leading transitions repeated from the previous rollout (Actor)
@@ -272,7 +280,7 @@ def _train_with_env(
     else:
         actors = []
         for envs in actor_envs:
-            actor_net = agent.make_net(env.spec, cfg.agent).to(device)
+            actor_net = build_net()
             actor_net.requires_grad_(False)
             actors.append(Actor(envs, actor_net, r.unroll_length, device, overlap))
         source = AsyncRollouts(actors, lambda i, seed: make_envs(seed), seeds, r.queue_size, r.max_env_restarts)
