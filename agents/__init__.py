@@ -1,8 +1,8 @@
 """Agents: the maths (nets and losses). `get_agent(name)` returns an agent's `AgentDef`.
 
-Agents are found in a registry: the built-in ones (`impala`, `unreal`, `feudal`, `progressive`), those added with
-`register_agent`, and those that installed packages declare under the entry-point group `decoupled.agents`
-(docs/extending.md).
+Agents are found in a registry: the built-in ones (`impala`, `unreal`, `feudal`, `progressive`, `distill`), those
+added with `register_agent`, and those that installed packages declare under the entry-point group
+`decoupled.agents` (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _BUILTIN_MODULES = {
     "unreal": "decoupled.agents.unreal",
     "feudal": "decoupled.agents.feudal",
     "progressive": "decoupled.agents.progressive",
+    "distill": "decoupled.agents.distill",
 }
 _REGISTRY: EntryPointRegistry[AgentDef] = EntryPointRegistry("decoupled.agents", AgentDef, "agent")
 

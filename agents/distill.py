@@ -1,0 +1,453 @@
+"""Policy distillation: a student learns from a teacher, in every variant of Distilling Policy Distillation
+(Czarnecki et al. 2019, arXiv:1902.02186), with Sobolev (input-Jacobian) matching (Czarnecki et al. 2017,
+arXiv:1706.04859).
+
+The student has the IMPALA agent's architecture (agents/impala.py: any torso and core, sized by `agent.torso`,
+`agent.hidden_sizes`, ...). The teacher is a trained run of this platform (`agent.teachers: [RUN_DIR]`, a run dir or a
+checkpoint dir of any agent), loaded when the run starts and again when it resumes, frozen (no gradient, eval mode,
+out of the optimiser), and left out of checkpoints: they keep a digest of its parameters instead, and a resumed run
+whose teacher has changed stops with a message. The teacher must play the student's env: the same observation shape
+and type and the same actions (checked against the teacher's own env; refused with the reason otherwise).
+
+DPD's unified update (Sec. 3 of the paper): a control policy q acts, a per-state loss l matches the student to the
+teacher on every visited state, and a pseudo-reward r^ (optionally plus the env reward, "+R") drives a REINFORCE
+term with the student's critic as baseline (V-trace, which also corrects for q != pi_theta):
+
+    update = E_q [ sum_t grad l(tau_t) - grad log pi_theta(a_t|tau_t) (R^_t - V(tau_t)) ]
+
+`agent.variant` names the paper's rows (Table 1), each a (control, per-state loss, pseudo-reward):
+
+    teacher_distill               teacher  H(pi_T || pi_theta)                  0
+    on_policy_distill             student  H(pi_T || pi_theta)                  0
+    entropy_regularised           student  0                                    log pi_T(a_t | x_t)
+    n_distill                     student  H(pi_T || pi_theta)                  -H(pi_T || pi_theta) at x_{t+1}
+    expected_entropy_regularised  student  H(pi_theta || pi_T)                  E_{a ~ pi_theta} log pi_T(a | x_{t+1})
+    teacher_v_reward              student  0                                    r_t + gamma V_T(x_{t+1}) - V_T(x_t)
+    value_gated                   student  H(pi_T || pi_theta) 1[V_T > V_theta] 0
+
+with H(p || q) = -sum_a p(a) log q(a). `agent.control` overrides the variant's control policy (`mixture`: the teacher
+acts with probability `agent.teacher_action_prob` at each step, i.e. q = p pi_T + (1 - p) pi_theta), and
+`agent.plus_reward` adds the env reward to the pseudo-reward (the paper's "+R"). Expected entropy regularised takes
+the expectation over the next action in closed form (the same expected update as sampling it, lower variance).
+The teacher's probabilities are floored at `agent.teacher_prob_floor` inside every log (a near-deterministic
+teacher's log pi would be -inf). With neither a pseudo-reward nor +R, no REINFORCE term is formed; the critic then
+learns the env return (V-trace), which value gating compares with the teacher's.
+
+Sobolev training (`agent.sobolev_cost` > 0): the per-state loss gains the squared distance between the student's and
+the teacher's input-Jacobians of log pi (`agent.sobolev_target`: `log_pi`, `centred_logits` or `value`), each
+projected on one random unit vector u per state over the outputs, ||J_theta^T u - J_T^T u||^2: one vector-Jacobian
+product per net, with `create_graph` for the student. Gradients are taken with respect to the net's input units (the
+observation times its `obs_scale`), on `agent.sobolev_states` states of each batch; feed-forward students and
+teachers only (a recurrent net's Jacobian involves its state).
+
+Evaluation (`decoupled eval`, evaluation during training) plays the student: in eval mode the net's policy is the
+student's, in training mode the control policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.nn import functional as F
+
+from decoupled.agents.base import AgentDef, AgentSetupError, LearnerHook, module_learner_hooks
+from decoupled.agents.impala import ImpalaConfig, ImpalaNet, vtrace_inputs
+from decoupled.agents.nets.cores import CoreState
+from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
+from decoupled.agents.ops.vtrace import vtrace_from_logits
+from decoupled.envs.base import EnvSpec
+
+# variant -> (control policy, per-state loss, pseudo-reward); the rows of Table 1 of the paper
+VARIANTS: dict[str, tuple[str, str, str]] = {
+    "teacher_distill": ("teacher", "cross_entropy", "none"),
+    "on_policy_distill": ("student", "cross_entropy", "none"),
+    "entropy_regularised": ("student", "none", "teacher_log_prob"),
+    "n_distill": ("student", "cross_entropy", "next_neg_cross_entropy"),
+    "expected_entropy_regularised": ("student", "reverse_cross_entropy", "next_teacher_log_prob"),
+    "teacher_v_reward": ("student", "none", "teacher_v_shaping"),
+    "value_gated": ("student", "value_gated_cross_entropy", "none"),
+}
+
+
+class DistillConfig(ImpalaConfig):
+    """The student's architecture and optimisation are IMPALA's; the rest says how it learns from its teacher."""
+
+    name: Literal["distill"] = "distill"  # type: ignore[assignment]
+    entropy_cost: float = Field(0.0, ge=0.0, description="entropy bonus of the student's REINFORCE term")
+    teachers: tuple[str, ...] = Field(
+        min_length=1, max_length=1, description="the teacher: a run dir or checkpoint dir of this platform"
+    )
+    variant: Literal[tuple(VARIANTS)] = Field(  # type: ignore[valid-type]
+        "on_policy_distill", description="a row of Distilling Policy Distillation's Table 1 (agents/distill.py)"
+    )
+    control: Literal["teacher", "student", "mixture"] | None = Field(
+        None, description="who acts; null: the variant's (teacher for teacher_distill, the student otherwise)"
+    )
+    teacher_action_prob: float = Field(0.5, ge=0.0, le=1.0, description="control: mixture's share of teacher actions")
+    plus_reward: bool = Field(False, description="add the env reward to the pseudo-reward (the paper's '+R' rows)")
+    distill_cost: float = Field(1.0, ge=0.0, description="weight of the per-state loss")
+    teacher_prob_floor: float = Field(1e-4, gt=0.0, lt=1.0, description="floor of pi_T inside every log")
+    sobolev_cost: float = Field(0.0, ge=0.0, description="weight of the Sobolev (input-Jacobian) term; 0: off")
+    sobolev_target: Literal["log_pi", "centred_logits", "value"] = Field(
+        "log_pi", description="whose input-Jacobian is matched (raw logits are defined up to a per-state constant)"
+    )
+    sobolev_states: int = Field(64, ge=1, description="states of each batch the Sobolev term is taken on")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DistillConfig:
+        if self.replay_ratio > 0:
+            raise ValueError("agent.replay_ratio: the distill agent learns from the control policy's rollouts only")
+        if self.plus_reward and self.variant == "teacher_v_reward":
+            raise ValueError("agent.plus_reward: teacher_v_reward's pseudo-reward already holds the env reward")
+        if self.sobolev_cost > 0 and self.core != "none":
+            raise ValueError("agent.sobolev_cost > 0 needs a feed-forward student (agent.core: none)")
+        return self
+
+    @property
+    def pieces(self) -> tuple[str, str, str]:
+        """(control, per-state loss, pseudo-reward) of this config."""
+        control, state_loss, pseudo = VARIANTS[self.variant]
+        return self.control or control, state_loss, pseudo
+
+    @property
+    def reinforce(self) -> bool:
+        """Whether a REINFORCE term is formed (a pseudo-reward, or the env reward through +R)."""
+        return self.pieces[2] != "none" or self.plus_reward
+
+
+class DistillNet(nn.Module):
+    """The student (an IMPALA net) and the frozen teacher, kept outside the module tree (not in `parameters()`,
+    `state_dict()` or `modules()`): `init_net` loads it. Outputs: `policy_logits` (the control policy in training
+    mode, the student's in eval mode), `baseline` (the student's critic), `student_logits`, and with a teacher
+    loaded `teacher_logits` and `teacher_baseline`."""
+
+    def __init__(self, spec: EnvSpec, cfg: DistillConfig):
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        self.student = ImpalaNet(spec, cfg)
+        self.teachers: list[nn.Module] = []  # a plain list: no parameters, state or mode of the student's
+        self.teacher_sources: list[dict[str, Any]] = []
+        # sha256 of the teacher's parameters, saved in checkpoints: a resume checks that the teacher is the same
+        self.register_buffer("teacher_digest", torch.zeros(32, dtype=torch.uint8))
+
+    def set_teacher(self, teacher: nn.Module, source: dict[str, Any]) -> None:
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.teachers = [teacher]
+        self.teacher_sources = [source]
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
+        state = tuple(self.student.initial_state(batch_size, device))
+        for t in self.teachers:
+            state += tuple(t.initial_state(batch_size, device))
+        return state
+
+    def forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> tuple[dict[str, torch.Tensor], CoreState]:
+        n = len(self.student.initial_state(1))
+        s_out, s_state = self.student(inputs, tuple(state[:n]))
+        out = {"student_logits": s_out["policy_logits"], "baseline": s_out["baseline"]}
+        new_state = tuple(s_state)
+        if self.teachers:
+            with torch.no_grad():
+                t_out, t_state = self.teachers[0](inputs, tuple(state[n:]))
+            out["teacher_logits"], out["teacher_baseline"] = t_out["policy_logits"], t_out["baseline"]
+            new_state += tuple(t_state)
+        elif self.training:
+            raise RuntimeError("the distill net trains with its teacher: load it first (AgentDef.init_net)")
+        out["policy_logits"] = self._control(out) if self.training else out["student_logits"]
+        return out, new_state
+
+    def _control(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        control = self.cfg.pieces[0]
+        if control == "teacher":
+            return out["teacher_logits"]
+        if control == "student":
+            return out["student_logits"].detach()
+        p = self.cfg.teacher_action_prob  # q = p pi_T + (1 - p) pi_theta, as logits (log-probabilities)
+        mix = p * F.softmax(out["teacher_logits"], -1) + (1 - p) * F.softmax(out["student_logits"].detach(), -1)
+        return mix.clamp_min(1e-30).log()
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        saved = bytes(self.teacher_digest.tolist())
+        if self.teacher_sources and any(saved) and saved.hex() != self.teacher_sources[0]["params_sha256"]:
+            src = self.teacher_sources[0]
+            raise AgentSetupError(
+                f"agent.teachers[0] = {src['path']}: its parameters (sha256 {src['params_sha256'][:12]}..., from "
+                f"{src['checkpoint']}) are not the ones this run was trained with ({saved.hex()[:12]}...): restore "
+                "that teacher, or start a new run"
+            )
+        return result
+
+
+def make_net(spec: EnvSpec, cfg: DistillConfig) -> DistillNet:
+    return DistillNet(spec, cfg)
+
+
+# ----------------------------------------------------------------------------------------------- teachers
+def params_sha256(net: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_spec(teacher_cfg: Any) -> EnvSpec:
+    """The spec of the env the teacher was trained on (one copy built in evaluation form, then closed)."""
+    from decoupled.envs import make_vec_env
+
+    env = make_vec_env(
+        teacher_cfg.env.backend, teacher_cfg.env.id, 1, 0, mode="eval", options=teacher_cfg.env.options()
+    )
+    try:
+        return env.spec
+    finally:
+        env.close()
+
+
+def check_teacher_env(where: str, student: EnvSpec, teacher: EnvSpec) -> None:
+    """Refuse a teacher whose env the student's cannot stand in for: observation shape, type and scale (frame stack,
+    size, colour), the number and meaning of the actions."""
+    problems = []
+    if tuple(student.obs_shape) != tuple(teacher.obs_shape):
+        problems.append(f"observations {tuple(teacher.obs_shape)} vs the student's {tuple(student.obs_shape)}")
+    if student.obs_dtype != teacher.obs_dtype:
+        problems.append(f"observation type {teacher.obs_dtype} vs the student's {student.obs_dtype}")
+    s_scale, t_scale = student.extra.get("obs_scale", 1.0), teacher.extra.get("obs_scale", 1.0)
+    if s_scale != t_scale:
+        problems.append(f"observation scale {t_scale} vs the student's {s_scale}")
+    if student.num_actions != teacher.num_actions:
+        problems.append(f"{teacher.num_actions} actions vs the student's {student.num_actions}")
+    s_meaning, t_meaning = student.extra.get("action_meanings"), teacher.extra.get("action_meanings")
+    if s_meaning is not None and t_meaning is not None and list(s_meaning) != list(t_meaning):
+        problems.append(f"actions {list(t_meaning)} vs the student's {list(s_meaning)}")
+    if problems:
+        raise AgentSetupError(
+            f"{where}: the teacher's env ({teacher.name}) does not match the student's ({student.name}): "
+            + "; ".join(problems)
+        )
+
+
+def load_teachers(
+    cfg: DistillConfig, net: DistillNet, load: Callable[[str], tuple[Any, dict, str]], resume: bool = False
+) -> dict[str, Any]:
+    """Load, check and freeze the teacher (new runs and resumes alike); a resumed run's checkpoint then checks its
+    digest (`DistillNet.load_state_dict`)."""
+    from decoupled.agents import get_agent
+
+    path = cfg.teachers[0]
+    where = f"agent.teachers[0] = {path}"
+    try:
+        t_cfg, state, ckpt = load(path)
+    except Exception as e:  # missing, corrupt: the loader's reason, with the teacher named
+        raise AgentSetupError(f"{where}: cannot load it: {e}") from e
+    try:
+        spec = teacher_spec(t_cfg)
+    except Exception as e:
+        raise AgentSetupError(f"{where}: cannot build the env it was trained on ({t_cfg.env.backend}): {e}") from e
+    check_teacher_env(where, net.spec, spec)
+    agent = get_agent(t_cfg.agent_name)
+    teacher = agent.make_net(spec, t_cfg.agent)
+    if agent.init_net is not None:  # its checkpoint holds what it needs (e.g. a progressive net's columns)
+        agent.init_net(t_cfg.agent, teacher, load, True)
+    try:
+        teacher.load_state_dict(state["net"])
+    except (RuntimeError, AgentSetupError) as e:
+        raise AgentSetupError(f"{where}: its checkpoint does not fit its own net: {e}") from e
+    if cfg.sobolev_cost > 0 and getattr(t_cfg.agent, "core", "none") != "none":
+        raise AgentSetupError(f"{where}: agent.sobolev_cost > 0 needs a feed-forward teacher (its core is recurrent)")
+    digest = params_sha256(teacher)
+    device = next(net.parameters()).device
+    source = {"path": path, "checkpoint": ckpt, "agent": t_cfg.agent_name, "params_sha256": digest}
+    net.set_teacher(teacher.to(device), source)
+    if not resume:
+        net.teacher_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
+    return {"teachers": [source]}
+
+
+# ----------------------------------------------------------------------------------------------- loss
+def _log_probs(logits: torch.Tensor, floor: float | None = None) -> torch.Tensor:
+    if floor is None:
+        return F.log_softmax(logits, -1)
+    return F.softmax(logits, -1).clamp_min(floor).log()
+
+
+def distill_loss(
+    cfg: DistillConfig, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DPD's update on a [T+1, B] batch: the per-state loss on states 0..T-1 and, with a pseudo-reward or +R, the
+    student's V-trace policy gradient and critic on r^ (+ r)."""
+    _, state_loss, pseudo = cfg.pieces
+    floor = cfg.teacher_prob_floor
+    s_logits_all = outputs["student_logits"]
+    t_logits_all = outputs["teacher_logits"].detach()
+    s_logits, t_logits = s_logits_all[:-1], t_logits_all[:-1]
+    log_s, log_t = F.log_softmax(s_logits, -1), _log_probs(t_logits, floor)
+    p_s, p_t = log_s.exp(), F.softmax(t_logits, -1)
+    T, B = s_logits.shape[:2]
+    scale = float(T * B) if cfg.loss_reduction == "sum" else 1.0
+    values = outputs["baseline"][:-1]
+    ce = -(p_t * log_s).sum(-1)  # H(pi_T || pi_theta) per state
+    metrics: dict[str, torch.Tensor] = {
+        "distill/cross_entropy": ce.detach().mean(),
+        "distill/kl": (ce.detach() + (p_t * log_t).sum(-1)).mean(),  # KL(pi_T || pi_theta)
+        "distill/agreement": (s_logits.detach().argmax(-1) == t_logits.argmax(-1)).float().mean(),
+        "distill/student_entropy": -(p_s.detach() * log_s.detach()).sum(-1).mean(),
+    }
+    if state_loss == "cross_entropy":
+        per_state = ce
+    elif state_loss == "reverse_cross_entropy":  # H(pi_theta || pi_T): the gradient flows through pi_theta
+        per_state = -(p_s * log_t).sum(-1)
+    elif state_loss == "value_gated_cross_entropy":
+        gate = (outputs["teacher_baseline"][:-1].detach() > values.detach()).float()
+        per_state = ce * gate
+        metrics["distill/gate_open"] = gate.mean()
+    else:
+        per_state = torch.zeros_like(ce)
+    loss = cfg.distill_cost * per_state.mean() * scale
+    metrics["distill/state_loss"] = per_state.detach().mean()
+
+    inputs = vtrace_inputs(cfg, batch, outputs["baseline"])
+    actions = batch["action"][1:]
+    if cfg.reinforce:
+        rewards = pseudo_rewards(cfg, pseudo, batch, outputs, inputs)
+        metrics["distill/pseudo_reward"] = rewards.mean()
+        if cfg.plus_reward:
+            rewards = rewards + inputs["rewards"]
+        inputs = {**inputs, "rewards": rewards}
+    vt = vtrace_from_logits(
+        behaviour_logits=batch["behaviour_logits"][1:],
+        target_logits=s_logits.detach(),
+        actions=actions,
+        values=values.detach(),
+        clip_rho_threshold=cfg.clip_rho_threshold,
+        clip_c_threshold=cfg.clip_c_threshold,
+        clip_pg_rho_threshold=cfg.clip_pg_rho_threshold,
+        **inputs,
+    )
+    # the critic: of the REINFORCE reward when there is one, else of the env return (what value gating compares)
+    bl = baseline_loss(vt.vs, values) * scale
+    loss = loss + cfg.baseline_cost * bl
+    metrics["loss/baseline"] = bl.detach()
+    if cfg.reinforce:
+        pg = policy_gradient_loss(s_logits, actions, vt.pg_advantages) * scale
+        ent = entropy_loss(s_logits) * scale
+        loss = loss + pg + cfg.entropy_cost * ent
+        metrics["loss/policy"] = pg.detach()
+    metrics["loss/total"] = loss.detach()
+    metrics["train/rho_mean"] = vt.log_rhos.exp().mean()
+    return loss, metrics
+
+
+def pseudo_rewards(
+    cfg: DistillConfig, pseudo: str, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor], inputs: dict
+) -> torch.Tensor:
+    """r^_t of transition t (x_t, a_t -> x_{t+1}) for t = 0..T-1, [T, B]; terms at x_{t+1} count only inside the
+    episode (0 where it ended at t+1)."""
+    floor = cfg.teacher_prob_floor
+    t_logits = outputs["teacher_logits"].detach()
+    s_logits = outputs["student_logits"].detach()
+    continues = inputs["continues"]
+    if pseudo == "none":
+        return torch.zeros_like(continues)
+    if pseudo == "teacher_log_prob":  # entropy regularised: log pi_T(a_t | x_t)
+        log_t = _log_probs(t_logits[:-1], floor)
+        return log_t.gather(-1, batch["action"][1:].long().unsqueeze(-1)).squeeze(-1)
+    if pseudo == "next_neg_cross_entropy":  # N-distill: -H(pi_T || pi_theta) at x_{t+1}
+        ce_next = (F.softmax(t_logits[1:], -1) * F.log_softmax(s_logits[1:], -1)).sum(-1)
+        return ce_next * continues
+    if pseudo == "next_teacher_log_prob":  # EER: E_{a ~ pi_theta(x_{t+1})} log pi_T(a | x_{t+1})
+        e_next = (F.softmax(s_logits[1:], -1) * _log_probs(t_logits[1:], floor)).sum(-1)
+        return e_next * continues
+    if pseudo == "teacher_v_shaping":  # r_t + gamma V_T(x_{t+1}) - V_T(x_t)
+        v_t = outputs["teacher_baseline"].detach()
+        return inputs["rewards"] + inputs["discounts"] * continues * v_t[1:] - v_t[:-1]
+    raise ValueError(f"unknown pseudo-reward {pseudo!r}")
+
+
+# ----------------------------------------------------------------------------------------------- Sobolev
+def sobolev_term(
+    student: nn.Module, teacher: nn.Module, obs: torch.Tensor, target: str, obs_scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """The mean over states of ||J_S^T u - J_T^T u||^2, J the Jacobian of `target` (log pi, centred logits or the
+    value) with respect to the input in the net's units (observation x obs_scale), u a random unit vector per state
+    over the outputs (for the value: 1). obs [N, *obs_shape] as stored; student and teacher are feed-forward nets of
+    the IMPALA interface."""
+    n = obs.shape[0]
+
+    def outputs(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros(1, n, device=x.device)
+        out, _ = net({"obs": x[None], "first": zeros.bool(), "prev_action": zeros.long(), "prev_reward": zeros}, ())
+        if target == "value":
+            return out["baseline"][0][:, None]
+        logits = out["policy_logits"][0]
+        return F.log_softmax(logits, -1) if target == "log_pi" else logits - logits.mean(-1, keepdim=True)
+
+    x = obs.detach() if obs.is_floating_point() else obs.detach().float()
+    x_s, x_t = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_s = outputs(student, x_s)
+    with torch.enable_grad():
+        out_t = outputs(teacher, x_t)
+    u = torch.randn(out_s.shape, generator=generator).to(out_s.device, out_s.dtype)
+    u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    (g_s,) = torch.autograd.grad((out_s * u).sum(), x_s, create_graph=True)
+    (g_t,) = torch.autograd.grad((out_t * u).sum(), x_t)
+    diff = (g_s - g_t.detach()) / obs_scale  # d/d(x * scale) = (d/dx) / scale
+    return diff.pow(2).flatten(1).sum(1).mean()
+
+
+class SobolevHook(LearnerHook):
+    """Adds `agent.sobolev_cost` x the Sobolev term (`sobolev_term`) on `agent.sobolev_states` states of each batch."""
+
+    name = "sobolev"
+
+    def __init__(self, cfg: DistillConfig, net: DistillNet):
+        self.cfg, self.net = cfg, net
+        self.generator = torch.Generator().manual_seed(int(cfg.sobolev_states) * 7919)
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]):
+        obs = batch["obs"][:-1]
+        T, B = obs.shape[:2]
+        flat = obs.reshape(T * B, *obs.shape[2:])
+        k = min(self.cfg.sobolev_states, T * B)
+        idx = torch.randperm(T * B, generator=self.generator)[:k].to(flat.device)
+        scale = float(self.net.spec.extra.get("obs_scale", 1.0))
+        term = sobolev_term(
+            self.net.student, self.net.teachers[0], flat[idx], self.cfg.sobolev_target, scale, self.generator
+        )
+        reduction = float(T * B) if self.cfg.loss_reduction == "sum" else 1.0
+        return self.cfg.sobolev_cost * term * reduction, {"distill/sobolev": term.detach()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def learner_hooks(cfg: DistillConfig, net: DistillNet) -> list[LearnerHook]:
+    hooks = module_learner_hooks(cfg, net)  # the student's own (a dni_lstm core's); the teacher is not a submodule
+    if cfg.sobolev_cost > 0:
+        hooks.append(SobolevHook(cfg, net))
+    return hooks
+
+
+def loss_sum_factor(cfg: DistillConfig, batch: dict[str, Any]) -> float:
+    return 1.0 if cfg.loss_reduction == "sum" else float(batch["action"][1:].numel())
+
+
+AGENT = AgentDef(
+    name="distill",
+    config_class=DistillConfig,
+    make_net=make_net,
+    loss_fn=distill_loss,
+    learner_hooks=learner_hooks,
+    loss_sum_factor=loss_sum_factor,
+    init_net=load_teachers,
+)

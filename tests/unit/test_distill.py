@@ -1,0 +1,209 @@
+"""Policy distillation (agents/distill.py): a student equal to its teacher has zero loss; the Sobolev term against
+finite differences; each pseudo-reward against a slow per-transition reference; who acts in training and evaluation;
+teachers refused (missing, another env) and checked on resume; every variant trains, resumes and evaluates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+import decoupled
+from decoupled.agents.base import AgentSetupError
+from decoupled.agents.distill import VARIANTS, DistillConfig, DistillNet, distill_loss, pseudo_rewards, sobolev_term
+from decoupled.agents.impala import ImpalaConfig, ImpalaNet, vtrace_inputs
+from decoupled.envs.base import EnvSpec
+
+SPEC = EnvSpec("grid", (2, 5, 4), np.dtype(np.uint8), 3, 1, {"obs_scale": 1.0})
+SMALL = {"runner": {"total_env_frames": 3200, "checkpoint_every_env_frames": 1600, "mode": "serial"},
+         "wandb": {"mode": "disabled"}}  # fmt: skip
+
+
+def _student(**kw) -> DistillNet:
+    return DistillNet(SPEC, DistillConfig(teachers=("t",), torso="mlp", hidden_sizes=(16,), **kw))
+
+
+def _batch(T: int = 4, B: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    done = torch.zeros(T + 1, B, dtype=torch.bool)
+    done[2, 1] = True  # an episode ends into slot 2 of column 1
+    return {
+        "obs": torch.randint(0, 2, (T + 1, B, *SPEC.obs_shape), generator=g).to(torch.uint8),
+        "action": torch.randint(0, 3, (T + 1, B), generator=g),
+        "reward": torch.randn(T + 1, B, generator=g),
+        "terminated": done,
+        "truncated": torch.zeros(T + 1, B, dtype=torch.bool),
+        "first": done.clone(),
+        "behaviour_logits": torch.randn(T + 1, B, 3, generator=g),
+        "truncation_value": torch.zeros(T + 1, B),
+    }
+
+
+def _outputs(net: DistillNet, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    inputs = {
+        "obs": batch["obs"],
+        "first": batch["first"],
+        "prev_action": batch["action"],
+        "prev_reward": batch["reward"],
+    }
+    out, _ = net(inputs, net.initial_state(batch["obs"].shape[1]))
+    return out
+
+
+def test_a_student_equal_to_its_teacher_has_zero_kl_full_agreement_and_zero_sobolev():
+    net = _student(sobolev_cost=1.0)
+    twin = ImpalaNet(SPEC, ImpalaConfig(torso="mlp", hidden_sizes=(16,)))
+    twin.load_state_dict(net.student.state_dict())
+    net.set_teacher(twin, {"path": "t", "checkpoint": "t", "params_sha256": "0" * 64})
+    net.train()
+    batch = _batch()
+    out = _outputs(net, batch)
+    for variant in ("teacher_distill", "on_policy_distill", "value_gated"):
+        _, m = distill_loss(net.cfg.model_copy(update={"variant": variant}), batch, out)
+        assert float(m["distill/kl"]) == pytest.approx(0.0, abs=1e-6)
+        assert float(m["distill/agreement"]) == 1.0
+    obs = batch["obs"].reshape(-1, *SPEC.obs_shape)
+    term = sobolev_term(net.student, twin, obs, "log_pi", 1.0, torch.Generator().manual_seed(0))
+    assert float(term.detach()) == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("target", ["log_pi", "centred_logits", "value"])
+def test_the_sobolev_term_matches_finite_differences(target):
+    torch.manual_seed(0)
+    cfg = ImpalaConfig(torso="mlp", hidden_sizes=(8,))
+    spec = EnvSpec("v", (1, 1, 3), np.dtype(np.float32), 3, 1, {"obs_scale": 0.5})
+    student, teacher = ImpalaNet(spec, cfg), ImpalaNet(spec, cfg)  # float32: the torsos compute in float
+    obs = torch.randn(5, 1, 1, 3)
+
+    def f(net, x):  # the target's outputs for one observation x [1, 1, 3]
+        z = torch.zeros(1, 1)
+        out, _ = net({"obs": x[None], "first": z.bool(), "prev_action": z.long(), "prev_reward": z}, ())
+        if target == "value":
+            return out["baseline"][0]
+        logits = out["policy_logits"][0, 0]
+        return F.log_softmax(logits, -1) if target == "log_pi" else logits - logits.mean()
+
+    gen_state = torch.Generator().manual_seed(3).get_state()
+    got = sobolev_term(student, teacher, obs, target, 0.5, torch.Generator().set_state(gen_state))
+    # the same projections u, then J^T u by central differences on the input in the net's units (x * 0.5)
+    k = 1 if target == "value" else 3
+    u = torch.randn((5, k), generator=torch.Generator().set_state(gen_state))
+    u = u / u.norm(dim=1, keepdim=True)
+    eps, total = 1e-3, 0.0
+    for n in range(5):
+        diffs = []
+        for j in range(3):
+            d = torch.zeros(1, 1, 3)
+            d[0, 0, j] = eps / 0.5  # a step of eps in input units is eps / scale in stored units
+            js = (f(student, obs[n : n + 1] + d) - f(student, obs[n : n + 1] - d)) / (2 * eps)
+            jt = (f(teacher, obs[n : n + 1] + d) - f(teacher, obs[n : n + 1] - d)) / (2 * eps)
+            diffs.append(float(((js - jt).reshape(-1) * u[n].to(js.dtype)).sum()))
+        total += sum(x * x for x in diffs)
+    assert float(got) == pytest.approx(total / 5, rel=1e-2)
+
+
+def test_each_pseudo_reward_against_a_slow_reference():
+    net = _student()
+    teacher = ImpalaNet(SPEC, ImpalaConfig(torso="mlp", hidden_sizes=(16,)))
+    net.set_teacher(teacher, {"path": "t", "checkpoint": "t", "params_sha256": "0" * 64})
+    net.train()
+    batch = _batch()
+    out = _outputs(net, batch)
+    T, B = batch["action"].shape[0] - 1, batch["action"].shape[1]
+    floor, gamma = 1e-4, net.cfg.discount
+    for variant, (_, _, pseudo) in VARIANTS.items():
+        cfg = net.cfg.model_copy(update={"variant": variant})
+        got = pseudo_rewards(cfg, pseudo, batch, out, vtrace_inputs(cfg, batch, out["baseline"]))
+        for t in range(T):
+            for b in range(B):
+                p_t = F.softmax(out["teacher_logits"][t, b], -1).clamp_min(floor)
+                p_next_t = F.softmax(out["teacher_logits"][t + 1, b], -1)
+                p_next_s = F.softmax(out["student_logits"][t + 1, b], -1)
+                inside = not bool(batch["terminated"][t + 1, b])
+                a = int(batch["action"][t + 1, b])
+                if pseudo == "none":
+                    want = 0.0
+                elif pseudo == "teacher_log_prob":
+                    want = math.log(float(p_t[a]))
+                elif pseudo == "next_neg_cross_entropy":
+                    want = float((p_next_t * p_next_s.log()).sum()) if inside else 0.0
+                elif pseudo == "next_teacher_log_prob":
+                    want = float((p_next_s * p_next_t.clamp_min(floor).log()).sum()) if inside else 0.0
+                else:  # teacher V shaping
+                    v = out["teacher_baseline"]
+                    want = float(batch["reward"][t + 1, b] + gamma * inside * v[t + 1, b] - v[t, b])
+                assert float(got[t, b]) == pytest.approx(want, abs=1e-5), (variant, t, b)
+
+
+def test_the_control_policy_acts_in_training_and_the_student_in_evaluation():
+    batch = _batch()
+    for control, p in (("teacher", None), ("student", None), ("mixture", 0.25)):
+        net = _student(control=control, **({"teacher_action_prob": p} if p is not None else {}))
+        net.set_teacher(ImpalaNet(SPEC, ImpalaConfig(torso="mlp", hidden_sizes=(16,))), {"path": "t"})
+        net.train()
+        out = _outputs(net, batch)
+        want = {
+            "teacher": out["teacher_logits"],
+            "student": out["student_logits"],
+            "mixture": (
+                0.25 * F.softmax(out["teacher_logits"], -1) + 0.75 * F.softmax(out["student_logits"], -1)
+            ).log(),
+        }[control]
+        torch.testing.assert_close(F.log_softmax(out["policy_logits"], -1), F.log_softmax(want, -1))
+        net.eval()
+        torch.testing.assert_close(_outputs(net, batch)["policy_logits"], out["student_logits"])
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("distill") / "teacher"
+    decoupled.train("impala/catch", run_dir=run, **SMALL)
+    return run
+
+
+def _distill(run: Path, teacher: str, **agent) -> dict:
+    return decoupled.train("impala/catch", run_dir=run, agent={"name": "distill", "teachers": [teacher],
+                           "hidden_sizes": [32], **agent}, **SMALL)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_trains_checkpoints_resumes_and_evaluates(variant, teacher: Path, tmp_path: Path):
+    run = tmp_path / variant
+    extra = {"sobolev_cost": 0.1} if variant == "on_policy_distill" else {}
+    assert _distill(run, str(teacher), variant=variant, **extra)["status"] == "finished"
+    keys = {k for line in (run / "metrics.jsonl").read_text().splitlines() for k in json.loads(line)}
+    assert {"distill/kl", "distill/agreement", "distill/state_loss"} <= keys
+    assert ("distill/sobolev" in keys) == bool(extra)
+    record = json.loads((run / "init_sources.json").read_text())["teachers"][0]
+    assert record["agent"] == "impala" and len(record["params_sha256"]) == 64
+    assert decoupled.train(run_dir=run, resume=True, overrides=["runner.total_env_frames=4800"])["status"] == "finished"
+    assert len(decoupled.evaluate(run, episodes=2)["episode_scores"]) == 2  # the student alone, no teacher needed
+
+
+def test_teachers_that_cannot_teach_are_refused_before_training(teacher: Path, tmp_path: Path, capsys):
+    from decoupled.runners.cli import main
+
+    rc = main(["train", "impala/catch", "agent.name=distill", "agent.teachers=[runs/none_here]", "wandb.mode=disabled",
+               "--run-dir", str(tmp_path / "a")])  # fmt: skip
+    assert rc == 2 and "agent.teachers[0] = runs/none_here: cannot load it" in capsys.readouterr().err
+    rc = main(["train", "impala/catch", "agent.name=distill", f"agent.teachers=[{teacher}]", "env.rows=12",
+               "wandb.mode=disabled", "--run-dir", str(tmp_path / "b")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "does not match the student's" in err and "(1, 12, 5)" in err
+
+
+def test_a_resume_whose_teacher_changed_stops_and_says_so(teacher: Path, tmp_path: Path):
+    import shutil
+
+    own = tmp_path / "teacher"
+    shutil.copytree(teacher, own)
+    run = tmp_path / "student"
+    _distill(run, str(own))
+    decoupled.train(run_dir=own, resume=True, overrides=["runner.total_env_frames=4800"])  # the teacher trains on
+    with pytest.raises(AgentSetupError, match="not the ones this run was trained with"):
+        decoupled.train(run_dir=run, resume=True, overrides=["runner.total_env_frames=4800"])
