@@ -4,10 +4,13 @@ arXiv:1706.04859).
 
 The student has the IMPALA agent's architecture (agents/impala.py: any torso and core, sized by `agent.torso`,
 `agent.hidden_sizes`, ...). The teacher is a trained run of this platform (`agent.teachers: [RUN_DIR]`, a run dir or a
-checkpoint dir of any agent), loaded when the run starts and again when it resumes, frozen (no gradient, eval mode,
-out of the optimiser), and left out of checkpoints: they keep a digest of its parameters instead, and a resumed run
-whose teacher has changed stops with a message. The teacher must play the student's env: the same observation shape
-and type and the same actions (checked against the teacher's own env; refused with the reason otherwise).
+checkpoint dir of any agent) or a Stable-Baselines3 model file (`.zip`: PPO and A2C through their action
+distributions, DQN through softmax(Q / `agent.teacher_temperature`), as policy distillation from DQN teachers did,
+Rusu et al. 2015, arXiv:1511.06295), loaded when the run starts and again when it resumes, frozen (no gradient,
+eval mode, out of the optimiser), and left out of checkpoints: they keep a digest of its parameters instead, and a
+resumed run whose teacher has changed stops with a message. The teacher must play the student's env: the same
+observation shape and type and the same actions (checked against the teacher's own env, or an SB3 model's spaces;
+refused with the reason otherwise).
 
 DPD's unified update (Sec. 3 of the paper): a control policy q acts, a per-state loss l matches the student to the
 teacher on every visited state, and a pseudo-reward r^ (optionally plus the env reward, "+R") drives a REINFORCE
@@ -80,7 +83,10 @@ class DistillConfig(ImpalaConfig):
     name: Literal["distill"] = "distill"  # type: ignore[assignment]
     entropy_cost: float = Field(0.0, ge=0.0, description="entropy bonus of the student's REINFORCE term")
     teachers: tuple[str, ...] = Field(
-        min_length=1, max_length=1, description="the teacher: a run dir or checkpoint dir of this platform"
+        min_length=1,
+        max_length=1,
+        description="the teacher: a run dir or checkpoint dir of this platform, or a Stable-Baselines3 model (.zip: "
+        "PPO, A2C, DQN)",
     )
     variant: Literal[tuple(VARIANTS)] = Field(  # type: ignore[valid-type]
         "on_policy_distill", description="a row of Distilling Policy Distillation's Table 1 (agents/distill.py)"
@@ -97,6 +103,9 @@ class DistillConfig(ImpalaConfig):
         "log_pi", description="whose input-Jacobian is matched (raw logits are defined up to a per-state constant)"
     )
     sobolev_states: int = Field(64, ge=1, description="states of each batch the Sobolev term is taken on")
+    teacher_temperature: float = Field(
+        0.01, gt=0.0, description="an SB3 DQN teacher's policy: softmax(Q / temperature) (Rusu et al. 2015: 0.01)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
@@ -234,6 +243,52 @@ def check_teacher_env(where: str, student: EnvSpec, teacher: EnvSpec) -> None:
         )
 
 
+class SB3Teacher(nn.Module):
+    """A Stable-Baselines3 model (.zip) behind the nets' interface: PPO and A2C through their action distribution
+    (logits) and value, DQN through softmax(Q / temperature) and max Q. Observations go in as stored by our env
+    ([N, C, H, W] uint8 or vectors); the policy applies its own preprocessing (SB3 scales images by 1/255)."""
+
+    def __init__(self, model: Any, kind: str, temperature: float):
+        super().__init__()
+        self.policy, self.kind, self.temperature = model.policy, kind, temperature
+        self.policy.set_training_mode(False)
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
+        return ()
+
+    def forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> tuple[dict[str, torch.Tensor], CoreState]:
+        obs = inputs["obs"]
+        T, B = obs.shape[:2]
+        flat = obs.reshape(T * B, *obs.shape[2:]).float()
+        if self.kind == "dqn":
+            q = self.policy.q_net(flat)
+            logits, value = q / self.temperature, q.max(-1).values
+        else:
+            logits = self.policy.get_distribution(flat).distribution.logits
+            value = self.policy.predict_values(flat).squeeze(-1)
+        return {"policy_logits": logits.reshape(T, B, -1), "baseline": value.reshape(T, B)}, state
+
+
+def load_sb3(path: str, temperature: float) -> tuple[SB3Teacher, tuple[int, ...], int, str]:
+    """(teacher, its observation shape, its action count, its algorithm) of an SB3 .zip (PPO, A2C or DQN)."""
+    from stable_baselines3 import A2C, DQN, PPO
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    data, _, _ = load_from_zip_file(path, device="cpu")
+    policy_class = str(data.get("policy_class", ""))
+    if "dqn" in policy_class.lower() or "QNetwork" in policy_class:
+        kind, cls = "dqn", DQN
+    elif "n_epochs" in data:
+        kind, cls = "ppo", PPO
+    else:
+        kind, cls = "a2c", A2C
+    model = cls.load(path, device="cpu")
+    space = model.action_space
+    if not hasattr(space, "n"):
+        raise ValueError(f"an SB3 {kind} model with a {type(space).__name__} action space (discrete actions only)")
+    return SB3Teacher(model, kind, temperature), tuple(model.observation_space.shape), int(space.n), kind
+
+
 def load_teachers(
     cfg: DistillConfig, net: DistillNet, load: Callable[[str], tuple[Any, dict, str]], resume: bool = False
 ) -> dict[str, Any]:
@@ -243,6 +298,8 @@ def load_teachers(
 
     path = cfg.teachers[0]
     where = f"agent.teachers[0] = {path}"
+    if str(path).endswith(".zip"):
+        return _load_sb3_teacher(cfg, net, path, where, resume)
     try:
         t_cfg, state, ckpt = load(path)
     except Exception as e:  # missing, corrupt: the loader's reason, with the teacher named
@@ -266,6 +323,32 @@ def load_teachers(
     device = next(net.parameters()).device
     source = {"path": path, "checkpoint": ckpt, "agent": t_cfg.agent_name, "params_sha256": digest}
     net.set_teacher(teacher.to(device), source)
+    if not resume:
+        net.teacher_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
+    return {"teachers": [source]}
+
+
+def _load_sb3_teacher(cfg: DistillConfig, net: DistillNet, path: str, where: str, resume: bool) -> dict[str, Any]:
+    try:
+        teacher, obs_shape, num_actions, kind = load_sb3(path, cfg.teacher_temperature)
+    except Exception as e:  # missing, corrupt, not an SB3 model
+        raise AgentSetupError(f"{where}: cannot load it as a Stable-Baselines3 model: {e}") from e
+    problems = []
+    if tuple(obs_shape) != tuple(net.spec.obs_shape):  # SB3 keeps images channels-first after VecTransposeImage
+        problems.append(f"observations {tuple(obs_shape)} vs the student's {tuple(net.spec.obs_shape)}")
+    if num_actions != net.spec.num_actions:
+        problems.append(f"{num_actions} actions vs the student's {net.spec.num_actions}")
+    if problems:
+        raise AgentSetupError(
+            f"{where}: the SB3 {kind} teacher does not fit the student's env ({net.spec.name}): "
+            + "; ".join(problems)
+            + " (frame stack, size, colour and the action set must be the env's own)"
+        )
+    if cfg.sobolev_cost > 0 and kind != "dqn" and getattr(teacher.policy, "lstm_actor", None) is not None:
+        raise AgentSetupError(f"{where}: agent.sobolev_cost > 0 needs a feed-forward teacher")
+    digest = params_sha256(teacher.policy)
+    source = {"path": path, "checkpoint": path, "agent": f"sb3_{kind}", "params_sha256": digest}
+    net.set_teacher(teacher, source)
     if not resume:
         net.teacher_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
     return {"teachers": [source]}

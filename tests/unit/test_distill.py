@@ -207,3 +207,60 @@ def test_a_resume_whose_teacher_changed_stops_and_says_so(teacher: Path, tmp_pat
     decoupled.train(run_dir=own, resume=True, overrides=["runner.total_env_frames=4800"])  # the teacher trains on
     with pytest.raises(AgentSetupError, match="not the ones this run was trained with"):
         decoupled.train(run_dir=run, resume=True, overrides=["runner.total_env_frames=4800"])
+
+
+@pytest.mark.parametrize("algo", ["PPO", "A2C", "DQN"])
+def test_sb3_teachers_load_and_act_as_sb3s_own_predict(algo, tmp_path: Path):
+    """An SB3 model on the student's env (Catch, through a gymnasium view of it) as a .zip: the teacher's greedy
+    actions are SB3's `predict(deterministic=True)`, and a student distils from it through the CLI."""
+    import gymnasium as gym
+    import stable_baselines3 as sb3
+
+    from decoupled.agents.distill import load_sb3
+
+    env_spec = decoupled.make_env("impala/catch").spec
+
+    class CatchView(gym.Env):
+        observation_space = gym.spaces.Box(0, 1, env_spec.obs_shape, np.uint8)
+        action_space = gym.spaces.Discrete(env_spec.num_actions)
+
+        def reset(self, *, seed=None, options=None):
+            return np.zeros(env_spec.obs_shape, np.uint8), {}
+
+        def step(self, action):
+            return np.zeros(env_spec.obs_shape, np.uint8), 0.0, True, False, {}
+
+    kw = {"learning_starts": 0} if algo == "DQN" else {}
+    model = getattr(sb3, algo)("MlpPolicy", CatchView(), policy_kwargs={"net_arch": [16]}, seed=0, device="cpu", **kw)
+    path = tmp_path / f"{algo.lower()}.zip"
+    model.save(path)
+    teacher, shape, n, kind = load_sb3(str(path), temperature=0.01)
+    assert shape == env_spec.obs_shape and n == env_spec.num_actions and kind == algo.lower()
+    obs = np.random.default_rng(0).integers(0, 2, (12, *env_spec.obs_shape)).astype(np.uint8)
+    want, _ = model.predict(obs, deterministic=True)
+    zeros = torch.zeros(1, 12)
+    out, _ = teacher({"obs": torch.as_tensor(obs)[None], "first": zeros.bool(), "prev_action": zeros.long(),
+                      "prev_reward": zeros}, ())  # fmt: skip
+    np.testing.assert_array_equal(out["policy_logits"][0].argmax(-1).numpy(), want)
+    run = tmp_path / "student"
+    assert _distill(run, str(path))["status"] == "finished"
+    assert json.loads((run / "init_sources.json").read_text())["teachers"][0]["agent"] == f"sb3_{algo.lower()}"
+
+
+def test_an_sb3_teacher_of_another_env_is_refused_with_the_shapes(tmp_path: Path):
+    import gymnasium as gym
+    import stable_baselines3 as sb3
+
+    from decoupled.agents.distill import load_teachers
+
+    class Other(gym.Env):
+        observation_space = gym.spaces.Box(0, 1, (4, 10, 10), np.uint8)
+        action_space = gym.spaces.Discrete(6)
+
+    path = tmp_path / "ppo.zip"
+    sb3.PPO("MlpPolicy", Other(), policy_kwargs={"net_arch": [8]}, device="cpu").save(path)
+    net = _student()
+    cfg = net.cfg.model_copy(update={"teachers": (str(path),)})
+    with pytest.raises(AgentSetupError) as e:
+        load_teachers(cfg, net, lambda p: None)
+    assert "(4, 10, 10)" in str(e.value) and "(2, 5, 4)" in str(e.value) and "6 actions" in str(e.value)
