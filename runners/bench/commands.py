@@ -12,6 +12,7 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench/learning.py)
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
     decoupled bench feudal --tasks minigrid_doorkey --seeds 3   # FeUdal Networks vs the LSTM baseline, goal ablation
+    decoupled bench sobolev --seeds 3             # Sobolev Training's regression functions: regular vs Sobolev
     decoupled bench transfer --targets hflip,white  # Progressive Nets vs baselines 1-4 on task variants (AUC ratios)
     decoupled bench feudal-oracle --seeds 3    # FuN's Worker follows an oracle Manager's goals (bench/feudal_checks.py)
     decoupled bench feudal-subgoals RUN        # where a trained FuN policy's sub-goals fall (key, door, goal; Fig. 2b)
@@ -473,6 +474,13 @@ def add_parser(sub: Any) -> None:
     fu = bsub.add_parser("feudal", help="FeUdal Networks vs the paper's LSTM baseline at equal frames, goal ablation")
     bench_learning.add_arguments(fu, "feudal")
     fu.set_defaults(func=lambda a: (bench_learning.bench_feudal(a), 0)[1])
+    sb = bsub.add_parser(
+        "sobolev", help="Sobolev Training's regression on 7 test functions: regular vs (stochastic) Sobolev"
+    )
+    from decoupled.runners.bench import sobolev as bench_sobolev
+
+    bench_sobolev.add_arguments(sb)
+    sb.set_defaults(func=lambda a: (bench_sobolev.bench_sobolev(a), 0)[1])
     tr = bsub.add_parser("transfer", help="Progressive Nets' transfer matrix: source column, baselines 1-4, seeds")
     bench_learning.add_arguments(tr, "transfer")
     tr.set_defaults(func=lambda a: (bench_learning.bench_transfer(a), 0)[1])
