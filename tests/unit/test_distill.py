@@ -264,3 +264,88 @@ def test_an_sb3_teacher_of_another_env_is_refused_with_the_shapes(tmp_path: Path
     with pytest.raises(AgentSetupError) as e:
         load_teachers(cfg, net, lambda p: None)
     assert "(4, 10, 10)" in str(e.value) and "(2, 5, 4)" in str(e.value) and "6 actions" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "variant", ["n_distill", "expected_entropy_regularised", "teacher_distill", "on_policy_distill"]
+)
+def test_the_proper_gradient_variants_update_along_the_gradient_of_their_objective(variant):
+    """Theorem 2 of Distilling Policy Distillation on a small deterministic MDP (4 states, 2 actions, horizon 3),
+    exactly, by enumerating every trajectory: the expected update of the agent's own loss (distill_loss, one whole
+    episode per batch column, on-policy, discount 1) is the gradient of J = E_{pi_theta}[sum_t l_t] for N-distill and
+    expected entropy regularised; on-policy distill's is not (it is no gradient field, Theorem 1). Teacher-driven
+    distillation is the gradient of E_{pi_T}[sum_t l_t] (supervised learning on the teacher's states)."""
+    import itertools
+
+    S, A, H = 4, 2, 3
+    spec = EnvSpec("mdp", (1, 1, S), np.dtype(np.uint8), A, 1, {"obs_scale": 1.0})
+    torch.manual_seed(1)
+    cfg = DistillConfig(teachers=("t",), torso="mlp", hidden_sizes=(8,), variant=variant, discount=1.0,
+                        baseline_cost=0.0, entropy_cost=0.0, loss_reduction="sum")  # fmt: skip
+    net = DistillNet(spec, cfg)
+    net.set_teacher(ImpalaNet(spec, ImpalaConfig(torso="mlp", hidden_sizes=(8,))), {"path": "t"})
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def onehot(s: int) -> torch.Tensor:
+        x = torch.zeros(1, 1, S, dtype=torch.uint8)
+        x[0, 0, s] = 1
+        return x
+
+    def step(s: int, a: int) -> int:
+        return (s + a + 1) % S
+
+    def run(actions: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """One whole episode as a [H+1, 1] batch: slots 0..H-1 its states, slot H the next episode's first state."""
+        states = [0]
+        for a in actions:
+            states.append(step(states[-1], a))
+        obs = torch.stack([onehot(s) for s in states[:-1]] + [onehot(0)])[:, None]
+        action = torch.tensor([0, *actions])[:, None]
+        done = torch.zeros(H + 1, 1, dtype=torch.bool)
+        done[H] = True
+        first = torch.cat([torch.ones(1, 1, dtype=torch.bool), done[1:]])
+        zeros = torch.zeros(H + 1, 1)
+        batch = {"obs": obs, "action": action, "reward": zeros, "terminated": done,
+                 "truncated": torch.zeros_like(done), "first": first, "truncation_value": zeros}  # fmt: skip
+        out = _outputs(net, {**batch, "behaviour_logits": torch.zeros(H + 1, 1, A)})
+        behaviour = torch.zeros(H + 1, 1, A)  # slot t+1: the logits that chose the action taken at obs_t
+        behaviour[1:] = out["policy_logits"][:-1].detach()
+        batch["behaviour_logits"] = behaviour
+        return batch
+
+    def logits(s: int, who: str) -> torch.Tensor:
+        out = _outputs(net, run((0,) * H) | {"obs": onehot(s)[None, None]})
+        return out["student_logits" if who == "student" else "teacher_logits"][0, 0]
+
+    def ell(s: int) -> torch.Tensor:  # the variant's per-state loss at s
+        log_s, p_t = F.log_softmax(logits(s, "student"), -1), F.softmax(logits(s, "teacher"), -1).detach()
+        if variant == "expected_entropy_regularised":
+            return -(log_s.exp() * p_t.clamp_min(cfg.teacher_prob_floor).log()).sum()
+        return -(p_t * log_s).sum()
+
+    # the expected update of the agent's loss, over every trajectory of the control policy
+    expected = [torch.zeros_like(p) for p in params]
+    objective = torch.zeros(())
+    control = "teacher" if variant == "teacher_distill" else "student"
+    for actions in itertools.product(range(A), repeat=H):
+        states, prob, prob_detached = [0], torch.ones(()), 1.0
+        for a in actions:
+            p = F.softmax(logits(states[-1], control), -1)[a]
+            prob, prob_detached = prob * p, prob_detached * float(p.detach())
+            states.append(step(states[-1], a))
+        batch = run(actions)
+        loss, _ = distill_loss(cfg, batch, _outputs(net, batch))
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for e, g in zip(expected, grads, strict=True):
+            if g is not None:
+                e += prob_detached * g
+        weight = prob if control == "student" else prob.detach()  # J's trajectory distribution
+        objective = objective + weight * sum(ell(s) for s in states[:-1])
+    true = torch.autograd.grad(objective, params, allow_unused=True)
+    err = sum(float((e - (t if t is not None else 0)).abs().max()) for e, t in zip(expected, true, strict=True))
+    size = sum(float((t if t is not None else torch.zeros(())).abs().max()) for t in true)
+    if variant == "on_policy_distill":
+        assert err > 1e-3 * size  # not the gradient of its objective
+    else:
+        assert err < 1e-4 * max(size, 1.0), (err, size)
