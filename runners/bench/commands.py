@@ -42,6 +42,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,6 +156,10 @@ TRAIN_VARIANTS: dict[str, list[str]] = {
 VARIANT_CONFIGS: dict[str, str] = {"unreal": "configs/unreal/breakout.yaml", "feudal": "configs/feudal/frostbite.yaml"}
 TRAIN_VARIANTS["unreal"] = []
 TRAIN_VARIANTS["feudal"] = []  # FeUdal Networks with its config's 100-step unroll
+# policy distillation: a student of the same Nature-CNN net learning on-policy from a Nature-CNN teacher (a freshly
+# initialised IMPALA net saved as a run: its speed is that of any trained one), without and with the Sobolev term
+TRAIN_VARIANTS["distill"] = ["agent.name=distill", "agent.variant=on_policy_distill"]
+TRAIN_VARIANTS["distill_sobolev"] = [*TRAIN_VARIANTS["distill"], "agent.sobolev_cost=1.0"]
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
 
@@ -205,11 +210,13 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
         "wandb.mode=disabled",
         *TRAIN_VARIANTS[a["what"]],
     ]
-    cfg = load_config(_config_path(VARIANT_CONFIGS.get(a["what"], a["config"])), overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        train(cfg, tmp)
-        recs = [json_mod.loads(line) for line in open(f"{tmp}/metrics.jsonl")]
-        frame_skip = json_mod.load(open(f"{tmp}/env_settings.json"))["frame_skip"]
+        if a["what"].startswith("distill"):
+            overrides.append(f"agent.teachers=[{_teacher_run(a, f'{tmp}/teacher')}]")
+        cfg = load_config(_config_path(VARIANT_CONFIGS.get(a["what"], a["config"])), overrides)
+        train(cfg, f"{tmp}/run")
+        recs = [json_mod.loads(line) for line in open(f"{tmp}/run/metrics.jsonl")]
+        frame_skip = json_mod.load(open(f"{tmp}/run/env_settings.json"))["frame_skip"]
     after = [r for r in recs if r["perf/wall_time_s"] >= a["warmup"]]
     recs = after if len(after) >= 2 else recs[-2:]  # a slow machine: the last window
     if len(recs) < 2:
@@ -225,6 +232,28 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     if waits:
         out["learner_wait_fraction"] = round(float(np.mean(waits)), 3)
     return out
+
+
+def _teacher_run(a: dict[str, Any], run_dir: str) -> str:
+    """A run dir holding a freshly initialised net of the throughput config (a teacher for the distill variants)."""
+    import torch
+
+    from decoupled.agents import get_agent
+    from decoupled.envs import make_vec_env
+    from decoupled.runners.training.checkpoint import CheckpointManager
+    from decoupled.runners.training.config import dump_config, load_config
+
+    cfg = load_config(_config_path(a["config"]), [f"env.id={a['game']}", "wandb.mode=disabled"])
+    env = make_vec_env(cfg.env.backend, cfg.env.id, 1, 0, mode="eval", options=cfg.env.options())
+    try:
+        net = get_agent(cfg.agent_name).make_net(env.spec, cfg.agent)
+    finally:
+        env.close()
+    Path(run_dir).mkdir(parents=True)
+    dump_config(cfg, Path(run_dir) / "config.yaml")
+    with torch.no_grad():
+        CheckpointManager(Path(run_dir) / "checkpoints").save(0, {"net": net.state_dict()})
+    return run_dir
 
 
 def _measure_breakdown(a: dict[str, Any]) -> dict[str, Any]:
@@ -419,6 +448,8 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_dni", "impala_lstm"),
         ("unreal", "impala_lstm"),
         ("feudal", "impala_lstm"),
+        ("distill", "impala_ff"),
+        ("distill_sobolev", "distill"),  # the Sobolev term's cost per training step
         ("impala_ff_t10", "impala_ff"),
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
@@ -441,7 +472,7 @@ def add_parser(sub: Any) -> None:
     lab.add_argument("--repeats", type=int, default=3)
     lab.set_defaults(func=lambda a: (bench_labyrinth(a), 0)[1])
     tp = bsub.add_parser(
-        "throughput", help="Atari agent steps/s: env alone, impala (FF, LSTM), SB3 A2C and PPO; peak RSS; ratios"
+        "throughput", help="Atari agent steps/s: env alone, our agents (impala, unreal, feudal, distill), SB3; ratios"
     )
     tp.add_argument("--game", default="Breakout")
     tp.add_argument("--num-envs", type=int, default=16, help="envs of our training and of the env-only measurement")

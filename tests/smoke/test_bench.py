@@ -37,6 +37,20 @@ def test_bench_throughput_prints_one_line_per_measurement_and_the_ratios(tmp_pat
     )
 
 
+@pytest.mark.slow
+def test_bench_throughput_measures_distillation_with_and_without_the_sobolev_term(tmp_path):
+    pytest.importorskip("envpool")
+    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "5", "--warmup", "3"]
+    cmd += ["--repeats", "1", "--only", "distill,distill_sobolev"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    assert by_what["distill"]["median_steps_per_s"] > 0 and by_what["distill_sobolev"]["median_steps_per_s"] > 0
+    assert by_what["ratios"]["distill_sobolev/distill"] == pytest.approx(
+        by_what["distill_sobolev"]["median_steps_per_s"] / by_what["distill"]["median_steps_per_s"], rel=1e-2
+    )
+
+
 def test_bench_throughput_rejects_an_unknown_measurement():
     proc = subprocess.run(
         [sys.executable, "-m", "decoupled", "bench", "throughput", "--only", "env,warp_drive"],
