@@ -12,6 +12,7 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench minatar --seeds 3        # impala on the five MinAtar games (runners/bench/learning.py)
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml --seeds 3   # UNREAL vs its base agent
     decoupled bench feudal --tasks minigrid_doorkey --seeds 3   # FeUdal Networks vs the LSTM baseline, goal ablation
+    decoupled bench dpd --actions 1,16              # Distilling Policy Distillation's tabular check (variants, |A|)
     decoupled bench sobolev --seeds 3             # Sobolev Training's regression functions: regular vs Sobolev
     decoupled bench transfer --targets hflip,white  # Progressive Nets vs baselines 1-4 on task variants (AUC ratios)
     decoupled bench feudal-oracle --seeds 3    # FuN's Worker follows an oracle Manager's goals (bench/feudal_checks.py)
@@ -505,6 +506,11 @@ def add_parser(sub: Any) -> None:
     fu = bsub.add_parser("feudal", help="FeUdal Networks vs the paper's LSTM baseline at equal frames, goal ablation")
     bench_learning.add_arguments(fu, "feudal")
     fu.set_defaults(func=lambda a: (bench_learning.bench_feudal(a), 0)[1])
+    dp = bsub.add_parser("dpd", help="Distilling Policy Distillation's tabular check through the distill agent's loss")
+    from decoupled.runners.bench import dpd as bench_dpd
+
+    bench_dpd.add_arguments(dp)
+    dp.set_defaults(func=lambda a: (bench_dpd.bench_dpd(a), 0)[1])
     sb = bsub.add_parser(
         "sobolev", help="Sobolev Training's regression on 7 test functions: regular vs (stochastic) Sobolev"
     )
