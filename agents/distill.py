@@ -84,9 +84,9 @@ class DistillConfig(ImpalaConfig):
     entropy_cost: float = Field(0.0, ge=0.0, description="entropy bonus of the student's REINFORCE term")
     teachers: tuple[str, ...] = Field(
         min_length=1,
-        max_length=1,
+        max_length=8,
         description="the teacher: a run dir or checkpoint dir of this platform, or a Stable-Baselines3 model (.zip: "
-        "PPO, A2C, DQN)",
+        "PPO, A2C, DQN); a multi-game student (MinAtar env.games) has one per game, in env.games' order",
     )
     variant: Literal[tuple(VARIANTS)] = Field(  # type: ignore[valid-type]
         "on_policy_distill", description="a row of Distilling Policy Distillation's Table 1 (agents/distill.py)"
@@ -115,7 +115,19 @@ class DistillConfig(ImpalaConfig):
             raise ValueError("agent.plus_reward: teacher_v_reward's pseudo-reward already holds the env reward")
         if self.sobolev_cost > 0 and self.core != "none":
             raise ValueError("agent.sobolev_cost > 0 needs a feed-forward student (agent.core: none)")
+        if self.sobolev_cost > 0 and len(self.teachers) > 1:
+            raise ValueError("agent.sobolev_cost > 0 takes one teacher (a multi-game student's Sobolev term: not yet)")
         return self
+
+    def check_run(self, run: Any) -> None:
+        games = getattr(run.env, "games", None)
+        if len(self.teachers) > 1 and (games is None or len(games) != len(self.teachers)):
+            raise ValueError(
+                f"agent.teachers names {len(self.teachers)} teachers: one per game of a multi-game env (MinAtar "
+                f"env.id=multi with env.games), in env.games' order; this env has {list(games or [])}"
+            )
+        if games is not None and len(self.teachers) != len(games):
+            raise ValueError(f"agent.teachers: one per game of env.games ({len(games)}), got {len(self.teachers)}")
 
     @property
     def pieces(self) -> tuple[str, str, str]:
@@ -145,10 +157,19 @@ class DistillNet(nn.Module):
         self.register_buffer("teacher_digest", torch.zeros(32, dtype=torch.uint8))
 
     def set_teacher(self, teacher: nn.Module, source: dict[str, Any]) -> None:
-        teacher.requires_grad_(False)
-        teacher.eval()
-        self.teachers = [teacher]
-        self.teacher_sources = [source]
+        self.set_teachers([teacher], [source])
+
+    def set_teachers(self, teachers: list[nn.Module], sources: list[dict[str, Any]]) -> None:
+        for teacher in teachers:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self.teachers, self.teacher_sources = list(teachers), list(sources)
+
+    @property
+    def teachers_sha256(self) -> str:
+        """The digest of every teacher's parameters (one teacher: its own)."""
+        digests = [src["params_sha256"] for src in self.teacher_sources]
+        return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
         state = tuple(self.student.initial_state(batch_size, device))
@@ -163,13 +184,35 @@ class DistillNet(nn.Module):
         new_state = tuple(s_state)
         if self.teachers:
             with torch.no_grad():
-                t_out, t_state = self.teachers[0](inputs, tuple(state[n:]))
+                t_out, t_state = self._teach(inputs, tuple(state[n:]))
             out["teacher_logits"], out["teacher_baseline"] = t_out["policy_logits"], t_out["baseline"]
             new_state += tuple(t_state)
         elif self.training:
             raise RuntimeError("the distill net trains with its teacher: load it first (AgentDef.init_net)")
         out["policy_logits"] = self._control(out) if self.training else out["student_logits"]
         return out, new_state
+
+    def _teach(self, inputs: dict[str, torch.Tensor], state: CoreState) -> tuple[dict[str, torch.Tensor], CoreState]:
+        """The teacher's outputs; with one teacher per game, each observation's game's (named by the env's game
+        planes, the last G channels, which the teachers, trained on one game each, do not see)."""
+        if len(self.teachers) == 1:
+            return self.teachers[0](inputs, state)
+        G = len(self.teachers)
+        obs = inputs["obs"]
+        game = obs[:, :, -G:, 0, 0].float().argmax(-1)  # [T, B]
+        view = {**inputs, "obs": obs[:, :, :-G]}
+        logits, values, new_state, i = [], [], (), 0
+        for teacher in self.teachers:
+            k = len(teacher.initial_state(1))
+            o, st = teacher(view, tuple(state[i : i + k]))
+            logits.append(o["policy_logits"])
+            values.append(o["baseline"])
+            new_state += tuple(st)
+            i += k
+        pick = game[..., None, None].expand(*game.shape, 1, logits[0].shape[-1])
+        chosen = torch.stack(logits, -2).gather(-2, pick).squeeze(-2)
+        value = torch.stack(values, -1).gather(-1, game[..., None]).squeeze(-1)
+        return {"policy_logits": chosen, "baseline": value}, new_state
 
     def _control(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         control = self.cfg.pieces[0]
@@ -184,12 +227,11 @@ class DistillNet(nn.Module):
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):  # type: ignore[override]
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
         saved = bytes(self.teacher_digest.tolist())
-        if self.teacher_sources and any(saved) and saved.hex() != self.teacher_sources[0]["params_sha256"]:
-            src = self.teacher_sources[0]
+        if self.teacher_sources and any(saved) and saved.hex() != self.teachers_sha256:
+            names = ", ".join(f"{s['path']} ({s['params_sha256'][:12]}...)" for s in self.teacher_sources)
             raise AgentSetupError(
-                f"agent.teachers[0] = {src['path']}: its parameters (sha256 {src['params_sha256'][:12]}..., from "
-                f"{src['checkpoint']}) are not the ones this run was trained with ({saved.hex()[:12]}...): restore "
-                "that teacher, or start a new run"
+                f"agent.teachers = {names}: their parameters are not the ones this run was trained with (sha256 "
+                f"{saved.hex()[:12]}...): restore those teachers, or start a new run"
             )
         return result
 
@@ -294,12 +336,38 @@ def load_teachers(
 ) -> dict[str, Any]:
     """Load, check and freeze the teacher (new runs and resumes alike); a resumed run's checkpoint then checks its
     digest (`DistillNet.load_state_dict`)."""
+    games = net.spec.extra.get("games")
+    teachers, sources = [], []
+    for k, path in enumerate(cfg.teachers):
+        where = f"agent.teachers[{k}] = {path}"
+        if str(path).endswith(".zip"):
+            teacher, source = _load_sb3_teacher(cfg, net, path, where)
+        else:
+            teacher, source = _load_platform_teacher(cfg, net, path, where, load, games[k] if games else None)
+        teachers.append(teacher)
+        sources.append(source)
+    device = next(net.parameters()).device
+    net.set_teachers([t.to(device) for t in teachers], sources)
+    if not resume:
+        net.teacher_digest.copy_(torch.tensor(list(bytes.fromhex(net.teachers_sha256)), dtype=torch.uint8))
+    return {"teachers": sources}
+
+
+def _student_view(spec: EnvSpec) -> EnvSpec:
+    """The student's env as a teacher of one of its games sees it: without the game planes."""
+    G = int(spec.extra.get("game_planes", 0))
+    if not G:
+        return spec
+    extra = {k: v for k, v in spec.extra.items() if k not in ("games", "game_planes")}
+    return EnvSpec(spec.name, (spec.obs_shape[0] - G, *spec.obs_shape[1:]), spec.obs_dtype, spec.num_actions,
+                   spec.frame_skip, extra)  # fmt: skip
+
+
+def _load_platform_teacher(
+    cfg: DistillConfig, net: DistillNet, path: str, where: str, load: Callable, game: str | None
+) -> tuple[nn.Module, dict[str, Any]]:
     from decoupled.agents import get_agent
 
-    path = cfg.teachers[0]
-    where = f"agent.teachers[0] = {path}"
-    if str(path).endswith(".zip"):
-        return _load_sb3_teacher(cfg, net, path, where, resume)
     try:
         t_cfg, state, ckpt = load(path)
     except Exception as e:  # missing, corrupt: the loader's reason, with the teacher named
@@ -308,7 +376,9 @@ def load_teachers(
         spec = teacher_spec(t_cfg)
     except Exception as e:
         raise AgentSetupError(f"{where}: cannot build the env it was trained on ({t_cfg.env.backend}): {e}") from e
-    check_teacher_env(where, net.spec, spec)
+    if game is not None and t_cfg.env.id != game:
+        raise AgentSetupError(f"{where}: a teacher of {t_cfg.env.id}; this position of env.games is {game}")
+    check_teacher_env(where, _student_view(net.spec), spec)
     agent = get_agent(t_cfg.agent_name)
     teacher = agent.make_net(spec, t_cfg.agent)
     if agent.init_net is not None:  # its checkpoint holds what it needs (e.g. a progressive net's columns)
@@ -319,23 +389,19 @@ def load_teachers(
         raise AgentSetupError(f"{where}: its checkpoint does not fit its own net: {e}") from e
     if cfg.sobolev_cost > 0 and getattr(t_cfg.agent, "core", "none") != "none":
         raise AgentSetupError(f"{where}: agent.sobolev_cost > 0 needs a feed-forward teacher (its core is recurrent)")
-    digest = params_sha256(teacher)
-    device = next(net.parameters()).device
-    source = {"path": path, "checkpoint": ckpt, "agent": t_cfg.agent_name, "params_sha256": digest}
-    net.set_teacher(teacher.to(device), source)
-    if not resume:
-        net.teacher_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
-    return {"teachers": [source]}
+    source = {"path": path, "checkpoint": ckpt, "agent": t_cfg.agent_name, "params_sha256": params_sha256(teacher)}
+    return teacher, source
 
 
-def _load_sb3_teacher(cfg: DistillConfig, net: DistillNet, path: str, where: str, resume: bool) -> dict[str, Any]:
+def _load_sb3_teacher(cfg: DistillConfig, net: DistillNet, path: str, where: str) -> tuple[nn.Module, dict[str, Any]]:
     try:
         teacher, obs_shape, num_actions, kind = load_sb3(path, cfg.teacher_temperature)
     except Exception as e:  # missing, corrupt, not an SB3 model
         raise AgentSetupError(f"{where}: cannot load it as a Stable-Baselines3 model: {e}") from e
     problems = []
-    if tuple(obs_shape) != tuple(net.spec.obs_shape):  # SB3 keeps images channels-first after VecTransposeImage
-        problems.append(f"observations {tuple(obs_shape)} vs the student's {tuple(net.spec.obs_shape)}")
+    student = _student_view(net.spec)
+    if tuple(obs_shape) != tuple(student.obs_shape):  # SB3 keeps images channels-first after VecTransposeImage
+        problems.append(f"observations {tuple(obs_shape)} vs the student's {tuple(student.obs_shape)}")
     if num_actions != net.spec.num_actions:
         problems.append(f"{num_actions} actions vs the student's {net.spec.num_actions}")
     if problems:
@@ -346,12 +412,7 @@ def _load_sb3_teacher(cfg: DistillConfig, net: DistillNet, path: str, where: str
         )
     if cfg.sobolev_cost > 0 and kind != "dqn" and getattr(teacher.policy, "lstm_actor", None) is not None:
         raise AgentSetupError(f"{where}: agent.sobolev_cost > 0 needs a feed-forward teacher")
-    digest = params_sha256(teacher.policy)
-    source = {"path": path, "checkpoint": path, "agent": f"sb3_{kind}", "params_sha256": digest}
-    net.set_teacher(teacher, source)
-    if not resume:
-        net.teacher_digest.copy_(torch.tensor(list(bytes.fromhex(digest)), dtype=torch.uint8))
-    return {"teachers": [source]}
+    return teacher, {"path": path, "checkpoint": path, "agent": f"sb3_{kind}", "params_sha256": params_sha256(teacher)}
 
 
 # ----------------------------------------------------------------------------------------------- loss

@@ -80,7 +80,9 @@ class GymEnvConfig(EnvConfigBase):
 
 class MinAtarEnvConfig(EnvConfigBase):
     backend: Literal["minatar"]
-    id: Literal["breakout", "asterix", "freeway", "seaquest", "space_invaders"]
+    id: Literal["breakout", "asterix", "freeway", "seaquest", "space_invaders", "multi"] = Field(
+        description="a MinAtar game, or multi: the games of env.games in one env"
+    )
     sticky_action_prob: float = Field(0.1, ge=0.0, le=1.0, description="MinAtar's default (Young & Tian 2019)")
     difficulty_ramping: bool = True
     max_episode_steps: int | None = Field(None, ge=1)
@@ -90,6 +92,26 @@ class MinAtarEnvConfig(EnvConfigBase):
         "same input for all five games (transfer between games, multi-game students)",
     )
     full_action_set: bool = Field(False, description="all 6 MinAtar actions instead of the game's minimal set")
+    games: tuple[Literal["breakout", "asterix", "freeway", "seaquest", "space_invaders"], ...] | None = Field(
+        None,
+        description="env.id=multi: these games in one env (env i plays games[i % G], G planes name the game); needs "
+        "channels=union and full_action_set=true, and env.num_envs a multiple of G",
+    )
+
+    @model_validator(mode="after")
+    def _multi(self) -> MinAtarEnvConfig:
+        if (self.id == "multi") != (self.games is not None):
+            raise ValueError("env.id=multi goes with env.games (two or more MinAtar games), and env.games with it")
+        if self.games is not None:
+            if len(set(self.games)) < 2 or len(set(self.games)) != len(self.games):
+                raise ValueError(f"env.games must name two or more different games, got {list(self.games)}")
+            if self.channels != "union" or not self.full_action_set:
+                raise ValueError(
+                    "env.games needs env.channels=union and env.full_action_set=true (one input, one action set)"
+                )
+            if self.num_envs % len(self.games):
+                raise ValueError(f"env.num_envs={self.num_envs} must be a multiple of the {len(self.games)} games")
+        return self
 
     def options(self) -> dict[str, Any]:
         out = {
@@ -99,6 +121,8 @@ class MinAtarEnvConfig(EnvConfigBase):
         }
         if self.channels != "game" or self.full_action_set:  # only when asked: older runs' options stay as they were
             out |= {"channels": self.channels, "full_action_set": self.full_action_set}
+        if self.games is not None:
+            out["games"] = list(self.games)
         return out | self.transform_options()
 
 

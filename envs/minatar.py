@@ -7,7 +7,10 @@ channels-first uint8 [C, 10, 10] (0/1) so the same torso code handles MinAtar an
 Defaults follow the paper: sticky actions with probability 0.1 and difficulty ramping on. Actions index the game's
 *minimal* action set (e.g. 3 actions in Breakout), not MinAtar's full 6 (`full_action_set=True`: all 6, in MinAtar's
 order). `channels="union"` places each game's channels by name into one 27-plane layout shared by the five games
-(`UNION_CHANNELS`), so that one net reads every game (transfer between games, multi-game students).
+(`UNION_CHANNELS`), so that one net reads every game (transfer between games, multi-game students). `games=[...]`
+(with the union layout and the full action set) puts several games in one env, env i playing `games[i % G]`, and adds
+G constant planes after the 27 that say which game each observation is from; `eval_game` plays that one game in
+every copy with the same layout (per-game evaluation of a multi-game policy).
 
 Seeding: `Environment.seed(s)` replaces one `RandomState` shared by the sticky-action draw and the game itself, so
 env i is fully determined by `seed + i` and its action sequence.
@@ -79,6 +82,8 @@ class MinAtarVecEnv(PerEnvVecEnv):
         max_episode_steps: int | None = None,
         channels: str = "game",
         full_action_set: bool = False,
+        games: list[str] | tuple[str, ...] | None = None,
+        eval_game: str | None = None,
     ):
         import minatar
 
@@ -87,12 +92,27 @@ class MinAtarVecEnv(PerEnvVecEnv):
             raise ValueError(f"sticky_action_prob must be in [0, 1], got {sticky_action_prob}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
-        self.game = self._task = canonical_game(env_id)
+        self.games = tuple(canonical_game(g) for g in games) if games else None
+        if self.games is not None:  # several games: env i plays games[i % G] (or every env eval_game)
+            if len(set(self.games)) != len(self.games) or len(self.games) < 2:
+                raise ValueError(f"games must name at least two different MinAtar games, got {games}")
+            if channels != "union" or not full_action_set:
+                raise ValueError("several MinAtar games in one env need channels='union' and full_action_set=True")
+            if eval_game is not None and canonical_game(eval_game) not in self.games:
+                raise ValueError(f"eval_game {eval_game!r} is not one of the games {self.games}")
+            per_env = [
+                canonical_game(eval_game) if eval_game else self.games[i % len(self.games)] for i in range(num_envs)
+            ]
+            self.game = self._task = "+".join(self.games) if eval_game is None else canonical_game(eval_game)
+        else:
+            self.game = self._task = canonical_game(env_id)
+            per_env = [self.game] * num_envs
+        self.per_env_game = per_env
         self.env_id = env_id
         self._max_episode_steps = max_episode_steps
         self._envs = [
-            minatar.Environment(self.game, sticky_action_prob=sticky_action_prob, difficulty_ramping=difficulty_ramping)
-            for _ in range(num_envs)
+            minatar.Environment(g, sticky_action_prob=sticky_action_prob, difficulty_ramping=difficulty_ramping)
+            for g in per_env
         ]
         if channels not in ("game", "union"):
             raise ValueError(f"channels must be 'game' or 'union', got {channels!r}")
@@ -100,11 +120,18 @@ class MinAtarVecEnv(PerEnvVecEnv):
         minimal = self._envs[0].minimal_action_set()
         self._action_set = np.asarray(range(len(_ACTION_MEANINGS)) if full_action_set else minimal, np.int64)
         h, w, c = self._envs[0].state_shape()
-        self._planes: np.ndarray | None = None  # union layout: plane of each of the game's channels
+        self._planes: list[np.ndarray] | None = None  # union layout: per env, the plane of each of its game's channels
         if channels == "union":
-            own = self._envs[0].env.channels  # name -> index in the game's own layout
-            self._planes = np.array([UNION_CHANNELS.index(n) for n in sorted(own, key=own.get)], np.int64)
+            self._planes = []
+            for env in self._envs:
+                own = env.env.channels  # name -> index in the game's own layout
+                self._planes.append(np.array([UNION_CHANNELS.index(n) for n in sorted(own, key=own.get)], np.int64))
             c = len(UNION_CHANNELS)
+        self._game_plane: list[int] | None = None
+        if self.games is not None:  # one constant plane per game says which game an observation is from
+            self._game_plane = [c + self.games.index(g) for g in per_env]
+            c += len(self.games)
+        extra_games = {"games": list(self.games), "game_planes": len(self.games)} if self.games else {}
         self.spec = EnvSpec(
             name=f"minatar/{self.game}",
             obs_shape=(c, h, w),
@@ -114,6 +141,7 @@ class MinAtarVecEnv(PerEnvVecEnv):
             extra={
                 "obs_scale": 1.0,
                 "action_meanings": [_ACTION_MEANINGS[a] for a in self._action_set],
+                **extra_games,
             },
         )
         self._steps = np.zeros(num_envs, np.int64)  # agent steps into each env's episode, for max_episode_steps
@@ -123,7 +151,9 @@ class MinAtarVecEnv(PerEnvVecEnv):
         if self._planes is None:
             return own
         out = np.zeros(self.spec.obs_shape, np.uint8)
-        out[self._planes] = own
+        out[self._planes[i]] = own
+        if self._game_plane is not None:
+            out[self._game_plane[i]] = 1
         return out
 
     def _reset_one(self, i: int, seed: int | None) -> np.ndarray:
@@ -158,14 +188,16 @@ class MinAtarVecEnv(PerEnvVecEnv):
         return {
             "backend": "minatar",
             "name": self.spec.name,
-            "game": env.game_name(),
+            "game": env.game_name() if self.games is None else self.game,
+            "games": list(self.games) if self.games else None,
+            "env_games": list(self.per_env_game),
             "num_envs": self.num_envs,
             "seed": self._seed,
             "frame_skip": self.spec.frame_skip,
             "sticky_action_prob": float(env.sticky_action_prob),
             "difficulty_ramping": None if ramping is None else bool(ramping),
             "max_episode_steps": self._max_episode_steps,
-            "minimal_action_set": [int(a) for a in self._envs[0].minimal_action_set()],
+            "minimal_action_set": [int(a) for a in self._envs[0].minimal_action_set()] if not self.games else None,
             "action_set": [int(a) for a in self._action_set],
             "channels": self.channels,
             "obs_shape": list(self.spec.obs_shape),

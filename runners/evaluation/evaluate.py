@@ -38,7 +38,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -779,12 +779,15 @@ def _tasks_from_args(args: argparse.Namespace) -> tuple[list[EvalTask], str, Pat
             raise FileNotFoundError(f"no run in {target / 'runs'} has a checkpoint to evaluate")
         return tasks, tasks[0].cfg.agent_name, target / "eval"
     task = checkpoint_task(target, None, args.protocol, cap, args.backend)
+    default_out = target / "eval" if (target / "config.yaml").is_file() else target.parent.parent / "eval"
+    if task.options.get("games"):  # a multi-game run (MinAtar env.games): each game evaluated on its own
+        per_game = [replace(task, game=g, options={**task.options, "eval_game": g}) for g in task.options["games"]]
+        return per_game, task.cfg.agent_name, default_out
     if games is not None and games != [task.game]:
         raise ValueError(
             f"{target} was trained on {task.game} and plays only that game; --games/--suite select games of a suite "
             "dir or of --policy random"
         )
-    default_out = target / "eval" if (target / "config.yaml").is_file() else target.parent.parent / "eval"
     return [task], task.cfg.agent_name, default_out
 
 

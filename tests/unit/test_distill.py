@@ -349,3 +349,55 @@ def test_the_proper_gradient_variants_update_along_the_gradient_of_their_objecti
         assert err > 1e-3 * size  # not the gradient of its objective
     else:
         assert err < 1e-4 * max(size, 1.0), (err, size)
+
+
+def test_a_multi_game_student_asks_each_observations_own_game_teacher():
+    spec = EnvSpec("multi", (3 + 2, 4, 4), np.dtype(np.uint8), 3, 1, {"obs_scale": 1.0, "games": ["a", "b"],
+                                                                       "game_planes": 2})  # fmt: skip
+    view = EnvSpec("one", (3, 4, 4), np.dtype(np.uint8), 3, 1, {"obs_scale": 1.0})
+    net = DistillNet(spec, DistillConfig(teachers=("a", "b"), torso="mlp", hidden_sizes=(8,)))
+    teachers = [ImpalaNet(view, ImpalaConfig(torso="mlp", hidden_sizes=(8,))) for _ in range(2)]
+    net.set_teachers(teachers, [{"path": "a", "params_sha256": "0" * 64}, {"path": "b", "params_sha256": "1" * 64}])
+    obs = torch.randint(0, 2, (2, 6, 5, 4, 4), dtype=torch.uint8)
+    obs[:, :, 3:] = 0
+    game = torch.randint(0, 2, (2, 6))
+    for g in range(2):
+        obs[:, :, 3 + g][game == g] = 1
+    zeros = torch.zeros(2, 6)
+    inputs = {"obs": obs, "first": zeros.bool(), "prev_action": zeros.long(), "prev_reward": zeros}
+    net.train()
+    out, _ = net(inputs, net.initial_state(6))
+    for g, teacher in enumerate(teachers):
+        own, _ = teacher({**inputs, "obs": obs[:, :, :3]}, ())
+        torch.testing.assert_close(out["teacher_logits"][game == g], own["policy_logits"][game == g])
+        torch.testing.assert_close(out["teacher_baseline"][game == g], own["baseline"][game == g])
+
+
+def test_a_multi_game_student_trains_resumes_and_is_evaluated_per_game(tmp_path: Path):
+    pytest.importorskip("minatar")
+    union = {"channels": "union", "full_action_set": True, "num_envs": 4}
+    small = {"runner": {"total_env_frames": 800, "checkpoint_every_env_frames": 800, "mode": "serial"},
+             "wandb": {"mode": "disabled"}}  # fmt: skip
+    teachers = []
+    for game in ("breakout", "space_invaders"):
+        run = tmp_path / game
+        decoupled.train(f"impala/minatar_{game}", run_dir=run, env={**union, "id": game}, **small)
+        teachers.append(str(run))
+    student = tmp_path / "student"
+    decoupled.train("distill/minatar_multi", run_dir=student, agent={"teachers": teachers, "hidden_sizes": [32]},
+                    env={"games": ["breakout", "space_invaders"], "num_envs": 4}, **small)  # fmt: skip
+    record = json.loads((student / "init_sources.json").read_text())["teachers"]
+    assert [Path(t["path"]).name for t in record] == ["breakout", "space_invaders"]
+    assert (
+        decoupled.train(run_dir=student, resume=True, overrides=["runner.total_env_frames=1600"])["status"]
+        == "finished"
+    )
+    from decoupled.runners.cli import main
+
+    assert main(["eval", str(student), "--episodes", "2", "--no-video"]) == 0
+    scores = json.loads((student / "eval" / "scores.json").read_text())
+    assert set(scores["games"]) == {"breakout", "space_invaders"}
+    # teachers in the wrong order: refused with the game each position needs
+    with pytest.raises(AgentSetupError, match="a teacher of space_invaders"):
+        decoupled.train("distill/minatar_multi", run_dir=tmp_path / "bad", agent={"teachers": teachers[::-1]},
+                        env={"games": ["breakout", "space_invaders"], "num_envs": 4}, **small)  # fmt: skip
