@@ -54,13 +54,22 @@ class ClassicVecEnv(PerEnvVecEnv):
 
     _label = "classic"
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, max_episode_steps: int | None = None):
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+    ):
         import gymnasium as gym
 
         super().__init__(num_envs, seed)
         self.env_id = env_id
         self._task = env_id
         kwargs = {} if max_episode_steps is None else {"max_episode_steps": int(max_episode_steps)}
+        if render_mode is not None:  # "rgb_array": `render_rgb` gives frames (evaluation videos)
+            kwargs["render_mode"] = render_mode
         self._envs = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
         space = self._envs[0].action_space
         if not isinstance(space, gym.spaces.Discrete) or int(space.start) != 0:
@@ -153,3 +162,10 @@ class ClassicVecEnv(PerEnvVecEnv):
             if limit is not None and entry["elapsed_steps"] is not None:
                 limit._elapsed_steps = int(entry["elapsed_steps"])
         self._restore(state)
+
+    def render_rgb(self, i: int) -> np.ndarray:
+        """Copy i's frame as RGB [H, W, 3] uint8 (the env must be built with render_mode="rgb_array")."""
+        frame = self._envs[i].render()
+        if frame is None:
+            raise ValueError(f"{self.env_id}: no frame; build the env with render_mode='rgb_array'")
+        return np.asarray(frame, np.uint8)

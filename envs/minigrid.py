@@ -32,7 +32,14 @@ class MiniGridVecEnv(PerEnvVecEnv):
 
     _label = "minigrid"
 
-    def __init__(self, env_id: str, num_envs: int, seed: int, max_episode_steps: int | None = None):
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int,
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+    ):
         try:
             import gymnasium as gym
             import minigrid  # noqa: F401 - importing it registers the MiniGrid ids with gymnasium
@@ -42,6 +49,8 @@ class MiniGridVecEnv(PerEnvVecEnv):
         super().__init__(num_envs, seed)
         self.env_id = self._task = env_id
         kwargs = {} if max_episode_steps is None else {"max_steps": int(max_episode_steps)}
+        if render_mode is not None:  # "rgb_array": `render_rgb` gives MiniGrid's own top-down frames
+            kwargs["render_mode"] = render_mode
         try:
             self._envs = [gym.make(env_id, **kwargs) for _ in range(num_envs)]
         except gym.error.Error as e:
@@ -87,3 +96,10 @@ class MiniGridVecEnv(PerEnvVecEnv):
             "num_actions": self.spec.num_actions,
             "minigrid_version": version("minigrid"),
         }
+
+    def render_rgb(self, i: int) -> np.ndarray:
+        """Copy i's frame as RGB [H, W, 3] uint8 (the env must be built with render_mode="rgb_array")."""
+        frame = self._envs[i].render()
+        if frame is None:
+            raise ValueError(f"{self.env_id}: no frame; build the env with render_mode='rgb_array'")
+        return np.asarray(frame, np.uint8)

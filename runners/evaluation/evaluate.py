@@ -26,9 +26,11 @@ Output (`--out DIR`):
   Game names are the score table's (`envs.atari_data.canonical_game`: `ALE/Breakout-v5` and `breakout` are
   `Breakout`), or the env id for other backends. "env_seeds" lists each seed's env seeds.
 * `scores.csv`: one row per episode (game, seed, episode, score, frames, truncated, hns, table_id).
-* `videos/<Game>.gif` (Atari): one evaluation episode with the same policy, played on the gymnasium/ale-py
-  backend because envpool renders no RGB; at most `--video-steps` agent steps (default 2,000 = 8,000 frames,
-  about 2 minutes of play), every `VIDEO_EVERY`-th agent step kept, so the GIF stays a few MB at most.
+* `videos/<Game>.gif`: one evaluation episode with the same policy; Atari played on the gymnasium/ale-py backend
+  because envpool renders no RGB, at most `--video-steps` agent steps (default 2,000 = 8,000 frames, about 2 minutes
+  of play), every `VIDEO_EVERY`-th agent step kept, so the GIF stays a few MB at most; gymnasium and MiniGrid envs
+  through their own `rgb_array` frames; MinAtar, Catch and the 3D labyrinths from their observations (`obs_frame`:
+  MinAtar in its cubehelix colours, small grids enlarged to at least `VIDEO_MIN_SIDE` pixels).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ DEFAULT_PROTOCOL = "dqn_noop30"
 DEFAULT_MAX_EPISODE_FRAMES = 108_000  # 30 minutes at 60 Hz: both protocols' cap
 VIDEO_EVERY = 2  # keep every 2nd agent step (8 frames) in the GIF
 VIDEO_FRAME_MS = 40  # shown at 25 GIF frames/s: about 3.75x real time
+VIDEO_GRID_FRAME_MS = 100  # envs without a frame rate of their own (MinAtar, Catch, MiniGrid): 10 agent steps/s
+VIDEO_MIN_SIDE = 200  # small frames are enlarged (nearest neighbour) to at least this many pixels a side
 MAX_ENV_SEED = 2**31 - 1  # envpool and ALE take 32-bit signed seeds
 
 
@@ -335,28 +339,71 @@ def evaluate_task(
 
 
 # ----------------------------------------------------------------------------------------------- video
+def obs_frame(obs: np.ndarray, spec: EnvSpec) -> np.ndarray:
+    """An RGB picture [H, W, 3] uint8 of one observation [C, H, W], for envs that render nothing themselves: RGB
+    pixels as they are (the 3D labyrinths), stacked grey frames by their newest, binary grids (MinAtar, Catch) with one
+    colour per channel (MinAtar's own display: the highest active channel's colour of a cubehelix palette)."""
+    obs = np.asarray(obs)
+    scale = float(spec.extra.get("obs_scale", 1.0))
+    if obs.ndim != 3:
+        raise ValueError(f"no picture of {spec.name}'s observations of shape {obs.shape}")
+    if scale != 1.0:  # pixels
+        if obs.shape[0] == 3:
+            return np.ascontiguousarray(obs.transpose(1, 2, 0)).astype(np.uint8)
+        grey = obs[-1].astype(np.uint8)
+        return np.repeat(grey[..., None], 3, -1)
+    from matplotlib import colormaps
+
+    C = obs.shape[0]
+    active = (obs > 0.5) * np.arange(1, C + 1)[:, None, None]  # channel k lit -> k + 1
+    top = active.max(0)  # [H, W]: 0 background, else the highest lit channel + 1
+    palette = (np.asarray(colormaps["cubehelix"](np.linspace(0.3, 0.95, C)))[:, :3] * 255).astype(np.uint8)
+    out = np.zeros((*top.shape, 3), np.uint8)
+    lit = top > 0
+    out[lit] = palette[top[lit] - 1]
+    return out
+
+
+def _upscale(frame: np.ndarray, min_side: int = VIDEO_MIN_SIDE) -> np.ndarray:
+    """Nearest-neighbour enlargement so that a small frame (MinAtar's 10x10) is big enough to see."""
+    k = max(1, -(-min_side // min(frame.shape[:2])))
+    return np.repeat(np.repeat(frame, k, 0), k, 1) if k > 1 else frame
+
+
 def record_video(
     task: EvalTask, net: torch.nn.Module | None, seed: int, path: Path, max_steps: int, greedy: bool = False
 ) -> dict[str, Any] | None:
-    """Play one evaluation episode (at most `max_steps` agent steps) on the gymnasium/ale-py backend, which renders
-    RGB (envpool does not), with the same policy and protocol, and write it as a GIF. Returns what was written, or
-    None (with a note) when the game cannot be rendered here."""
-    if not task.atari:
-        print(f"{task.game}: no video (backend {task.backend} has no RGB renderer)", flush=True)
-        return None
+    """Play one evaluation episode (at most `max_steps` agent steps) with the same policy and write it as a GIF:
+    Atari on the gymnasium/ale-py backend, which renders RGB (envpool does not); gymnasium and MiniGrid envs through
+    their `rgb_array` rendering; every other env from its observations (`obs_frame`). Returns what was written, or
+    None (with a note) when the env cannot be shown."""
     from PIL import Image
 
+    backend, options = task.backend, dict(task.options)
+    if task.atari:
+        backend = "atari_gym"
+    elif backend in ("gym", "classic", "minigrid"):
+        options["render_mode"] = "rgb_array"
     try:
-        env = make_vec_env("atari_gym", task.env_id, 1, seed, mode="eval", options=task.options)
+        env = make_vec_env(backend, task.env_id, 1, seed, mode="eval", options=options)
     except ImportError as exc:
         print(f"{task.game}: no video ({exc})", flush=True)
         return None
     try:
-        check_eval_settings(env.settings(), task.options["protocol"], task.options["max_episode_frames"])
+        if task.atari:
+            check_eval_settings(env.settings(), task.options["protocol"], task.options["max_episode_frames"])
+        if not hasattr(env, "render_rgb") and len(env.spec.obs_shape) != 3:
+            print(f"{task.game}: no video (vector observations and no renderer)", flush=True)
+            return None
         policy = Policy(env.spec.num_actions, seed, net, greedy)
         obs = env.reset(seed=seed)
         policy.start(1)
-        frames, score, steps, ended = [env.render_rgb(0)], 0.0, 0, False
+
+        def frame() -> np.ndarray:
+            return env.render_rgb(0) if hasattr(env, "render_rgb") else obs_frame(obs[0], env.spec)
+
+        frames, score, steps, ended = [frame()], 0.0, 0, False
+        every = VIDEO_EVERY if task.atari else 1  # small envs: every step
         while steps < max_steps:
             action = policy.act(obs)
             obs, reward, terminated, truncated, info = env.step(action)
@@ -366,20 +413,21 @@ def record_video(
             if info["episode_done"][0]:  # the env has already reset: its screen is the next game's
                 ended = True
                 break
-            if steps % VIDEO_EVERY == 0:
-                frames.append(env.render_rgb(0))
+            if steps % every == 0:
+                frames.append(frame())
     finally:
         env.close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=VIDEO_FRAME_MS, loop=0)
+    images = [Image.fromarray(_upscale(np.asarray(f, np.uint8))) for f in frames]
+    duration = VIDEO_FRAME_MS if task.atari else VIDEO_GRID_FRAME_MS
+    images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0)
     return {
         "path": str(path),
         "agent_steps": steps,
         "gif_frames": len(images),
         "score": score,
         "episode_ended": ended,
-        "backend": "gymnasium",
+        "backend": backend,
     }
 
 
@@ -678,7 +726,7 @@ class PeriodicEvaluator:
     def __init__(self, cfg: ConfigBase):
         r = cfg.runner
         self.task = config_task(cfg)
-        self.episodes, self.seed = r.eval_episodes, r.eval_seed
+        self.episodes, self.seed, self.video_steps = r.eval_episodes, r.eval_seed, r.eval_video_steps
         n = eval_num_envs(self.episodes, None)
         self.env = make_vec_env(
             self.task.backend, self.task.env_id, n, self.seed, mode="eval", options=self.task.options
@@ -693,24 +741,34 @@ class PeriodicEvaluator:
             self.env.close()
             raise
 
-    def __call__(self, net: torch.nn.Module) -> dict[str, float]:
+    def __call__(self, net: torch.nn.Module, video: Path | None = None) -> dict[str, Any]:
+        """The eval/ metrics of `net`'s policy; with `video`, one more episode filmed there (`eval/video`: its path)."""
         was_training = net.training
         net.eval()
         t0 = time.time()
+        filmed = None
         try:
             with torch.no_grad():
                 policy = Policy(self.env.spec.num_actions, self.seed, net)
                 result = play_episodes(self.env, policy, self.episodes, self.seed)
+                if video is not None:
+                    try:
+                        filmed = record_video(self.task, net, self.seed, video, self.video_steps)
+                    except Exception as exc:  # noqa: BLE001 - the scores stand without the picture
+                        print(f"eval video failed: {type(exc).__name__}: {exc}", flush=True)
         finally:
             net.train(was_training)
         scores = np.asarray(result["episode_scores"], float)
-        return {
+        out: dict[str, Any] = {
             "eval/episode_return": float(scores.mean()),
             "eval/episode_return_std": float(scores.std()),
             "eval/episode_frames": float(np.mean(result["episode_frames"])),
             "eval/episodes": float(len(scores)),
             "eval/seconds": round(time.time() - t0, 3),
         }
+        if filmed:
+            out["eval/video"] = filmed["path"]
+        return out
 
     def close(self) -> None:
         self.env.close()

@@ -99,6 +99,10 @@ class RunnerConfig(_Section):
     )
     eval_episodes: int = Field(10, ge=1, le=10_000, description="episodes of each evaluation during training")
     eval_seed: int = Field(12345, ge=0, description="env seed of every evaluation during training (the same episodes)")
+    eval_video: bool = Field(
+        True, description="each evaluation during training also films one episode (videos/eval_<frames>.gif, W&B)"
+    )
+    eval_video_steps: int = Field(1000, ge=1, description="agent steps of each evaluation video at most")
     checkpoint_every_env_frames: int = Field(1_000_000, ge=1)
     checkpoint_every_seconds: float | None = Field(600.0, gt=0.0)
     keep_checkpoints: int = Field(3, ge=1)

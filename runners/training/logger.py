@@ -140,7 +140,8 @@ class WandbSink:
             try:
                 import wandb
 
-                settings = wandb.Settings(init_timeout=timeout_s, silent=True, console="off")
+                # console "wrap": the run keeps what the training printed (files/output.log), as W&B users expect
+                settings = wandb.Settings(init_timeout=timeout_s, silent=True, console="wrap")
                 run = wandb.init(
                     dir=str(run_dir),
                     config=config,
@@ -196,6 +197,15 @@ class WandbSink:
             self.dropped += 1
 
     def write(self, record: dict[str, Any]) -> None:
+        if self.run is not None and any(k.endswith("/video") for k in record):
+            record = dict(record)
+            for k in [k for k in record if k.endswith("/video")]:  # a GIF's path -> a W&B video of it
+                try:
+                    import wandb
+
+                    record[k] = wandb.Video(str(record[k]), format="gif")
+                except Exception:  # noqa: BLE001 - the metrics matter more than the picture
+                    record.pop(k)
         self._put(("log", record))
 
     def summary(self, data: dict[str, Any]) -> None:

@@ -321,8 +321,9 @@ def _train_loop(
 
     def evaluate() -> None:
         """One evaluation: eval/ metrics on the env_frames axis; the net as checkpoints/best when it scores best."""
-        result = periodic(net)
         f = counters["env_frames"]
+        video = run_dir / "videos" / f"eval_{f:012d}.gif" if cfg.runner.eval_video else None
+        result = periodic(net, video)
         counters["last_eval_frames"] = f
         score = result["eval/episode_return"]
         if counters.get("best_eval") is None or score > counters["best_eval"]:
@@ -335,7 +336,7 @@ def _train_loop(
         result["eval/best_episode_return"] = counters["best_eval"]
         logger.write(result, f)
         final_eval.clear()
-        final_eval.update(result)
+        final_eval.update({k: v for k, v in result.items() if k != "eval/video"})
 
     source.publish(net, learner.version)  # async: the actor threads start with these parameters
     progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)

@@ -72,6 +72,9 @@ def read_run(path: str | Path) -> dict[str, Any]:
                 out["config"][_key(i)] = json.loads(i.value_json)
         elif kind == "run":
             out["run_id"] = rec.run.run_id
+            for i in rec.run.config.update:  # wandb >= 0.31 puts the initial config in the run record
+                if _key(i) != "_wandb":
+                    out["config"][_key(i)] = json.loads(i.value_json)
         elif kind == "exit":
             out["exit_code"] = rec.exit.exit_code
     return out

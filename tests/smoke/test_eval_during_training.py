@@ -49,6 +49,16 @@ def test_eval_metrics_best_checkpoint_and_summary(tmp_path: Path, tensorboard_sc
     assert segment["summary"]["eval/best_episode_return"] == best_score
     wandb_evals = [row for row in segment["history"] if "eval/episode_return" in row]
     assert [row["env_frames"] for row in wandb_evals] == [r["env_frames"] for r in evals]
+    # each evaluation films an episode: a GIF in videos/, a W&B video in the run; the run keeps config, env settings
+    # and the console
+    assert [r["eval/video"] for r in evals] == [str(run / "videos" / f"eval_{f:012d}.gif") for f in [10240, 20480,
+                                                30720, 40000]]  # fmt: skip
+    assert all(Path(r["eval/video"]).stat().st_size > 0 for r in evals)
+    assert all(row.get("eval/video._type") == "video-file" for row in wandb_evals)
+    assert segment["config"]["runner"]["eval_every_env_frames"] == 10_000
+    assert segment["config"]["env_settings"]["name"] == "catch"
+    (output,) = run.glob("wandb/offline-run-*/files/output.log")
+    assert "finished at 40,000 env frames" in output.read_text()
     # TensorBoard: the same eval curve on the env_frames axis
     scalars, _ = tensorboard_scalars(run)
     tb = sorted((step, value) for tag, step, value in scalars if tag == "eval/episode_return")
