@@ -1,9 +1,13 @@
-"""`decoupled report`: Atari results the way papers report them.
+"""`decoupled report`: results the way papers report them (Atari human-normalised; any other env in raw scores).
 
 Input: the `scores.json` files that `decoupled eval` writes, one per run (training seed) of an agent, grouped by
 agent: `decoupled report impala=s0/scores.json,s1/scores.json random=rnd/scores.json --out DIR`. A bare path
 takes its label from the file (`label`: the agent's name, or `random`); a directory stands for the `scores.json`
 in it (or in its `eval/`). A run's score on a game is the mean of its evaluation episodes.
+
+Scores are human-normalised (HNS) when every game is in the Atari table, and reported raw otherwise (MinAtar,
+Catch, MiniGrid, the labyrinths, ...: no reference table; or `--raw`): then median, IQM and mean of the raw scores
+with the same CIs, no optimality gap, `scores_per_game.png` instead of `hns_per_game.png`, and no table id.
 
 Output (`--out DIR`), every normalised number next to the id of the score table it was normalised with
 (`envs.atari_data.TABLE_ID`):
@@ -38,7 +42,8 @@ from typing import Any
 
 MIN_RUNS = 5  # rliable's "a handful of runs"; the platform's minimum for reported numbers
 METRICS = ("Median", "IQM", "Mean", "Optimality Gap")
-DEFAULT_REPS = 50_000  # the rliable README's examples
+RAW_METRICS = ("Median", "IQM", "Mean")  # raw scores have no "1 = human" for an optimality gap
+DEFAULT_REPS = 2_000  # seconds for a small report; the rliable README's examples use 50,000 (--reps 50000)
 PROFILE_REPS = 2_000  # rliable's default for performance profiles
 
 
@@ -119,9 +124,11 @@ def parse_inputs(specs: list[str]) -> list[Run]:
     return runs
 
 
-def group_runs(runs: list[Run], games: list[str] | None = None) -> tuple[dict[str, list[Run]], list[str]]:
-    """Runs by label, and the games to report (every game of every run unless `games` restricts them). Every game
-    must be in the score table and every run must have scores on every game."""
+def group_runs(
+    runs: list[Run], games: list[str] | None = None, normalise: bool = True
+) -> tuple[dict[str, list[Run]], list[str]]:
+    """Runs by label, and the games to report (every game of every run unless `games` restricts them). With
+    `normalise`, every game must be in the score table; every run must have scores on every game."""
     from decoupled.envs.atari_data import check_in_table
 
     agents: dict[str, list[Run]] = {}
@@ -132,7 +139,8 @@ def group_runs(runs: list[Run], games: list[str] | None = None) -> tuple[dict[st
         for r in runs:
             games += [g for g in r.scores if g not in games]
     for r in runs:
-        check_in_table([g for g in r.scores if g in games], str(r.path))
+        if normalise:
+            check_in_table([g for g in r.scores if g in games], str(r.path))
     for r in runs:
         missing = [g for g in games if g not in r.scores]
         if missing:
@@ -194,6 +202,14 @@ def hns_matrices(agents: dict[str, list[Run]], games: list[str]) -> dict[str, An
     }
 
 
+def raw_aggregate_fn(scores: Any) -> Any:
+    """[runs, games] -> [median, IQM, mean] of raw scores, rliable's estimators."""
+    import numpy as np
+    from rliable import metrics
+
+    return np.array([metrics.aggregate_median(scores), metrics.aggregate_iqm(scores), metrics.aggregate_mean(scores)])
+
+
 def aggregate_fn(scores: Any) -> Any:
     """[runs, games] -> [median, IQM, mean, optimality gap], rliable's estimators."""
     import numpy as np
@@ -209,12 +225,15 @@ def aggregate_fn(scores: Any) -> Any:
     )
 
 
-def interval_estimates(matrices: dict[str, Any], reps: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Point estimates [4] and 95% stratified-bootstrap CIs [2, 4] per agent (rliable)."""
+def interval_estimates(
+    matrices: dict[str, Any], reps: int, seed: int, fn: Any = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Point estimates [4] and 95% stratified-bootstrap CIs [2, 4] per agent (rliable); `fn`: the aggregates (default
+    `aggregate_fn`)."""
     from rliable import library as rly
 
     with _seeded_numpy(seed):
-        return rly.get_interval_estimates(matrices, aggregate_fn, reps=reps)
+        return rly.get_interval_estimates(matrices, fn or aggregate_fn, reps=reps)
 
 
 def performance_profiles(matrices: dict[str, Any], taus: Any, reps: int, seed: int) -> tuple[dict, dict]:
@@ -241,8 +260,12 @@ def _colors(labels: list[str]) -> dict[str, Any]:
     return dict(zip(labels, sns.color_palette("colorblind", n_colors=len(labels))))
 
 
-def plot_per_game(matrices: dict[str, Any], games: list[str], table_id: str, path: Path) -> Path:
-    """Grouped bars: mean HNS over runs per game and agent, each run a dot; 0 = random, 1 = human."""
+def _what(table_id: str | None) -> str:
+    return f"human-normalised score (table {table_id})" if table_id else "raw score (no reference table)"
+
+
+def plot_per_game(matrices: dict[str, Any], games: list[str], table_id: str | None, path: Path) -> Path:
+    """Grouped bars: mean HNS (or raw score) over runs per game and agent, each run a dot; 0 = random, 1 = human."""
     import numpy as np
 
     plt = _plt()
@@ -259,14 +282,15 @@ def plot_per_game(matrices: dict[str, Any], games: list[str], table_id: str, pat
         for row in m:
             ax.scatter(pos, row, s=8, color="k", alpha=0.6, zorder=3, linewidths=0)
     ax.axhline(0.0, color="grey", lw=0.8)
-    ax.axhline(1.0, color="tab:red", lw=0.8, ls="--", label="human")
+    if table_id:
+        ax.axhline(1.0, color="tab:red", lw=0.8, ls="--", label="human")
     allv = np.concatenate([m.ravel() for m in matrices.values()])
     if allv.max() - min(allv.min(), 0.0) > 10.0:
         ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xticks(x)
     ax.set_xticklabels(games, rotation=45 if len(games) > 6 else 0, ha="right" if len(games) > 6 else "center")
-    ax.set_ylabel("human-normalised score")
-    ax.set_title(f"HNS per game, mean over runs (dots: runs); table {table_id}", fontsize=10)
+    ax.set_ylabel(_what(table_id))
+    ax.set_title(f"{_what(table_id)} per game, mean over runs (dots: runs)", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -275,7 +299,7 @@ def plot_per_game(matrices: dict[str, Any], games: list[str], table_id: str, pat
     return path
 
 
-def plot_intervals(point: dict, ci: dict, table_id: str, reps: int, path: Path) -> Path:
+def plot_intervals(point: dict, ci: dict, table_id: str | None, reps: int, path: Path) -> Path:
     """Median, IQM, mean and optimality gap per agent: the point estimate and its 95% CI (the layout of rliable's
     `plot_interval_estimates`, drawn here so that narrow intervals and long titles stay readable)."""
     import numpy as np
@@ -283,8 +307,9 @@ def plot_intervals(point: dict, ci: dict, table_id: str, reps: int, path: Path) 
     plt = _plt()
     labels = list(point)
     colors = _colors(labels)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.1 * len(METRICS), 0.9 + 0.45 * len(labels)), sharey=True)
-    for k, (ax, name) in enumerate(zip(axes, METRICS)):
+    names = METRICS if table_id else RAW_METRICS
+    fig, axes = plt.subplots(1, len(names), figsize=(3.1 * len(names), 0.9 + 0.45 * len(labels)), sharey=True)
+    for k, (ax, name) in enumerate(zip(axes, names)):
         lows = np.array([ci[lb][0, k] for lb in labels])
         highs = np.array([ci[lb][1, k] for lb in labels])
         for i, lb in enumerate(labels):
@@ -301,14 +326,14 @@ def plot_intervals(point: dict, ci: dict, table_id: str, reps: int, path: Path) 
     axes[0].set_yticks(range(len(labels)))
     axes[0].set_yticklabels(labels)
     axes[0].invert_yaxis()
-    fig.supxlabel(f"human-normalised score (table {table_id}); 95% stratified bootstrap CIs, {reps:,} reps", fontsize=9)
+    fig.supxlabel(f"{_what(table_id)}; 95% stratified bootstrap CIs, {reps:,} reps", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_profiles(profiles: dict, profile_cis: dict, taus: Any, table_id: str, path: Path) -> Path:
+def plot_profiles(profiles: dict, profile_cis: dict, taus: Any, table_id: str | None, path: Path) -> Path:
     """rliable's performance profile: fraction of runs with HNS > tau."""
     from rliable import plot_utils
 
@@ -319,7 +344,7 @@ def plot_profiles(profiles: dict, profile_cis: dict, taus: Any, table_id: str, p
         taus,
         performance_profile_cis=profile_cis,
         colors=_colors(list(profiles)),
-        xlabel=rf"Human-normalised score $\tau$ ({table_id})",
+        xlabel=rf"Human-normalised score $\tau$ ({table_id})" if table_id else r"Raw score $\tau$",
         ax=ax,
         labelsize="medium",
         ticklabelsize="medium",
@@ -338,8 +363,10 @@ def build_report(
     games: list[str] | None = None,
     reps: int = DEFAULT_REPS,
     seed: int = 0,
+    raw: bool | None = None,
 ) -> dict[str, Any]:
-    """Write every table and plot of the report to `out`; returns the summary (also in summary.json)."""
+    """Write every table and plot of the report to `out`; returns the summary (also in summary.json). Scores are
+    human-normalised when every game is in the Atari table, else reported raw (`raw`: force either way)."""
     import numpy as np
 
     from decoupled.envs.atari_data import (
@@ -355,8 +382,18 @@ def build_report(
         raise ValueError("--reps must be at least 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    agents, games = group_runs(runs, games)
+    named = games or list(dict.fromkeys(g for r in runs for g in r.scores))
+    in_table = all(g in ATARI_SCORES for g in named)
+    if raw is False and not in_table:
+        raise ValueError(f"no human-normalised scores for {[g for g in named if g not in ATARI_SCORES]}: the score "
+                         "table covers the 57 Atari games; report these raw")  # fmt: skip
+    if raw is None and not in_table and any(g in ATARI_SCORES for g in named):  # a mix: a misspelt Atari game?
+        group_runs(runs, games, normalise=True)  # raises, naming the game and the nearest table name
+    normalise = in_table if raw is None else not raw
+    agents, games = group_runs(runs, games, normalise)
     notes = check_comparable(runs)
+    if not normalise and len(games) > 1:
+        notes.append("raw scores of different games are on different scales: aggregates over games mix them")
     for label, rs in agents.items():
         if len(rs) < MIN_RUNS:
             notes.append(
@@ -365,17 +402,28 @@ def build_report(
             )
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    matrices = hns_matrices(agents, games)
-    point, ci = interval_estimates(matrices, reps, seed)
-    hi = max(1.0, float(max(m.max() for m in matrices.values())))
-    taus = np.linspace(0.0, hi, 81)
+    table_id = TABLE_ID if normalise else None
+    metrics_used = METRICS if normalise else RAW_METRICS
+    if normalise:
+        matrices = hns_matrices(agents, games)
+    else:
+        matrices = {lb: np.array([[r.scores[g] for g in games] for r in rs], np.float64) for lb, rs in agents.items()}
+    point, ci = interval_estimates(matrices, reps, seed, aggregate_fn if normalise else raw_aggregate_fn)
+    lo_all = float(min(m.min() for m in matrices.values()))
+    hi = (
+        max(1.0, float(max(m.max() for m in matrices.values())))
+        if normalise
+        else float(max(m.max() for m in matrices.values()))
+    )
+    taus = np.linspace(0.0 if normalise else lo_all, hi if hi > lo_all else lo_all + 1.0, 81)
     profiles, profile_cis = performance_profiles(matrices, taus, min(reps, PROFILE_REPS), seed)
 
     summary: dict[str, Any] = {
-        "table_id": TABLE_ID,
-        "table_source": TABLE_SOURCE,
+        "score": "hns" if normalise else "raw",
+        "table_id": table_id,
+        "table_source": TABLE_SOURCE if normalise else None,
         "games": games,
-        "metrics": list(METRICS),
+        "metrics": list(metrics_used),
         "ci": "95% stratified bootstrap, percentile method (rliable)",
         "reps": reps,
         "seed": seed,
@@ -387,37 +435,38 @@ def build_report(
         m = matrices[label]
         per_game = {}
         for j, g in enumerate(games):
-            raw = [r.scores[g] for r in rs]
-            per_game[g] = {
-                "mean_score": float(np.mean(raw)),
-                "hns": float(m[:, j].mean()),
-                "hns_runs": [float(v) for v in m[:, j]],
-                "random": ATARI_SCORES[g][0],
-                "human": ATARI_SCORES[g][1],
-                "table_id": TABLE_ID,
-            }
+            raw_scores = [r.scores[g] for r in rs]
+            per_game[g] = {"mean_score": float(np.mean(raw_scores)), "score_runs": [float(v) for v in raw_scores]}
+            if normalise:
+                per_game[g].update(
+                    hns=float(m[:, j].mean()), hns_runs=[float(v) for v in m[:, j]], random=ATARI_SCORES[g][0],
+                    human=ATARI_SCORES[g][1], table_id=TABLE_ID,
+                )  # fmt: skip
         aggregates = {
             name: {"value": float(point[label][k]), "ci": [float(ci[label][0, k]), float(ci[label][1, k])]}
-            for k, name in enumerate(METRICS)
+            for k, name in enumerate(metrics_used)
         }
         entry: dict[str, Any] = {
             "runs": len(rs),
             "files": [str(r.path) for r in rs],
             "aggregates": aggregates,
             "per_game": per_game,
-            "table_id": TABLE_ID,
+            "table_id": table_id,
         }
-        mean_hns = {g: per_game[g]["hns"] for g in games}
-        for name, subset in (("atari5", ATARI5), ("atari10", ATARI10)):
-            if all(g in mean_hns for g in subset):
-                entry[f"{name}_median_estimate"] = atari5_median_estimate(mean_hns, name)
+        if normalise:
+            mean_hns = {g: per_game[g]["hns"] for g in games}
+            for name, subset in (("atari5", ATARI5), ("atari10", ATARI10)):
+                if all(g in mean_hns for g in subset):
+                    entry[f"{name}_median_estimate"] = atari5_median_estimate(mean_hns, name)
         summary["agents"][label] = entry
 
     _write_tables(out, summary, agents, matrices, games)
     images = {
-        "hns_per_game": plot_per_game(matrices, games, TABLE_ID, out / "hns_per_game.png"),
-        "aggregate_intervals": plot_intervals(point, ci, TABLE_ID, reps, out / "aggregate_intervals.png"),
-        "performance_profile": plot_profiles(profiles, profile_cis, taus, TABLE_ID, out / "performance_profile.png"),
+        "hns_per_game" if normalise else "scores_per_game": plot_per_game(
+            matrices, games, table_id, out / ("hns_per_game.png" if normalise else "scores_per_game.png")
+        ),
+        "aggregate_intervals": plot_intervals(point, ci, table_id, reps, out / "aggregate_intervals.png"),
+        "performance_profile": plot_profiles(profiles, profile_cis, taus, table_id, out / "performance_profile.png"),
     }
     summary["images"] = {k: str(v) for k, v in images.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -428,14 +477,18 @@ def build_report(
 def _write_tables(
     out: Path, summary: dict[str, Any], agents: dict[str, list[Run]], matrices: dict[str, Any], games: list[str]
 ) -> None:
-    table_id = summary["table_id"]
+    table_id = summary["table_id"] or ""
     with open(out / "per_game.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["agent", "game", "runs", "mean_score", "hns", "hns_min", "hns_max", "random", "human", "table_id"])
         for label, entry in summary["agents"].items():
             for g, pg in entry["per_game"].items():
+                runs = len(pg["score_runs"])
+                if "hns" not in pg:  # raw scores: no normalisation
+                    w.writerow([label, g, runs, f"{pg['mean_score']:.6g}", "", "", "", "", "", ""])
+                    continue
                 hr = pg["hns_runs"]
-                row = [label, g, len(hr), f"{pg['mean_score']:.6g}", f"{pg['hns']:.6g}", f"{min(hr):.6g}"]
+                row = [label, g, runs, f"{pg['mean_score']:.6g}", f"{pg['hns']:.6g}", f"{min(hr):.6g}"]
                 w.writerow(row + [f"{max(hr):.6g}", pg["random"], pg["human"], table_id])
     with open(out / "score_matrix.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -449,7 +502,8 @@ def _write_tables(
         for label, rs in agents.items():
             for r, row in zip(rs, matrices[label]):
                 for g, v in zip(games, row):
-                    w.writerow([label, str(r.path), g, r.episodes[g], f"{r.scores[g]:.6g}", f"{v:.6g}", table_id])
+                    hns = f"{v:.6g}" if table_id else ""
+                    w.writerow([label, str(r.path), g, r.episodes[g], f"{r.scores[g]:.6g}", hns, table_id])
     with open(out / "aggregates.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["agent", "metric", "value", "ci_low", "ci_high", "runs", "games", "reps", "table_id"])
@@ -462,12 +516,18 @@ def _write_tables(
 
 def render_markdown(summary: dict[str, Any]) -> str:
     """The summary as Markdown tables (report.md, and what the command prints)."""
+    what = (
+        f"Human-normalised scores against table `{summary['table_id']}`"
+        if summary["table_id"]
+        else "Raw scores (no reference table for these games)"
+    )
+    names = summary["metrics"]
     lines = [
-        f"Human-normalised scores against table `{summary['table_id']}`; {len(summary['games'])} games; "
+        f"{what}; {len(summary['games'])} games; "
         f"{summary['ci']}, {summary['reps']:,} reps; protocol(s): {', '.join(summary['protocols'])}.",
         "",
-        "| agent | runs | " + " | ".join(METRICS) + " |",
-        "|---|---:|" + "---:|" * len(METRICS),
+        "| agent | runs | " + " | ".join(names) + " |",
+        "|---|---:|" + "---:|" * len(names),
     ]
     for label, e in summary["agents"].items():
         cells = [f"{a['value']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" for a in e["aggregates"].values()]
@@ -482,13 +542,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "Estimated 57-game median HNS (Aitchison et al. 2022, arXiv:2210.02019):", ""]
         lines += [f"- {label}: {v:.3f} ({name} regression)" for label, name, v in est]
     labels = list(summary["agents"])
-    lines += ["", "| game | " + " | ".join(f"{lb} score | {lb} HNS" for lb in labels) + " |"]
-    lines.append("|---|" + "---:|---:|" * len(labels))
+    if summary["table_id"]:
+        lines += ["", "| game | " + " | ".join(f"{lb} score | {lb} HNS" for lb in labels) + " |"]
+        lines.append("|---|" + "---:|---:|" * len(labels))
+    else:
+        lines += ["", "| game | " + " | ".join(f"{lb} score" for lb in labels) + " |"]
+        lines.append("|---|" + "---:|" * len(labels))
     for g in summary["games"]:
         cells = []
         for lb in labels:
             pg = summary["agents"][lb]["per_game"][g]
-            cells += [f"{pg['mean_score']:.1f}", f"{pg['hns']:.3f}"]
+            cells += [f"{pg['mean_score']:.2f}"] + ([f"{pg['hns']:.3f}"] if summary["table_id"] else [])
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     if summary["warnings"]:
         lines += ["", "Warnings:", ""] + [f"- {w}" for w in summary["warnings"]]
@@ -558,12 +622,13 @@ def report_command(args: argparse.Namespace) -> int:
     runs = parse_inputs(args.scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = build_report(runs, args.out, games, args.reps, args.seed)
+        summary = build_report(runs, args.out, games, args.reps, args.seed, raw=True if args.raw else None)
     for w in caught:
         if str(w.message) in summary["warnings"]:
             print(f"warning: {w.message}", file=sys.stderr)
     print(render_markdown(summary), end="")
-    print(f"wrote {args.out}: per_game.csv, score_matrix.csv, aggregates.csv, summary.json, report.md and 3 PNGs")
+    print(f"wrote {args.out}: per_game.csv, score_matrix.csv, aggregates.csv, summary.json, report.md and 3 PNGs"
+          + ("" if summary["table_id"] else " (raw scores: no reference table for these games)"))  # fmt: skip
     if args.wandb_run:
         mode = args.wandb_mode or os.environ.get("WANDB_MODE", "offline")
         used = log_to_wandb(
@@ -583,7 +648,13 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output dir")
     p.add_argument("--games", help="report only these games (comma-separated)")
     p.add_argument("--suite", help="report only the games of this suite (atari57, atari26, atari10, atari5)")
-    p.add_argument("--reps", type=int, default=DEFAULT_REPS, help=f"bootstrap replications (default {DEFAULT_REPS})")
+    p.add_argument(
+        "--reps", type=int, default=DEFAULT_REPS,
+        help=f"bootstrap replications (default {DEFAULT_REPS:,}: seconds; 50,000 as the rliable README's examples)",
+    )  # fmt: skip
+    p.add_argument(
+        "--raw", action="store_true", help="raw scores even for Atari games (default: HNS where a table has them)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     p.add_argument("--wandb-run", help="log the report to this W&B run id (created if new)")
     p.add_argument("--wandb-project", default="decoupled")

@@ -225,3 +225,24 @@ def test_report_goes_to_wandb_offline(two_agents, tmp_path: Path) -> None:
     assert {"report/aggregates", "report/per_game", "report/hns_per_game", "report/performance_profile"} <= logged
     assert run["summary"]["report/table_id"] == TABLE_ID
     assert run["summary"]["report/good/iqm"] == pytest.approx(summary["agents"]["good"]["aggregates"]["IQM"]["value"])
+
+
+def test_envs_without_a_reference_table_get_raw_score_aggregates_in_seconds(tmp_path):
+    """MinAtar or Catch score files: median, IQM and mean of raw scores with rliable's CIs, no table id, no
+    optimality gap; an Atari game among them must be spelt as in the table (a mix is refused with the hint)."""
+    files = [_write(tmp_path / f"s{i}", {"breakout": [10.0 + i, 12.0 + i]}, label="impala") for i in range(5)]
+    t0 = time.time()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = build_report(parse_inputs([",".join(files)]), tmp_path / "r")  # the default reps
+    assert time.time() - t0 < 30
+    assert summary["score"] == "raw" and summary["table_id"] is None and summary["metrics"] == ["Median", "IQM", "Mean"]
+    agg = summary["agents"]["impala"]["aggregates"]
+    assert agg["Mean"]["value"] == pytest.approx(np.mean([11.0 + i for i in range(5)]))
+    assert agg["Mean"]["ci"][0] <= agg["Mean"]["value"] <= agg["Mean"]["ci"][1]
+    assert (tmp_path / "r" / "scores_per_game.png").is_file() and "Raw scores" in (
+        tmp_path / "r" / "report.md"
+    ).read_text()
+    mixed = _write(tmp_path / "mix", {"Pong": [1.0], "Breakuot": [2.0]}, label="x")
+    with pytest.raises(UnknownGameError, match="Breakout"):
+        build_report(parse_inputs([mixed]), tmp_path / "m", reps=20)
