@@ -872,4 +872,41 @@ def evaluate_command(args: argparse.Namespace) -> int:
     doc = json.loads(path.read_text())
     videos = [r["video"]["path"] for r in doc["games"].values() if r.get("video")]
     print(f"wrote {path}" + (f" and {len(videos)} video(s) in {out / 'videos'}" if videos else ""))
+    if len({t.run_dir for t in tasks}) == 1 and tasks[0].run_dir is not None and tasks[0].state is not None:
+        note = log_eval_to_run(Path(tasks[0].run_dir), tasks[0].cfg, tasks[0].state, doc, out.name)
+        if note:
+            print(note)
     return 0
+
+
+def log_eval_to_run(run_dir: Path, cfg: ConfigBase, state: dict[str, Any], doc: dict[str, Any], name: str) -> str:
+    """Add an evaluation's results (per game: mean, std and count of the episode scores, HNS where there is one) and
+    its videos to the run's own W&B record (the run id its checkpoint holds), on the run's last env_frames; in its
+    W&B mode (offline by default), behind the logger's timeouts. Returns what happened, for the console."""
+    from decoupled.runners.training.logger import WandbSink
+
+    run_id = state.get("wandb_run_id")
+    if cfg.wandb.mode == "disabled" or not run_id:
+        return ""
+    frames = int(state.get("counters", {}).get("env_frames", 0))
+    sink = WandbSink(run_dir, None, mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity,
+                     group=cfg.wandb.group, tags=cfg.wandb.tags, name=run_dir.name, run_id=run_id,
+                     timeout_s=cfg.wandb.init_timeout_s, finish_timeout_s=cfg.wandb.finish_timeout_s)  # fmt: skip
+    if sink.run is None:
+        return f"W&B: the evaluation is in {name}/scores.json only ({sink.mode})"
+    record: dict[str, Any] = {"env_frames": frames}
+    summary: dict[str, Any] = {}
+    for game, r in doc["games"].items():
+        scores = np.asarray(r["episode_scores"], float)
+        key = f"{name}/{game}"
+        record |= {f"{key}/mean_score": float(scores.mean()), f"{key}/std_score": float(scores.std()),
+                   f"{key}/episodes": len(scores)}  # fmt: skip
+        if r.get("hns") is not None:
+            record[f"{key}/hns"] = float(r["hns"])
+        if r.get("video"):
+            record[f"{key}/video"] = r["video"]["path"]
+        summary[f"{key}/mean_score"] = float(scores.mean())
+    sink.write(record)
+    sink.summary(summary)
+    problem = sink.close()
+    return f"W&B: logged to run {run_id}" + (f" ({problem})" if problem else "")

@@ -93,3 +93,18 @@ def test_the_training_entry_point_without_an_evaluator_says_how_to_get_one(tmp_p
     cfg = decoupled.load_config("impala/catch", runner=EVAL)
     with pytest.raises(ValueError, match="make_periodic_evaluator"):
         train(cfg, tmp_path / "r")
+
+
+def test_decoupled_eval_adds_its_scores_and_video_to_the_runs_own_wandb_record(tmp_path: Path, capsys):
+    from decoupled.runners.cli import main
+
+    run = tmp_path / "run"
+    decoupled.train("impala/catch", run_dir=run, runner={**BASE, "total_env_frames": 3200}, wandb={"mode": "offline"})
+    assert main(["eval", str(run), "--episodes", "3"]) == 0
+    assert "W&B: logged to run" in capsys.readouterr().out
+    training, evaluation = read_run_dir(run)
+    assert training["run_id"] == evaluation["run_id"]  # the same W&B run, resumed
+    (row,) = [r for r in evaluation["history"] if "eval/catch/mean_score" in r]
+    scores = json.loads((run / "eval" / "scores.json").read_text())["games"]["catch"]["episode_scores"]
+    assert row["eval/catch/mean_score"] == pytest.approx(sum(scores) / 3) and row["eval/catch/episodes"] == 3
+    assert row["eval/catch/video._type"] == "video-file"
