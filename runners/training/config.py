@@ -139,7 +139,7 @@ class WandbConfig(_Section):
 
 class LoggerConfig(_Section):
     tensorboard: bool = Field(
-        False, description="also write TensorBoard event files into the run dir (tensorboard --logdir runs/)"
+        True, description="also write TensorBoard event files into the run dir (tensorboard --logdir runs/)"
     )
 
 
