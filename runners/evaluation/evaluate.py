@@ -29,8 +29,9 @@ Output (`--out DIR`):
 * `videos/<Game>.gif`: one evaluation episode with the same policy; Atari played on the gymnasium/ale-py backend
   because envpool renders no RGB, at most `--video-steps` agent steps (default 2,000 = 8,000 frames, about 2 minutes
   of play), every `VIDEO_EVERY`-th agent step kept, so the GIF stays a few MB at most; gymnasium and MiniGrid envs
-  through their own `rgb_array` frames; MinAtar, Catch and the 3D labyrinths from their observations (`obs_frame`:
-  MinAtar in its cubehelix colours, small grids enlarged to at least `VIDEO_MIN_SIDE` pixels).
+  through their own `rgb_array` frames; MinAtar and Catch from their observations (`obs_frame`: MinAtar in its
+  cubehelix colours, small grids enlarged to at least `VIDEO_MIN_SIDE` pixels); the 3D labyrinths as RGB next to
+  the depth map with its colour bar.
 """
 
 from __future__ import annotations
@@ -380,6 +381,11 @@ def record_video(
     from PIL import Image
 
     backend, options = task.backend, dict(task.options)
+    if backend == "labyrinth":  # RGB next to depth with its colour bar (runners/evaluation/render.py)
+        from decoupled.runners.evaluation.render import labyrinth_video
+
+        opts = {k: v for k, v in options.items() if k != "max_restarts" and not k.startswith("transform")}
+        return labyrinth_video(task.env_id, net, seed, path, max_steps, VIDEO_GRID_FRAME_MS, **opts)
     if task.atari:
         backend = "atari_gym"
     elif backend in ("gym", "classic", "minigrid"):

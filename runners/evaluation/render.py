@@ -26,14 +26,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, **env_kwargs: Any) -> dict[str, Any]:
-    """Play `steps` agent steps of `task` and record what the plots need."""
+def play_episode(
+    task: str, steps: int, seed: int, run_dir: str | None = None, net: Any = None, **env_kwargs: Any
+) -> dict[str, Any]:
+    """Play `steps` agent steps of `task` (a run's policy, `net`, or random actions) and record what the plots need."""
     import torch
 
     from decoupled.envs.labyrinth import LabyrinthEnv
     from decoupled.runners.training.actor_learner import net_inputs, sample_actions
 
-    net, state, pc = None, None, None
+    state, pc = (net.initial_state(1) if net is not None else None), None
     if run_dir is not None:
         from decoupled.runners.evaluation.evaluate import load_policy
 
@@ -90,6 +92,47 @@ def play_episode(task: str, steps: int, seed: int, run_dir: str | None = None, *
         }
     finally:
         env.close()
+
+
+def depth_colorbar(height: int, max_depth: float, width: int = 70) -> np.ndarray:
+    """An RGB colour bar [height, width, 3] for depth maps in `viridis` from 0 to `max_depth` (distance units)."""
+    dpi = 100
+    fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax = fig.add_axes([0.08, 0.05, 0.25, 0.9])
+    fig.colorbar(plt.cm.ScalarMappable(norm=plt.Normalize(0, max_depth), cmap="viridis"), cax=ax)
+    ax.tick_params(labelsize=6)
+    ax.set_ylabel("depth", fontsize=6)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def labyrinth_video(
+    task: str, net: Any, seed: int, path: Path, max_steps: int, frame_ms: int = 100, **env_kwargs: Any
+) -> dict[str, Any]:
+    """One labyrinth episode as a GIF: the RGB frame next to its depth map (viridis) and the depth colour bar."""
+    from PIL import Image
+
+    ep = play_episode(task, max_steps, seed, net=net, **env_kwargs)
+    max_depth = ep["max_depth"] or float(max(float(np.max(d)) for d in ep["depth"]))
+    cmap = plt.get_cmap("viridis")
+    frames = []
+    bar = None
+    for rgb, depth in zip(ep["rgb"], ep["depth"], strict=True):
+        rgb = np.asarray(rgb, np.uint8)
+        d = np.asarray(depth, np.float64).reshape(rgb.shape[:2])
+        dmap = (cmap(np.clip(d / max_depth, 0, 1))[..., :3] * 255).astype(np.uint8)
+        if bar is None:
+            bar = depth_colorbar(rgb.shape[0], max_depth)
+        frame = np.concatenate([rgb, dmap, bar[: rgb.shape[0]]], axis=1)
+        k = max(1, -(-200 // frame.shape[0]))  # at least 200 pixels high
+        frames.append(Image.fromarray(np.repeat(np.repeat(frame, k, 0), k, 1)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    ended = len(frames) < max_steps
+    return {"path": str(path), "agent_steps": len(frames), "gif_frames": len(frames),
+            "score": float(np.sum(ep["rewards"])), "episode_ended": ended, "backend": "labyrinth"}  # fmt: skip
 
 
 def draw_map(ep: dict[str, Any], path: Path) -> Path:

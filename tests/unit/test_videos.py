@@ -41,3 +41,19 @@ def test_every_pixel_env_films_an_episode_big_enough_to_see(backend, env_id, pac
     assert out is not None and out["agent_steps"] >= 1
     gif = Image.open(out["path"])
     assert 2 <= gif.n_frames <= out["gif_frames"] and min(gif.size) >= 200  # GIF merges repeated frames
+
+
+def test_a_labyrinth_video_shows_rgb_next_to_depth_with_its_colour_bar(tmp_path):
+    pytest.importorskip("vizdoom")
+    from decoupled.api import load_config
+
+    cfg = load_config("impala/nav_maze_static_01")
+    task = EvalTask(cfg.env.id, "labyrinth", cfg.env.id, cfg.env.options())
+    out = record_video(task, None, seed=0, path=tmp_path / "lab.gif", max_steps=6)
+    gif = Image.open(out["path"])
+    h, w = gif.size[1], gif.size[0]
+    assert out["agent_steps"] == 6 and h >= 200 and w > 2 * h  # RGB | depth | colour bar
+    gif.seek(0)
+    frame = np.asarray(gif.convert("RGB"))
+    rgb, depth = frame[:, :h], frame[:, h : 2 * h]
+    assert not np.array_equal(rgb, depth) and depth.std() > 0
