@@ -97,6 +97,9 @@ class DistillConfig(ImpalaConfig):
     teacher_action_prob: float = Field(0.5, ge=0.0, le=1.0, description="control: mixture's share of teacher actions")
     plus_reward: bool = Field(False, description="add the env reward to the pseudo-reward (the paper's '+R' rows)")
     distill_cost: float = Field(1.0, ge=0.0, description="weight of the per-state loss")
+    reinforce_cost: float = Field(
+        1.0, ge=0.0, description="weight of the REINFORCE term of a pseudo-reward or +R (its variance may need < 1)"
+    )
     teacher_prob_floor: float = Field(1e-4, gt=0.0, lt=1.0, description="floor of pi_T inside every log")
     sobolev_cost: float = Field(0.0, ge=0.0, description="weight of the Sobolev (input-Jacobian) term; 0: off")
     sobolev_target: Literal["log_pi", "centred_logits", "value"] = Field(
@@ -482,7 +485,7 @@ def distill_loss(
     if cfg.reinforce:
         pg = policy_gradient_loss(s_logits, actions, vt.pg_advantages) * scale
         ent = entropy_loss(s_logits) * scale
-        loss = loss + pg + cfg.entropy_cost * ent
+        loss = loss + cfg.reinforce_cost * pg + cfg.entropy_cost * ent
         metrics["loss/policy"] = pg.detach()
     metrics["loss/total"] = loss.detach()
     metrics["train/rho_mean"] = vt.log_rhos.exp().mean()

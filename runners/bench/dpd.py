@@ -6,7 +6,9 @@ a goal cell pays 1 and ends the episode; every step ends it with probability 0.0
 episodes start in the centre and are cut at `--horizon` steps). The teacher is softmax(Q* / `--temperature`) of the
 optimal Q (value iteration, discount 0.99). The student is tabular: a table of logits and one of values, whose
 per-state outputs stand in for the net's in `distill_loss`, so every variant's per-state loss, pseudo-reward and
-V-trace REINFORCE term are the agent's. Each episode of the control policy is one [T+1, 1] batch; plain SGD steps.
+V-trace REINFORCE term are the agent's. Each episode of the control policy is one [T+1, 1] batch; plain SGD steps
+(learning rate 0.5, the REINFORCE term weighted 0.1 and gradients clipped at norm 10: without them the pure
+pseudo-reward variants diverge).
 
 Reported, exactly (dynamic programming, no sampling): the student's expected return from the start, KL(pi_T || pi_S)
 averaged over the states the student visits (its discounted occupancy), and agreement with the teacher's argmax on
@@ -87,13 +89,23 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 
 def train_student(
-    mdp: GridMDP, teacher: np.ndarray, variant: str, episodes: int, lr: float, seed: int, horizon: int
+    mdp: GridMDP,
+    teacher: np.ndarray,
+    variant: str,
+    episodes: int,
+    lr: float,
+    seed: int,
+    horizon: int,
+    reinforce_cost: float = 0.1,
+    max_grad_norm: float = 10.0,
 ) -> list[dict[str, float]]:
-    """SGD on a tabular student with distill_loss, one episode per update; exact metrics at 1/4 and at the end."""
+    """SGD on a tabular student with distill_loss, one episode per update (the REINFORCE term weighted by
+    `reinforce_cost`, gradients clipped at `max_grad_norm`); exact metrics at 1/4 and at the end."""
     from decoupled.agents.distill import DistillConfig, distill_loss
 
     cfg = DistillConfig(teachers=("tabular",), variant=variant, torso="mlp", discount=0.99, baseline_cost=0.5,
-                        entropy_cost=0.0, loss_reduction="sum", teacher_prob_floor=1e-4)  # fmt: skip
+                        entropy_cost=0.0, loss_reduction="sum", teacher_prob_floor=1e-4,
+                        reinforce_cost=reinforce_cost)  # fmt: skip
     control = cfg.pieces[0]
     rng = np.random.default_rng(seed)
     logits = torch.zeros(mdp.S, mdp.A, requires_grad=True)
@@ -129,6 +141,7 @@ def train_student(
         loss, _ = distill_loss(cfg, batch, outputs)
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_([logits, values], max_grad_norm)
         opt.step()
         if ep in marks:
             pi = torch.softmax(logits.detach(), -1).double().numpy()
@@ -179,7 +192,9 @@ def bench_dpd(args: argparse.Namespace) -> list[dict[str, Any]]:
             for m in range(args.mdps):
                 mdp = GridMDP(args.size, args.noise, copies, np.random.default_rng(m))
                 teacher = teacher_policy(mdp, args.temperature)
-                per_mdp.append(train_student(mdp, teacher, variant, args.episodes, args.lr, m, args.horizon))
+                per_mdp.append(
+                    train_student(mdp, teacher, variant, args.episodes, args.lr, m, args.horizon, args.reinforce_cost)
+                )
             rec: dict[str, Any] = {"bench": "dpd", "variant": variant, "actions": 4 * copies, "mdps": args.mdps}
             teacher_returns = [
                 GridMDP(args.size, args.noise, copies, np.random.default_rng(m)) for m in range(args.mdps)
@@ -191,7 +206,8 @@ def bench_dpd(args: argparse.Namespace) -> list[dict[str, Any]]:
                     rec[f"{key}_{when}"] = round(statistics.fmean(run[i][key] for run in per_mdp), 4)
             records.append(emit(rec))
     summary = {"bench": "dpd", "what": "summary", "seconds": round(time.time() - t0, 1), "episodes": args.episodes,
-               "lr": args.lr, "size": args.size, "noise": args.noise, "temperature": args.temperature}  # fmt: skip
+               "lr": args.lr, "reinforce_cost": args.reinforce_cost, "size": args.size, "noise": args.noise,
+               "temperature": args.temperature}  # fmt: skip
     records.append(emit(summary))
     return records
 
@@ -206,3 +222,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--horizon", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--reinforce-cost", type=float, default=0.1, help="weight of the REINFORCE term (0.1: its variance)")
