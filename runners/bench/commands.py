@@ -506,6 +506,9 @@ def add_parser(sub: Any) -> None:
     fu = bsub.add_parser("feudal", help="FeUdal Networks vs the paper's LSTM baseline at equal frames, goal ablation")
     bench_learning.add_arguments(fu, "feudal")
     fu.set_defaults(func=lambda a: (bench_learning.bench_feudal(a), 0)[1])
+    di = bsub.add_parser("distill", help="policy distillation methods from one teacher at equal frames, seeds")
+    bench_learning.add_arguments(di, "distill")
+    di.set_defaults(func=lambda a: (bench_learning.bench_distill(a), 0)[1])
     dp = bsub.add_parser("dpd", help="Distilling Policy Distillation's tabular check through the distill agent's loss")
     from decoupled.runners.bench import dpd as bench_dpd
 

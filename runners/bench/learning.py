@@ -25,6 +25,10 @@ vectors (if its score does not fall, the Worker is not using the Manager). It pr
 under the curve, the frames to first reach `--threshold` (default: any solved MiniGrid episode, return > 0) and the
 share of evaluation episodes with a positive return (MiniGrid's success rate).
 
+`bench distill` trains students of a distill config from one teacher with several methods (on-policy, on-policy +
+Sobolev, teacher-driven, expected entropy regularised) for the same frames, seeds, and reports the return curves, the
+evaluation return and the final agreement with the teacher and KL from the logs.
+
 `bench transfer` is Progressive Nets' transfer experiment (Rusu et al. 2016, Sec. 5): it trains a source column
 (`--source`, an IMPALA config, for its own frames) per seed, then on each target (`--targets`: env transforms such as
 hflip, noisy, white, envs/transforms.py; or `id:<game>`, another game, e.g. `id:space_invaders` with `--override
@@ -512,6 +516,53 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*records, summary]
 
 
+DISTILL_METHODS = {
+    "on_policy": ["agent.variant=on_policy_distill"],
+    "on_policy_sobolev": ["agent.variant=on_policy_distill", "agent.sobolev_cost=1.0"],
+    "teacher_driven": ["agent.variant=teacher_distill"],
+    "eer": ["agent.variant=expected_entropy_regularised"],
+}
+
+
+def bench_distill(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Students of `--config` (a distill config) learning from `--teacher` with each method of `--methods`, seeds,
+    equal frames: the return curve and, per run, the final agreement with the teacher and KL (from the logs)."""
+    methods = [m.strip() for m in args.methods.split(",")]
+    bad = [m for m in methods if m not in DISTILL_METHODS]
+    if bad:
+        raise SystemExit(f"bench distill: unknown method(s) {bad}; choose from {', '.join(DISTILL_METHODS)}")
+    config = str(_repo_path(args.config))
+    name = Path(config).stem
+    out = Path(args.out)
+    jobs = {}
+    for s in range(args.seeds):
+        common = [f"runner.seed={s}", f"runner.total_env_frames={args.frames}", "wandb.mode=disabled",
+                  "runner.progress_every_seconds=60", f"agent.teachers=[{args.teacher}]", *args.override]  # fmt: skip
+        for m in methods:
+            jobs[(name, m, s)] = (config, common + DISTILL_METHODS[m], str(out / name / f"{m}_s{s}"))
+    t0 = time.time()
+    results = run_all(jobs, args)
+    from decoupled.runners.evaluation.plot import read_metrics
+
+    extra = {}
+    for m in methods:
+        finals = []
+        for s in range(args.seeds):
+            recs = [r for r in read_metrics(out / name / f"{m}_s{s}") if "distill/agreement" in r]
+            tail = recs[-max(1, len(recs) // 10) :]
+            finals.append(
+                {k: round(statistics.fmean(r[k] for r in tail), 4) for k in ("distill/agreement", "distill/kl")}
+            )
+        extra[m] = finals
+    records = []
+    for m in methods:
+        records += _method_records(results, name, [m], args, {"teacher": args.teacher, "final_logs": extra[m]})
+    plot_curves(results, name, methods, out / f"{name}.png", f"{name}: distillation methods, {args.frames:,} frames")
+    summary = {"bench": "distill", "what": "summary", "seconds": round(time.time() - t0, 1), "out": str(out)}
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
 def plot_transfer_matrix(matrix: dict, targets: list[str], methods: list[str], path: Path, title: str) -> None:
     """Targets x methods, each cell the transfer score (ratio of mean AUCs over seeds) with its per-seed range."""
     import numpy as np
@@ -531,7 +582,15 @@ def plot_transfer_matrix(matrix: dict, targets: list[str], methods: list[str], p
 
 
 def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
-    if which == "transfer":
+    if which == "distill":
+        p.add_argument("--config", default="configs/distill/minatar_breakout.yaml", help="the students' config")
+        p.add_argument("--teacher", required=True, help="the teacher: a run dir, checkpoint dir or SB3 .zip")
+        p.add_argument("--methods", default=",".join(DISTILL_METHODS), help=", ".join(DISTILL_METHODS))
+        p.add_argument("--frames", type=int, default=1_000_000, help="env frames per student (equal samples)")
+        p.add_argument("--eval-episodes", type=int, default=30)
+        p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
+        p.add_argument("--out", default="runs/bench_distill")
+    elif which == "transfer":
         p.add_argument("--source", default="configs/impala/minatar_breakout.yaml", help="the source column's config")
         p.add_argument("--source-frames", type=int, default=None, help="source frames (default: its config's)")
         p.add_argument(

@@ -90,3 +90,17 @@ def test_bench_transfer_to_another_minatar_game_through_the_union_channels(tmp_p
     run = tmp_path / "minatar_breakout" / "id_space_invaders" / "progressive_s0"
     settings = json.loads((run / "env_settings.json").read_text())
     assert settings["game"] == "space_invaders" and settings["channels"] == "union"
+
+
+@pytest.mark.slow
+def test_bench_distill_compares_methods_from_one_teacher(tmp_path: Path):
+    teacher = tmp_path / "teacher"
+    _train("configs/impala/catch.yaml", teacher, 1600)
+    r = _cli("bench", "distill", "--config", "configs/distill/catch.yaml", "--teacher", str(teacher), "--methods",
+             "on_policy,on_policy_sobolev", "--frames", "1600", "--seeds", "1", "--jobs", "1", "--eval-episodes", "2",
+             "--out", str(tmp_path / "b"))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"bench": "distill", "what": "method"')]
+    assert {x["method"] for x in lines} == {"on_policy", "on_policy_sobolev"}
+    assert all(0 <= x["final_logs"][0]["distill/agreement"] <= 1 for x in lines)
+    assert (tmp_path / "b" / "catch.png").is_file()
