@@ -176,7 +176,7 @@ def plot_afs(result: dict[str, Any], path: Path, title: str, key: str = "afs") -
     import matplotlib.pyplot as plt
 
     layers, columns = result["layers"], result["columns"]
-    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(layers), 3.4))
+    fig, ax = plt.subplots(figsize=(max(5.5, 2.5 + 1.1 * len(layers)), 3.6))
     bottom = np.zeros(len(layers))
     for k in columns:
         values = np.array([result["per_layer"][name][key][columns.index(k)] for name in layers])
@@ -185,7 +185,9 @@ def plot_afs(result: dict[str, Any], path: Path, title: str, key: str = "afs") -
         bottom += values
     ax.set_ylim(0, 1)
     ax.set_ylabel({"afs": "average Fisher sensitivity", "aps": "average perturbation sensitivity"}[key])
-    ax.set_title(title, fontsize=9)
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=8)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
