@@ -202,7 +202,7 @@ class DistillNet(nn.Module):
             return self.teachers[0](inputs, state)
         G = len(self.teachers)
         obs = inputs["obs"]
-        game = obs[:, :, -G:, 0, 0].float().argmax(-1)  # [T, B]
+        game = obs[:, :, -G:].flatten(3).float().sum(-1).argmax(-1)  # [T, B]: the lit plane
         view = {**inputs, "obs": obs[:, :, :-G]}
         logits, values, new_state, i = [], [], (), 0
         for teacher in self.teachers:

@@ -410,6 +410,7 @@ def init_from_sources(
     for j, path in enumerate(cfg.columns):
         where = f"agent.columns[{j}] = {path}"
         if path == RANDOM:
+            _no_laterals(net, j)  # a random column of its own: nothing flows into it from the columns before
             loaded.append(RANDOM)
             continue
         try:
@@ -429,6 +430,7 @@ def init_from_sources(
         net_state = state["net"]
         if name in ("impala", "unreal"):  # an UNREAL run's auxiliary heads stay with it
             _load_column(net, j, net_state, where)
+            _no_laterals(net, j)  # it was trained alone: its laterals must add exactly nothing
         else:
             _load_progressive(net, j, net_state, src_cfg.agent, where)
         loaded.append(ckpt)
@@ -439,11 +441,27 @@ def _describe_want(want: dict[str, Any]) -> str:
     return "impala (" + ", ".join(f"{k}={v}" for k, v in want.items()) + ")"
 
 
+def _no_laterals(net: ProgressiveNet, j: int) -> None:
+    """Column j >= 1 as a standalone net: every adapter into it outputs 0 (U = 0), so it computes what it did alone."""
+    if j == 0:
+        return
+    with torch.no_grad():
+        for module in net.adapters[j].modules():
+            if isinstance(module, Adapter):
+                module.u.weight.zero_()
+
+
 def _load_column(net: ProgressiveNet, j: int, net_state: dict[str, torch.Tensor], where: str) -> None:
     """An IMPALA net's state into column j: torso and core must fit; the heads load when the action counts agree."""
     column = net.columns[j]
     body = {k: v for k, v in net_state.items() if k.startswith(("torso.", "core."))}
     heads = {k[len("heads.") :]: v for k, v in net_state.items() if k.startswith("heads.")}
+    policy = heads.get("policy.weight")
+    if isinstance(column.core, LSTMCore) and policy is not None and policy.shape[0] != net.num_actions:
+        raise AgentSetupError(
+            f"{where}: it acts with {policy.shape[0]} actions, this env with {net.num_actions}; an LSTM core reads the "
+            "previous action, so its columns need the same action set (MinAtar: env.full_action_set=true everywhere)"
+        )
     try:
         missing, unexpected = column.load_state_dict(body, strict=False)
     except RuntimeError as e:
@@ -463,6 +481,8 @@ def _load_column(net: ProgressiveNet, j: int, net_state: dict[str, torch.Tensor]
 
 def _load_progressive(net: ProgressiveNet, j: int, net_state: dict[str, torch.Tensor], src: Any, where: str) -> None:
     """A progressive run's columns 0..m-1 into columns 0..m-1 (m = j + 1): the ones listed before it must be its own."""
+    if net.transfer != "progressive":
+        raise AgentSetupError(f"{where}: finetuning takes a one-column (impala or unreal) source")
     if src.transfer != "progressive":
         raise AgentSetupError(f"{where}: a {src.transfer} run has one column; give its source instead")
     m = len(src.columns) + 1
@@ -471,21 +491,24 @@ def _load_progressive(net: ProgressiveNet, j: int, net_state: dict[str, torch.Te
             f"{where}: a progressive run of {m} columns must come at position {m - 1} of agent.columns (after the "
             f"{m - 1} columns it was trained on), not at {j}"
         )
-    if net.transfer != "progressive":
-        raise AgentSetupError(f"{where}: finetuning takes a one-column (impala) source")
+    listed = list(net_cfg_columns(net))
     for i in range(m):
         prefix = f"columns.{i}."
         part = {k[len(prefix) :]: v for k, v in net_state.items() if k.startswith(prefix)}
-        if i < j:  # already loaded from the list: it must be the same column
+        if i < j and listed[i] != RANDOM:  # already loaded from the list: it must be the same column
             mine = net.columns[i].state_dict()
-            same = all(k in part and torch.equal(part[k], v) for k, v in mine.items() if not k.startswith("heads."))
+            same = all(
+                k in part and torch.equal(part[k].to(v.device), v)
+                for k, v in mine.items()
+                if not k.startswith("heads.")
+            )
             if not same:
                 raise AgentSetupError(
                     f"{where}: its column {i} is not agent.columns[{i}] (a progressive run must follow the columns "
                     "it was trained on, in order)"
                 )
             continue
-        _load_column(net, i, part, where)
+        _load_column(net, i, part, where)  # its own column (or a random one it drew: copied, not redrawn)
         if i > 0:
             prefix = f"adapters.{i}."
             adapters = {k[len(prefix) :]: v for k, v in net_state.items() if k.startswith(prefix)}
@@ -493,6 +516,10 @@ def _load_progressive(net: ProgressiveNet, j: int, net_state: dict[str, torch.Te
                 net.adapters[i].load_state_dict(adapters)
             except RuntimeError as e:
                 raise AgentSetupError(f"{where}: its adapters do not fit: {e}") from e
+
+
+def net_cfg_columns(net: ProgressiveNet) -> tuple[str, ...]:
+    return tuple(net.cfg.columns)
 
 
 AGENT = AgentDef(

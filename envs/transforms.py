@@ -12,11 +12,13 @@ carry it to every place that builds the env):
   such as MinAtar's become float32).
 - `black`, `white`: the background (each frame's most common value) set to black or white. On binary grids
   (MinAtar, Catch), whose background is already 0, `black` is refused and `white` inverts every channel (the
-  background becomes 1 everywhere, as the inverted "white" target of the paper's synthetic check).
+  background becomes 1 everywhere, as the inverted "white" target of the paper's synthetic check); white is the top
+  of the net's input range (255 for pixels).
 - `zoom`: the image scaled by 0.75 (nearest neighbour) and translated to the centre, the border filled with the
   background.
 
-Rewards, episodes and snapshots are the inner env's: the transform holds no state beyond its frozen noise.
+Rewards, episodes and snapshots are the inner env's: the transform holds no state beyond its frozen noise. A
+multi-game MinAtar env's game planes (the last `game_planes` channels) are left as they are.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class ObsTransform:
             )
         self.name, self.seed, self.noise = name, int(seed), float(noise)
         self.binary = _is_binary(spec)
+        self.keep = int(spec.extra.get("game_planes", 0))  # a multi-game env's game planes stay as they are
+        self.fill = min(255, round(1.0 / float(spec.extra.get("obs_scale", 1.0))))  # white: the top of the net's 0..1
         if name == "black" and self.binary:
             raise ValueError(
                 f"env.transform=black: {spec.name}'s background is already 0 (a binary grid); use white (inverts it)"
@@ -84,6 +88,12 @@ class ObsTransform:
         )
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
+        if not self.keep:
+            return self._apply(obs)
+        head = self._apply(obs[..., : -self.keep, :, :])
+        return np.concatenate([head, obs[..., -self.keep :, :, :].astype(head.dtype)], axis=-3)
+
+    def _apply(self, obs: np.ndarray) -> np.ndarray:
         n = self.name
         if n == "hflip":
             return np.ascontiguousarray(obs[..., ::-1])
@@ -99,7 +109,7 @@ class ObsTransform:
         if n == "white" and self.binary:
             return (1 - obs).astype(self.out_dtype)
         if n in ("black", "white"):
-            fill = 0 if n == "black" else 255
+            fill = 0 if n == "black" else self.fill
             return np.where(obs == _background(obs), np.asarray(fill, obs.dtype), obs)
         return self._zoom(obs)
 

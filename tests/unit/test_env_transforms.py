@@ -111,3 +111,12 @@ def test_the_env_section_carries_the_transform_to_every_env_it_builds():
     assert "transform" not in load_config("impala/catch").env.options()  # no transform: options as before
     with make_vec_env(cfg.env.backend, cfg.env.id, 1, 0, mode="eval", options=cfg.env.options()) as env:
         assert env.settings()["transform"] == "vflip"
+
+
+def test_a_multi_game_envs_game_planes_are_left_as_they_are():
+    pytest.importorskip("minatar")
+    opts = {"channels": "union", "full_action_set": True, "games": ["breakout", "space_invaders"]}
+    for name in ("white", "zoom", "noisy", "hflip"):
+        pairs, *_ = _lockstep("minatar", "multi", name, steps=2, **opts)
+        for raw, out in pairs:
+            np.testing.assert_array_equal(out[:, -2:], raw[:, -2:].astype(out.dtype))

@@ -212,3 +212,50 @@ def test_unreals_auxiliary_tasks_ride_on_the_newest_column_over_an_unreal_source
     assert not any(k.startswith("columns.0.pixel_control") for k in s_run["net"])
     res = decoupled.train(run_dir=run, resume=True, overrides=["runner.total_env_frames=4800"])
     assert res["status"] == "finished"
+
+
+def test_standalone_runs_as_later_columns_compute_what_they_computed_alone(source: Path, tmp_path: Path):
+    """Two IMPALA runs as columns 0 and 1: the adapters into column 1 add exactly nothing (it was trained alone), so
+    each frozen column's activations are its own run's torso features."""
+    other = tmp_path / "other"
+    decoupled.train("impala/catch", run_dir=other, runner={**SMALL["runner"], "seed": 5}, wandb={"mode": "disabled"})
+    run = tmp_path / "p3"
+    _progressive(run, [str(source), str(other)])
+    net = decoupled.load_policy(run).net
+    obs = torch.randint(0, 2, (1, 4, 1, 10, 5), dtype=torch.uint8)
+    zeros = torch.zeros(1, 4)
+    _, acts, _ = net.forward_with_activations(
+        {"obs": obs, "first": zeros.bool(), "prev_action": zeros.long(), "prev_reward": zeros}, net.initial_state(4)
+    )
+    for k, run_dir in enumerate((source, other)):
+        alone = decoupled.load_policy(run_dir).net
+        torch.testing.assert_close(acts[(k, "fc2")], alone.torso(obs[0]))
+
+
+def test_a_random_column_is_copied_from_the_progressive_run_that_drew_it(tmp_path: Path):
+    first, second = tmp_path / "random_p2", tmp_path / "p3"
+    _progressive(first, ["random"])
+    runner = {**SMALL["runner"], "seed": 9}  # another seed draws another random column 0: it must be copied, not drawn
+    decoupled.train("impala/catch", run_dir=second, agent={"name": "progressive", "columns": ["random", str(first)]},
+                    env={"transform": "vflip"}, runner=runner, wandb={"mode": "disabled"})  # fmt: skip
+    _, a, _ = load_run_checkpoint(first)
+    _, b, _ = load_run_checkpoint(second)
+    for k, v in a["net"].items():
+        if k.startswith(("columns.0.torso", "columns.1.", "adapters.1.")):
+            assert torch.equal(b["net"][k], v), k
+
+
+def test_finetuning_from_a_progressive_run_and_lstm_columns_of_another_action_set_are_refused(source, tmp_path):
+    p2 = tmp_path / "p2"
+    _progressive(p2, [str(source)])
+    assert "finetuning takes a one-column" in _setup_error([str(p2)], {"transfer": "finetune_all"})
+    spec = EnvSpec("catch", (1, 10, 5), np.dtype(np.uint8), 3, 1, {"obs_scale": 1.0})
+    cfg = _cfg(columns=("x",), torso="mlp", hidden_sizes=(8,), core="lstm", lstm_size=4)
+    net = ProgressiveNet(spec, cfg)
+    from decoupled.agents.base import AgentSetupError
+    from decoupled.agents.progressive import _load_column
+
+    state = {f"heads.{k}": v for k, v in net.columns[0].heads.state_dict().items()}
+    state["heads.policy.weight"] = torch.zeros(4, state["heads.policy.weight"].shape[1])
+    with pytest.raises(AgentSetupError, match="acts with 4 actions, this env with 3"):
+        _load_column(net, 0, state, "agent.columns[0] = x")
