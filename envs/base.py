@@ -280,3 +280,18 @@ class PerEnvVecEnv(VecEnv):
             close = getattr(env, "close", None)  # MinAtar's `Environment` has nothing to close
             if close is not None:
                 close()
+
+
+class GymFrames:
+    """`render_rgb(i)` for backends whose copies are gymnasium envs in `_envs`, built with render_mode="rgb_array"
+    when frames are wanted (evaluation videos)."""
+
+    _envs: list[Any]
+    env_id: str
+
+    def render_rgb(self, i: int) -> np.ndarray:
+        """Copy i's frame as RGB [H, W, 3] uint8 (the env must be built with render_mode="rgb_array")."""
+        frame = self._envs[i].render()
+        if frame is None:
+            raise ValueError(f"{self.env_id}: no frame; build the env with render_mode='rgb_array'")
+        return np.asarray(frame, np.uint8)

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from decoupled.envs.base import EnvSpec, EnvStep, PerEnvVecEnv
+from decoupled.envs.base import EnvSpec, EnvStep, GymFrames, PerEnvVecEnv
 
 # Attributes of `env.unwrapped`, beyond `state`, that some classic-control tasks carry between steps
 # (CartPole counts the steps taken after termination to warn about stepping a finished episode).
@@ -49,7 +49,7 @@ def _snapshotable(env: Any) -> bool:
     return type(env.unwrapped).__module__.startswith("gymnasium.envs.classic_control")
 
 
-class ClassicVecEnv(PerEnvVecEnv):
+class ClassicVecEnv(GymFrames, PerEnvVecEnv):
     """`num_envs` copies of a gymnasium env with a Discrete action space and a Box observation."""
 
     _label = "classic"
@@ -162,10 +162,3 @@ class ClassicVecEnv(PerEnvVecEnv):
             if limit is not None and entry["elapsed_steps"] is not None:
                 limit._elapsed_steps = int(entry["elapsed_steps"])
         self._restore(state)
-
-    def render_rgb(self, i: int) -> np.ndarray:
-        """Copy i's frame as RGB [H, W, 3] uint8 (the env must be built with render_mode="rgb_array")."""
-        frame = self._envs[i].render()
-        if frame is None:
-            raise ValueError(f"{self.env_id}: no frame; build the env with render_mode='rgb_array'")
-        return np.asarray(frame, np.uint8)

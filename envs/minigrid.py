@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from decoupled.envs.base import EnvSpec, EnvStep, PerEnvVecEnv
+from decoupled.envs.base import EnvSpec, EnvStep, GymFrames, PerEnvVecEnv
 
 OBS_SCALE = 1.0 / 10.0  # the largest symbolic index (OBJECT_TO_IDX's "agent") is 10
 
 
-class MiniGridVecEnv(PerEnvVecEnv):
+class MiniGridVecEnv(GymFrames, PerEnvVecEnv):
     """`num_envs` copies of a MiniGrid task with the symbolic [3, 7, 7] view."""
 
     _label = "minigrid"
@@ -96,10 +96,3 @@ class MiniGridVecEnv(PerEnvVecEnv):
             "num_actions": self.spec.num_actions,
             "minigrid_version": version("minigrid"),
         }
-
-    def render_rgb(self, i: int) -> np.ndarray:
-        """Copy i's frame as RGB [H, W, 3] uint8 (the env must be built with render_mode="rgb_array")."""
-        frame = self._envs[i].render()
-        if frame is None:
-            raise ValueError(f"{self.env_id}: no frame; build the env with render_mode='rgb_array'")
-        return np.asarray(frame, np.uint8)
