@@ -37,9 +37,9 @@ def play_episode(
 
     state, pc = (net.initial_state(1) if net is not None else None), None
     if run_dir is not None:
-        from decoupled.runners.evaluation.evaluate import load_policy
+        from decoupled.runners.training.train import load_run_net
 
-        cfg, net, _ = load_policy(Path(run_dir))
+        cfg, net, _ = load_run_net(Path(run_dir))
         if cfg.env.backend != "labyrinth" or cfg.env.id != task:
             raise ValueError(f"run {run_dir} trained on {cfg.env.backend}:{cfg.env.id}, not the labyrinth task {task}")
         options = {k: v for k, v in cfg.env.options().items() if k != "max_restarts"}  # a worker setting

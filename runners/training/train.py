@@ -607,6 +607,20 @@ def load_run_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
     return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
 
 
+def load_run_net(target: Path) -> tuple[ConfigBase, torch.nn.Module, str]:
+    """(config, net in eval mode, checkpoint path) of a run dir or checkpoint dir; the net is built for the spec of
+    one copy of the run's env (built in evaluation form, then closed)."""
+    cfg, state, ckpt = load_run_checkpoint(Path(target))
+    probe = make_vec_env(cfg.env.backend, cfg.env.id, 1, 0, mode="eval", options=cfg.env.options())
+    try:
+        spec = probe.spec
+    finally:
+        probe.close()
+    net = get_agent(cfg.agent_name).make_net(spec, cfg.agent)
+    net.load_state_dict(state["net"])
+    return cfg, net.eval(), ckpt
+
+
 def _run_dir_above(ckpt_dir: Path) -> Path:
     """RUN of RUN/checkpoints/ckpt-N and of RUN/checkpoints/best/ckpt-N."""
     for path in ckpt_dir.parents[:3]:
