@@ -63,6 +63,7 @@ from decoupled.agents.impala import ImpalaConfig, ImpalaNet, vtrace_inputs
 from decoupled.agents.nets.cores import CoreState
 from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
 from decoupled.agents.ops.vtrace import vtrace_from_logits
+from decoupled.envs import probe_spec
 from decoupled.envs.base import EnvSpec
 
 # variant -> (control policy, per-state loss, pseudo-reward); the rows of Table 1 of the paper
@@ -252,19 +253,6 @@ def params_sha256(net: nn.Module) -> str:
     return h.hexdigest()
 
 
-def teacher_spec(teacher_cfg: Any) -> EnvSpec:
-    """The spec of the env the teacher was trained on (one copy built in evaluation form, then closed)."""
-    from decoupled.envs import make_vec_env
-
-    env = make_vec_env(
-        teacher_cfg.env.backend, teacher_cfg.env.id, 1, 0, mode="eval", options=teacher_cfg.env.options()
-    )
-    try:
-        return env.spec
-    finally:
-        env.close()
-
-
 def check_teacher_env(where: str, student: EnvSpec, teacher: EnvSpec) -> None:
     """Refuse a teacher whose env the student's cannot stand in for: observation shape, type and scale (frame stack,
     size, colour), the number and meaning of the actions."""
@@ -376,7 +364,7 @@ def _load_platform_teacher(
     except Exception as e:  # missing, corrupt: the loader's reason, with the teacher named
         raise AgentSetupError(f"{where}: cannot load it: {e}") from e
     try:
-        spec = teacher_spec(t_cfg)
+        spec = probe_spec(t_cfg.env.backend, t_cfg.env.id, t_cfg.env.options())  # the env it was trained on
     except Exception as e:
         raise AgentSetupError(f"{where}: cannot build the env it was trained on ({t_cfg.env.backend}): {e}") from e
     if game is not None and t_cfg.env.id != game:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from decoupled.envs import VecEnv, make_vec_env
+from decoupled.envs import VecEnv, make_vec_env, probe_spec
 from decoupled.envs.base import EnvSpec
 from decoupled.runners.training.config import ConfigBase, apply_overrides, read_config_file, validate_config
 from decoupled.runners.training.train import resume_run, start_run
@@ -167,11 +167,7 @@ def load_policy(path: str | Path, *, device: str | torch.device = "cpu", seed: i
     from decoupled.runners.evaluation.evaluate import load_checkpoint, make_policy_net
 
     cfg, state, ckpt = load_checkpoint(Path(path))
-    probe = make_vec_env(cfg.env.backend, cfg.env.id, 1, 0, mode="eval", options=cfg.env.options())
-    try:
-        spec = probe.spec
-    finally:
-        probe.close()
+    spec = probe_spec(cfg.env.backend, cfg.env.id, cfg.env.options())
     with torch.random.fork_rng(devices=[]):  # building the net draws its (then overwritten) initial parameters
         net = make_policy_net(cfg, state, spec).to(device)
     return Policy(cfg, net, spec, ckpt, seed)

@@ -35,6 +35,7 @@ __all__ = [
     "env_backends",
     "get_env_backend",
     "make_vec_env",
+    "probe_spec",
     "register_env_backend",
 ]
 
@@ -183,3 +184,13 @@ def make_vec_env(
     except ValueError:
         env.close()
         raise
+
+
+def probe_spec(backend: str, env_id: str, options: dict[str, Any] | None = None) -> EnvSpec:
+    """The spec of `env_id` on `backend` (what a net for it is built from): one copy built in evaluation form, then
+    closed."""
+    env = make_vec_env(backend, env_id, 1, 0, mode="eval", options=options)
+    try:
+        return env.spec
+    finally:
+        env.close()

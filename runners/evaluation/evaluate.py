@@ -48,12 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from decoupled.agents import get_agent
-from decoupled.envs import make_vec_env
+from decoupled.envs import make_vec_env, probe_spec
 from decoupled.envs.base import EnvSpec, VecEnv
 from decoupled.runners.training.actor_learner import net_inputs, sample_actions
 from decoupled.runners.training.config import ConfigBase, load_config
-from decoupled.runners.training.train import load_run_checkpoint
+from decoupled.runners.training.train import load_run_checkpoint, make_policy_net
 
 ATARI_BACKENDS = ("atari", "atari_gym")  # the one definition (decoupled.runners.evaluation.suite imports it)
 DEFAULT_PROTOCOL = "dqn_noop30"
@@ -210,21 +209,13 @@ def load_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
         raise FileNotFoundError(str(e).replace("has no checkpoint", "has no checkpoint to evaluate")) from None
 
 
-def make_policy_net(cfg: ConfigBase, state: dict[str, Any], spec: EnvSpec) -> torch.nn.Module:
-    net = get_agent(cfg.agent_name).make_net(spec, cfg.agent)
-    net.load_state_dict(state["net"])
-    return net.eval()
-
-
 def load_policy(target: Path, spec: EnvSpec | None = None) -> tuple[ConfigBase, torch.nn.Module, str]:
     """(config, net in eval mode, checkpoint path) of a run dir or checkpoint dir. Without `spec` a one-env copy of
     the run's env is built to learn it; callers that build the env anyway should pass its spec (or use
     `load_checkpoint` + `make_policy_net`, as evaluation does)."""
     cfg, state, ckpt = load_checkpoint(target)
     if spec is None:
-        probe = make_vec_env(cfg.env.backend, cfg.env.id, 1, 0, mode="eval", options=cfg.env.options())
-        spec = probe.spec
-        probe.close()
+        spec = probe_spec(cfg.env.backend, cfg.env.id, cfg.env.options())
     return cfg, make_policy_net(cfg, state, spec), ckpt
 
 

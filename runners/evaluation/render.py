@@ -37,9 +37,11 @@ def play_episode(
 
     state, pc = (net.initial_state(1) if net is not None else None), None
     if run_dir is not None:
-        from decoupled.runners.training.train import load_run_net
+        from decoupled.envs import probe_spec
+        from decoupled.runners.training.train import load_run_checkpoint, make_policy_net
 
-        cfg, net, _ = load_run_net(Path(run_dir))
+        cfg, saved, _ = load_run_checkpoint(Path(run_dir))
+        net = make_policy_net(cfg, saved, probe_spec(cfg.env.backend, cfg.env.id, cfg.env.options()))
         if cfg.env.backend != "labyrinth" or cfg.env.id != task:
             raise ValueError(f"run {run_dir} trained on {cfg.env.backend}:{cfg.env.id}, not the labyrinth task {task}")
         options = {k: v for k, v in cfg.env.options().items() if k != "max_restarts"}  # a worker setting

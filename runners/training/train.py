@@ -607,18 +607,11 @@ def load_run_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
     return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
 
 
-def load_run_net(target: Path) -> tuple[ConfigBase, torch.nn.Module, str]:
-    """(config, net in eval mode, checkpoint path) of a run dir or checkpoint dir; the net is built for the spec of
-    one copy of the run's env (built in evaluation form, then closed)."""
-    cfg, state, ckpt = load_run_checkpoint(Path(target))
-    probe = make_vec_env(cfg.env.backend, cfg.env.id, 1, 0, mode="eval", options=cfg.env.options())
-    try:
-        spec = probe.spec
-    finally:
-        probe.close()
+def make_policy_net(cfg: ConfigBase, state: dict[str, Any], spec: Any) -> torch.nn.Module:
+    """The run's net for an env of `spec`, with the checkpoint `state`'s parameters, in eval mode."""
     net = get_agent(cfg.agent_name).make_net(spec, cfg.agent)
     net.load_state_dict(state["net"])
-    return cfg, net.eval(), ckpt
+    return net.eval()
 
 
 def _run_dir_above(ckpt_dir: Path) -> Path:
