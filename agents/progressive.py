@@ -491,7 +491,7 @@ def _load_progressive(net: ProgressiveNet, j: int, net_state: dict[str, torch.Te
             f"{where}: a progressive run of {m} columns must come at position {m - 1} of agent.columns (after the "
             f"{m - 1} columns it was trained on), not at {j}"
         )
-    listed = list(net_cfg_columns(net))
+    listed = net.cfg.columns
     for i in range(m):
         prefix = f"columns.{i}."
         part = {k[len(prefix) :]: v for k, v in net_state.items() if k.startswith(prefix)}
@@ -516,10 +516,6 @@ def _load_progressive(net: ProgressiveNet, j: int, net_state: dict[str, torch.Te
                 net.adapters[i].load_state_dict(adapters)
             except RuntimeError as e:
                 raise AgentSetupError(f"{where}: its adapters do not fit: {e}") from e
-
-
-def net_cfg_columns(net: ProgressiveNet) -> tuple[str, ...]:
-    return tuple(net.cfg.columns)
 
 
 AGENT = AgentDef(
