@@ -212,7 +212,10 @@ class ProcessVecEnv(VecEnv):
         try:
             self._conns[i].send((cmd, arg))
         except (BrokenPipeError, OSError) as e:
-            raise _WorkerDied(f"is gone ({e!r})") from e
+            # the same words as a death noticed while waiting for the reply: which of the two sees a killed worker
+            # first is a race
+            self._procs[i].join(timeout=1.0)
+            raise _WorkerDied(f"died before {cmd} (exit code {self._procs[i].exitcode}): {e!r}") from e
 
     def _all(self, cmd: str, args: list[Any]) -> tuple[list[Any], dict[int, str]]:
         """Send `cmd` to every worker, then collect every reply before acting on any failure, so that no reply is

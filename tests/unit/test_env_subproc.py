@@ -74,6 +74,20 @@ def test_killed_worker_is_reported_and_restarted():
         env.close()
 
 
+def test_a_worker_found_dead_when_sending_reads_the_same_as_one_found_dead_when_waiting():
+    # which of send and receive notices a killed worker first is a race; here the worker is surely gone before send
+    env = ProcessVecEnv(num_envs=2, seed=0, max_restarts=1, **CARTPOLE)
+    try:
+        env.reset()
+        os.kill(env.worker_pid(1), signal.SIGKILL)
+        env._procs[1].join(timeout=10)
+        with pytest.warns(UserWarning, match=r"env index 1 \(seed 1\) died"):
+            _, _, _, truncated, info = env.step(np.zeros(2, np.int64))
+        assert truncated[1] and info["restarted"][1]
+    finally:
+        env.close()
+
+
 def test_env_exception_names_index_and_seed_and_is_restarted_first():
     env = ProcessVecEnv(num_envs=2, seed=3, max_restarts=1, **CARTPOLE)
     try:
