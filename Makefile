@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= atari,minatar,minigrid,labyrinth,bench,report,dev
+EXTRAS ?= atari,minatar,minigrid,labyrinth,bench,report,dev,ray
 DEMO_CONFIG ?= configs/impala/minatar_breakout.yaml
 DEMO_DIR ?= runs/demo
 

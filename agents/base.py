@@ -14,25 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from decoupled.agents.config import AgentConfigBase, AgentSetupError, config_warning  # noqa: F401 - re-exported
 from decoupled.envs.base import EnvSpec
-
-
-class AgentSetupError(ValueError):
-    """An agent cannot be built from what its config names (a source run that is missing, corrupt or of another
-    net): raised before training starts, with the config key and the reason."""
-
-
-class AgentConfigBase(BaseModel):
-    """Base of every agent's config section: unknown keys are an error, and the section names its agent."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
-    name: str
-
-    def check_run(self, run: Any) -> None:
-        """Checks of this section against the rest of the run's config (`run.runner`, `run.env`), at load: raise
-        ValueError with a message that names the keys (e.g. a horizon longer than `runner.unroll_length`)."""
 
 
 class LearnerHook:

@@ -51,98 +51,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
 from decoupled.agents.base import AgentDef, AgentSetupError, LearnerHook, module_learner_hooks
-from decoupled.agents.impala import ImpalaConfig, ImpalaNet, vtrace_inputs
+from decoupled.agents.config import VARIANTS, DistillConfig  # noqa: F401 - VARIANTS re-exported
+from decoupled.agents.impala import ImpalaNet, vtrace_inputs
 from decoupled.agents.nets.cores import CoreState
 from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
 from decoupled.agents.ops.vtrace import vtrace_from_logits
 from decoupled.envs import probe_spec
 from decoupled.envs.base import EnvSpec
-
-# variant -> (control policy, per-state loss, pseudo-reward); the rows of Table 1 of the paper
-VARIANTS: dict[str, tuple[str, str, str]] = {
-    "teacher_distill": ("teacher", "cross_entropy", "none"),
-    "on_policy_distill": ("student", "cross_entropy", "none"),
-    "entropy_regularised": ("student", "none", "teacher_log_prob"),
-    "n_distill": ("student", "cross_entropy", "next_neg_cross_entropy"),
-    "expected_entropy_regularised": ("student", "reverse_cross_entropy", "next_teacher_log_prob"),
-    "teacher_v_reward": ("student", "none", "teacher_v_shaping"),
-    "value_gated": ("student", "value_gated_cross_entropy", "none"),
-}
-
-
-class DistillConfig(ImpalaConfig):
-    """The student's architecture and optimisation are IMPALA's; the rest says how it learns from its teacher."""
-
-    name: Literal["distill"] = "distill"  # type: ignore[assignment]
-    entropy_cost: float = Field(0.0, ge=0.0, description="entropy bonus of the student's REINFORCE term")
-    teachers: tuple[str, ...] = Field(
-        min_length=1,
-        max_length=8,
-        description="the teacher: a run dir or checkpoint dir of this platform, or a Stable-Baselines3 model (.zip: "
-        "PPO, A2C, DQN); a multi-game student (MinAtar env.games) has one per game, in env.games' order",
-    )
-    variant: Literal[tuple(VARIANTS)] = Field(  # type: ignore[valid-type]
-        "on_policy_distill", description="a row of Distilling Policy Distillation's Table 1 (agents/distill.py)"
-    )
-    control: Literal["teacher", "student", "mixture"] | None = Field(
-        None, description="who acts; null: the variant's (teacher for teacher_distill, the student otherwise)"
-    )
-    teacher_action_prob: float = Field(0.5, ge=0.0, le=1.0, description="control: mixture's share of teacher actions")
-    plus_reward: bool = Field(False, description="add the env reward to the pseudo-reward (the paper's '+R' rows)")
-    distill_cost: float = Field(1.0, ge=0.0, description="weight of the per-state loss")
-    reinforce_cost: float = Field(
-        1.0, ge=0.0, description="weight of the REINFORCE term of a pseudo-reward or +R (its variance may need < 1)"
-    )
-    teacher_prob_floor: float = Field(1e-4, gt=0.0, lt=1.0, description="floor of pi_T inside every log")
-    sobolev_cost: float = Field(0.0, ge=0.0, description="weight of the Sobolev (input-Jacobian) term; 0: off")
-    sobolev_target: Literal["log_pi", "centred_logits", "value"] = Field(
-        "log_pi", description="whose input-Jacobian is matched (raw logits are defined up to a per-state constant)"
-    )
-    sobolev_states: int = Field(64, ge=1, description="states of each batch the Sobolev term is taken on")
-    teacher_temperature: float = Field(
-        0.01, gt=0.0, description="an SB3 DQN teacher's policy: softmax(Q / temperature) (Rusu et al. 2015: 0.01)"
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DistillConfig:
-        if self.replay_ratio > 0:
-            raise ValueError("agent.replay_ratio: the distill agent learns from the control policy's rollouts only")
-        if self.plus_reward and self.variant == "teacher_v_reward":
-            raise ValueError("agent.plus_reward: teacher_v_reward's pseudo-reward already holds the env reward")
-        if self.sobolev_cost > 0 and self.core != "none":
-            raise ValueError("agent.sobolev_cost > 0 needs a feed-forward student (agent.core: none)")
-        if self.sobolev_cost > 0 and len(self.teachers) > 1:
-            raise ValueError("agent.sobolev_cost > 0 takes one teacher (a multi-game student's Sobolev term: not yet)")
-        return self
-
-    def check_run(self, run: Any) -> None:
-        games = getattr(run.env, "games", None)
-        if len(self.teachers) > 1 and (games is None or len(games) != len(self.teachers)):
-            raise ValueError(
-                f"agent.teachers names {len(self.teachers)} teachers: one per game of a multi-game env (MinAtar "
-                f"env.id=multi with env.games), in env.games' order; this env has {list(games or [])}"
-            )
-        if games is not None and len(self.teachers) != len(games):
-            raise ValueError(f"agent.teachers: one per game of env.games ({len(games)}), got {len(self.teachers)}")
-
-    @property
-    def pieces(self) -> tuple[str, str, str]:
-        """(control, per-state loss, pseudo-reward) of this config."""
-        control, state_loss, pseudo = VARIANTS[self.variant]
-        return self.control or control, state_loss, pseudo
-
-    @property
-    def reinforce(self) -> bool:
-        """Whether a REINFORCE term is formed (a pseudo-reward, or the env reward through +R)."""
-        return self.pieces[2] != "none" or self.plus_reward
 
 
 class DistillNet(nn.Module):

@@ -60,18 +60,17 @@ ablation = "zero" | "random"` plays the same policy with the Manager's goals rep
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
-from decoupled.agents.base import AgentConfigBase, AgentDef
+from decoupled.agents.base import AgentDef
+from decoupled.agents.config import FeudalConfig
 from decoupled.agents.impala import orthogonal_init
 from decoupled.agents.nets import make_core
 from decoupled.agents.nets.cores import CoreState, DilatedLSTM
-from decoupled.agents.nets.dni import DNIConfig
 from decoupled.agents.nets.torsos import make_torso
 from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
 from decoupled.agents.ops.vtrace import vtrace_from_logits
@@ -79,58 +78,6 @@ from decoupled.envs.base import EnvSpec
 
 GOAL_ABLATIONS = ("none", "zero", "random")
 _EPS = 1e-8  # in the norms of cosines and goals
-
-
-class FeudalConfig(AgentConfigBase):
-    """Defaults are the paper's (Sec. 4, Tables) where it gives them; its sampled ranges are noted."""
-
-    name: Literal["feudal"] = "feudal"
-    torso: Literal["mlp", "nature_cnn", "impala_resnet", "minatar_cnn"] = Field(
-        "nature_cnn", description="f_percept; the paper's is the Nature-CNN-like 2-conv net with FC 256"
-    )
-    hidden_sizes: tuple[int, ...] = Field((256,), min_length=1, description="MLP layers; CNNs use the last as FC")
-    channels_last: bool = Field(True, description="conv torsos compute in NHWC layout")
-    init: Literal["torch", "orthogonal"] = Field("torch", description="as agent.init of impala")
-    manager_size: int = Field(256, ge=2, description="d: the Manager's state, goal and dLSTM size")
-    dilation: int = Field(10, ge=1, le=1000, description="r: the dilated LSTM's cores")
-    horizon: int = Field(10, ge=1, le=1000, description="c: the goal horizon (TPG look-ahead, r^I and pooling)")
-    goal_embedding: int = Field(16, ge=1, description="k: the goal embedding and action-embedding size")
-    worker_core: Literal["lstm", "dni_lstm"] = Field("lstm", description="the Worker's recurrent core")
-    worker_size: int = Field(256, ge=1, description="the Worker's LSTM units")
-    dni: DNIConfig = Field(DNIConfig(), description="the Worker's synthetic-gradient core (worker_core: dni_lstm)")
-    random_goal_prob: float = Field(
-        0.01, ge=0.0, le=1.0, description="epsilon: a random unit goal instead of the Manager's while acting (the "
-        "paper: 'a small probability', value not given)",
-    )  # fmt: skip
-    intrinsic_weight: float = Field(0.5, ge=0.0, description="alpha of r + alpha r^I (the paper samples U(0, 1))")
-    worker_discount: float = Field(0.95, gt=0.0, le=1.0, description="gamma_W (paper: 0.95 on Atari)")
-    manager_discount: float = Field(0.99, gt=0.0, le=1.0, description="gamma_M (paper: 0.99 or 0.95 on Atari)")
-    baseline_cost: float = Field(0.5, ge=0.0, description="weight of the Worker critic's loss")
-    manager_value_cost: float = Field(0.5, ge=0.0, description="weight of the Manager critic's loss")
-    manager_cost: float = Field(1.0, ge=0.0, description="weight of the transition policy gradient term")
-    entropy_cost: float = Field(1e-3, ge=0.0, description="paper: LogUniform(1e-4, 1e-3)")
-    min_transition_norm: float = Field(
-        0.0, ge=0.0, description="TPG terms with ||s_{t+c} - s_t|| below this are left out (0: none)"
-    )
-    clip_rho_threshold: float | None = Field(1.0, gt=0.0, description="V-trace rho-bar (both critics)")
-    clip_c_threshold: float | None = Field(1.0, gt=0.0, description="V-trace c-bar")
-    clip_pg_rho_threshold: float | None = Field(1.0, gt=0.0, description="clip of rho in the Worker's advantage")
-    loss_reduction: Literal["sum", "mean"] = Field("sum", description="as agent.loss_reduction of impala")
-
-    @model_validator(mode="after")
-    def _dni_needs_its_core(self) -> FeudalConfig:
-        if self.worker_core != "dni_lstm" and self.dni != DNIConfig():
-            raise ValueError(f"agent.dni settings apply to agent.worker_core=dni_lstm, not {self.worker_core}")
-        return self
-
-    def check_run(self, run: Any) -> None:
-        T = run.runner.unroll_length
-        if self.horizon > T:
-            raise ValueError(
-                f"agent.horizon={self.horizon} is longer than runner.unroll_length={T}: each rollout carries the "
-                "previous rollout's last `horizon` steps for the transition policy gradient, so the unroll must be "
-                "at least that long (the paper: horizon 10, unroll 400)"
-            )
 
 
 class FeudalNet(nn.Module):

@@ -16,79 +16,21 @@ previous unroll, so the learner sees T transitions and the value of the state af
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from decoupled.agents.base import AgentConfigBase, AgentDef
+from decoupled.agents.auxtasks import aux_losses, build_aux_tasks
+from decoupled.agents.base import AgentDef
+from decoupled.agents.config import ImpalaConfig
 from decoupled.agents.nets import make_core
 from decoupled.agents.nets.cores import CoreState
-from decoupled.agents.nets.dni import DNIConfig
 from decoupled.agents.nets.heads import PolicyBaselineHead
 from decoupled.agents.nets.torsos import make_torso
 from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
 from decoupled.agents.ops.vtrace import vtrace_from_logits
 from decoupled.envs.base import EnvSpec
-
-
-class ImpalaConfig(AgentConfigBase):
-    """Defaults are the IMPALA paper's Atari values (Table G.1) where it gives them."""
-
-    name: Literal["impala"] = "impala"
-    torso: Literal["mlp", "nature_cnn", "impala_resnet", "minatar_cnn"] = Field(
-        "nature_cnn", description="observation encoder; nature_cnn is the paper's 'shallow' net, impala_resnet 'deep'"
-    )
-    hidden_sizes: tuple[int, ...] = Field(
-        (512,), min_length=1, description="MLP layer sizes; the CNN torsos use the last entry as their FC size"
-    )
-    core: Literal["none", "lstm", "dni_lstm"] = Field(
-        "none",
-        description="'lstm': recurrent core fed [features, a_tm1, r_tm1]; 'dni_lstm': the same with a synthetic-"
-        "gradient module at the unroll boundary (agents/nets/dni.py, settings under agent.dni)",
-    )
-    lstm_size: int = Field(256, ge=1)
-    dni: DNIConfig = Field(DNIConfig(), description="the synthetic-gradient core's settings (core: dni_lstm)")
-    init: Literal["torch", "orthogonal"] = Field(
-        "torch",
-        description="parameter init: torch's layer defaults (TorchBeast's), or orthogonal with gain sqrt(2) for the "
-        "torso, 0.01 for the policy head and 1 for the baseline head, biases 0 (OpenAI baselines / SB3 / CleanRL)",
-    )
-    channels_last: bool = Field(
-        True, description="conv torsos compute in NHWC layout (oneDNN's fast path on the CPU; false: NCHW)"
-    )
-    discount: float = Field(0.99, gt=0.0, le=1.0)
-    baseline_cost: float = Field(0.5, ge=0.0)
-    entropy_cost: float = Field(0.01, ge=0.0)
-    clip_rho_threshold: float | None = Field(1.0, gt=0.0, description="rho-bar of V-trace; null: no clipping")
-    clip_c_threshold: float | None = Field(1.0, gt=0.0, description="c-bar of V-trace; null: no clipping")
-    clip_pg_rho_threshold: float | None = Field(1.0, gt=0.0, description="clip of rho in the pg advantage")
-    replay_ratio: float = Field(
-        0.0,
-        ge=0.0,
-        le=8.0,
-        description="replayed sequences per on-policy sequence in every learner batch, learned with V-trace from "
-        "their stored behaviour logits (mixing replay with on-policy data as Schmitt et al. 2019, arXiv:1909.11583, "
-        "LASER); 0: on-policy only, as the IMPALA paper",
-    )
-    replay_capacity_steps: int = Field(
-        20_000, ge=1, description="agent steps kept in replay, over all envs (envs/replay.py), when anything replays"
-    )
-    replay_start_steps: int = Field(2_000, ge=0, description="no update from replay before it holds this many steps")
-    loss_reduction: Literal["sum", "mean"] = Field(
-        "sum",
-        description="'sum' over the T*B batch as the paper's TensorFlow code does, so its learning rate and "
-        "RMSProp epsilon keep their meaning; 'mean' makes the loss scale independent of the batch size "
-        "(optim.max_grad_norm stays in summed-loss units: the learner divides it by the transitions averaged over)",
-    )
-
-    @model_validator(mode="after")
-    def _dni_needs_its_core(self) -> ImpalaConfig:
-        # Compared with the defaults, not with the keys given: a saved run's config.yaml lists every field.
-        if self.core != "dni_lstm" and self.dni != DNIConfig():
-            raise ValueError(f"agent.dni settings apply to agent.core=dni_lstm, not core={self.core}")
-        return self
 
 
 class ImpalaNet(nn.Module):
@@ -105,6 +47,12 @@ class ImpalaNet(nn.Module):
             orthogonal_init(self.torso, math.sqrt(2.0))
             orthogonal_init(self.heads.policy, 0.01)
             orthogonal_init(self.heads.baseline, 1.0)
+        # agent.aux's heads (agents/auxtasks.py), from a forked RNG: None without tasks (the plain agent)
+        self.aux = build_aux_tasks(getattr(cfg, "aux", None), self.torso.out_size, self.core.out_size)
+
+    def env_targets(self, num_envs: int):
+        """What the actor records from the env's extras for agent.aux (None without tasks)."""
+        return self.aux.env_targets(num_envs) if self.aux is not None else None
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
         return self.core.initial_state(batch_size, device)
@@ -118,6 +66,8 @@ class ImpalaNet(nn.Module):
         core_out, state = self.core(
             features, inputs["prev_action"], inputs["prev_reward"], inputs["first"], state, extras=extras
         )
+        if self.aux is not None:
+            extras.update(self.aux(features, core_out))
         return {**self.heads(core_out), **extras}, state
 
 
@@ -180,7 +130,11 @@ def impala_loss(
     bl = baseline_loss(vt.vs, values_t) * scale
     ent = entropy_loss(logits_t) * scale
     loss = pg + cfg.baseline_cost * bl + cfg.entropy_cost * ent
+    aux, aux_metrics = aux_losses(getattr(cfg, "aux", None), batch, outputs, scale)
+    if aux is not None:
+        loss = loss + aux
     metrics = {
+        **aux_metrics,
         "loss/total": loss.detach(),
         "loss/policy": pg.detach(),
         "loss/baseline": bl.detach(),
@@ -256,13 +210,64 @@ def loss_sum_factor(cfg: ImpalaConfig, batch: dict[str, Any]) -> float:
     return float(n)
 
 
+# ------------------------------------------------------------------------------------------------ UNREAL's tasks
+# `agent.aux` may name UNREAL's replay tasks (pixel_control, reward_prediction, value_replay, feature_control): the
+# agent is then the IMPALA agent with those task modules of agents/unreal.py, exactly as `agent.name: unreal` with
+# the same settings (tested), read through `unreal_settings`.
+def _unreal_tasks(cfg: Any) -> Any:
+    if getattr(cfg, "name", None) != "impala":
+        return None
+    from decoupled.agents.config import unreal_settings
+
+    return unreal_settings(cfg)
+
+
+def _unreal() -> AgentDef:
+    """The unreal agent's definition, from the registry: agents/unreal.py builds on this module, not the reverse."""
+    from decoupled.agents import get_agent
+
+    return get_agent("unreal")
+
+
+def make_agent_net(spec: EnvSpec, cfg: ImpalaConfig) -> nn.Module:
+    settings = _unreal_tasks(cfg)
+    return make_net(spec, cfg) if settings is None else _unreal().make_net(spec, settings)
+
+
+def make_agent_replay(cfg: ImpalaConfig, spec: EnvSpec, net: nn.Module, unroll_length: int, seed: int):
+    settings = _unreal_tasks(cfg)
+    if settings is None:
+        return make_replay(cfg, spec, net, unroll_length, seed)
+    return _unreal().make_replay(settings, spec, net, unroll_length, seed)
+
+
+def sample_agent_replay(cfg: ImpalaConfig, replay: Any) -> dict[str, Any] | None:
+    settings = _unreal_tasks(cfg)
+    return sample_replay(cfg, replay) if settings is None else _unreal().sample_replay(settings, replay)
+
+
+def agent_replay_outputs(cfg: ImpalaConfig, net: nn.Module, rb: dict[str, Any]) -> dict[str, Any]:
+    settings = _unreal_tasks(cfg)
+    return replay_outputs(cfg, net, rb) if settings is None else _unreal().replay_outputs(settings, net, rb)
+
+
+def agent_loss(cfg: ImpalaConfig, batch: dict[str, Any], outputs: dict[str, Any]) -> tuple[torch.Tensor, dict]:
+    settings = _unreal_tasks(cfg)
+    return impala_replay_loss(cfg, batch, outputs) if settings is None else _unreal().loss_fn(settings, batch, outputs)
+
+
+def agent_loss_sum_factor(cfg: ImpalaConfig, batch: dict[str, Any]) -> float:
+    settings = _unreal_tasks(cfg)
+    return loss_sum_factor(cfg, batch) if settings is None else _unreal().loss_sum_factor(settings, batch)
+
+
 AGENT = AgentDef(
     name="impala",
     config_class=ImpalaConfig,
-    make_net=make_net,
-    loss_fn=impala_replay_loss,
-    make_replay=make_replay,
-    sample_replay=sample_replay,
-    replay_outputs=replay_outputs,
-    loss_sum_factor=loss_sum_factor,
+    make_net=make_agent_net,
+    loss_fn=agent_loss,
+    make_replay=make_agent_replay,
+    sample_replay=sample_agent_replay,
+    replay_outputs=agent_replay_outputs,
+    loss_sum_factor=agent_loss_sum_factor,
 )

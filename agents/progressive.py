@@ -36,70 +36,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn import functional as F
 
 from decoupled.agents import unreal
 from decoupled.agents.base import AgentDef, AgentSetupError
+from decoupled.agents.config import ARCHITECTURE_KEYS, RANDOM, ProgressiveConfig
 from decoupled.agents.impala import ImpalaNet
 from decoupled.agents.nets.cores import CoreState, LSTMCore
 from decoupled.agents.nets.torsos import MinAtarCNN, MLPTorso, NatureCNN
 from decoupled.envs.base import EnvSpec
-
-RANDOM = "random"
-ARCHITECTURE_KEYS = ("torso", "hidden_sizes", "core", "lstm_size")
-
-
-class ProgressiveConfig(unreal.UnrealConfig):
-    """The new column's architecture and loss settings are IMPALA's (agent.torso, agent.core, ...), and UNREAL's
-    auxiliary tasks can ride on the newest column (agent.pixel_control_cost, ...: off by default); every earlier
-    column must have the same torso and core."""
-
-    name: Literal["progressive"] = "progressive"  # type: ignore[assignment]
-    core: Literal["none", "lstm", "dni_lstm"] = Field("none", description="the columns' core: none or lstm")
-    pixel_control_cost: float = Field(0.0, ge=0.0, description="UNREAL's pixel control on the newest column; 0: off")
-    reward_prediction_cost: float = Field(0.0, ge=0.0, description="UNREAL's reward prediction on the newest column")
-    value_replay_cost: float = Field(0.0, ge=0.0, description="UNREAL's value replay on the newest column; 0: off")
-    columns: tuple[str, ...] = Field(
-        min_length=1,
-        description="earlier columns, oldest first: run dirs or checkpoint dirs of impala or progressive runs (a "
-        "progressive run brings its own columns, which must be the ones listed before it), or 'random' for a "
-        "random frozen column (the paper's baseline 4)",
-    )
-    transfer: Literal["progressive", "finetune_output", "finetune_all"] = Field(
-        "progressive",
-        description="progressive: a new column with lateral adapters; finetune_output / finetune_all: no new column, "
-        "the last source column is trained, its heads only or whole (the paper's baselines 2 and 3)",
-    )
-    alpha_init: float = Field(0.1, gt=0.0, description="initial value of each adapter's learned input scale alpha")
-
-    @field_validator("columns")
-    @classmethod
-    def _named(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not str(c).strip() for c in v):
-            raise ValueError("agent.columns has an empty entry; give run dirs, checkpoint dirs or 'random'")
-        return v
-
-    @model_validator(mode="after")
-    def _supported(self) -> ProgressiveConfig:
-        if self.torso not in ("mlp", "nature_cnn", "minatar_cnn"):
-            raise ValueError(f"agent.torso={self.torso}: progressive columns take mlp, nature_cnn or minatar_cnn")
-        if self.core not in ("none", "lstm"):
-            raise ValueError(f"agent.core={self.core}: progressive columns take core none or lstm")
-        if self.replay_ratio > 0:
-            raise ValueError("agent.replay_ratio: the progressive agent learns on-policy only (set it to 0)")
-        if self.transfer != "progressive" and (len(self.columns) != 1 or self.columns[0] == RANDOM):
-            raise ValueError(
-                f"agent.transfer={self.transfer} finetunes one source column: give one run in agent.columns"
-            )
-        return self
-
-    def architecture(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ARCHITECTURE_KEYS}
 
 
 # ----------------------------------------------------------------------------------------------- layers

@@ -14,6 +14,12 @@ on the on-policy unrolls, `agents.impala`) tasks that shape its representation f
 - feature control (FC, an option; not in the paper's headline agent): Q-learning to change the mean activation of
   each channel of the torso's last conv layer.
 
+Each task is a module (`UnrealTask`: `PixelControl`, `RewardPrediction`, `ValueReplay`, `FeatureControl`): its head
+on the net, where its input comes from, its targets and its loss. The unreal agent takes them from its `*_cost`
+settings; the impala and nav agents take the same modules from `agent.aux` (`agent.aux: {pixel_control: {cost:
+0.01}, ...}`, read in these settings' terms by `agents.config.unreal_settings`), and the impala agent with them
+trains exactly as this agent with the same settings (tested).
+
 Replay (`envs.replay.SequenceReplay`): every column of every rollout, with the actor's core state at its start,
 so replayed sequences run through the core from that state rather than from zeros (a reimplementers' pitfall). One
 replay batch per update: `replay_sequences` sequences for PC, VR and FC (one forward pass over them serves all
@@ -41,15 +47,15 @@ net still starts from the base agent's parameters for the same seed.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from decoupled.agents.base import AgentDef
-from decoupled.agents.impala import ImpalaConfig, ImpalaNet, impala_loss, sequence_inputs, vtrace_inputs
+from decoupled.agents.config import UnrealConfig
+from decoupled.agents.impala import ImpalaNet, impala_loss, sequence_inputs, vtrace_inputs
 from decoupled.agents.nets.heads import FeatureControlHead, PixelControlHead, RewardPredictionHead
 from decoupled.agents.ops.auxiliary import (
     feature_change_rewards,
@@ -61,56 +67,6 @@ from decoupled.agents.ops.auxiliary import (
 )
 from decoupled.envs.base import EnvSpec
 from decoupled.envs.replay import SequenceReplay
-
-
-class UnrealConfig(ImpalaConfig):
-    """The base agent's settings (agents.impala) plus the auxiliary tasks'. Defaults: the paper's where known
-    (UNREAL's hyperparameter table, as public reimplementations read it), an LSTM core as in the paper's agent."""
-
-    name: Literal["unreal"] = "unreal"  # type: ignore[assignment]
-    core: Literal["none", "lstm", "dni_lstm"] = Field("lstm", description="UNREAL's agent is a CNN-LSTM")
-    pixel_control_cost: float = Field(
-        0.01, ge=0.0, description="lambda_PC (paper: Labyrinth 0.01-0.1, Atari 0.0001-0.01); 0 turns PC off"
-    )
-    reward_prediction_cost: float = Field(1.0, ge=0.0, description="lambda_RP; 0 turns RP off")
-    value_replay_cost: float = Field(1.0, ge=0.0, description="lambda_VR; 0 turns VR off")
-    feature_control_cost: float = Field(0.0, ge=0.0, description="lambda_FC (an option, off in UNREAL's agent)")
-    pixel_control_discount: float = Field(0.9, gt=0.0, le=1.0, description="gamma_pc (trfl: 0.9 is common)")
-    pixel_control_cell: int = Field(4, ge=1, description="cell side in pixels (UNREAL: 4, a 20x20 grid on 80x80)")
-    pixel_control_crop: int = Field(2, ge=0, description="pixels dropped at each border (84 -> the central 80)")
-    reward_prediction_frames: int = Field(3, ge=1, le=16, description="k frames of context (paper: 3)")
-    reward_prediction_hidden: int = Field(128, ge=0, description="RP hidden layer (paper: 128); 0: linear")
-    reward_prediction_sampling: Literal["skewed", "uniform"] = Field(
-        "skewed", description="skewed: half the windows end in a non-zero reward (the paper's); uniform: any"
-    )
-    reward_prediction_batch: int = Field(16, ge=1, description="RP windows per update")
-    replay_sequences: int = Field(4, ge=1, description="replayed sequences per update (PC, VR and FC share them)")
-    # replay_capacity_steps / replay_start_steps: the base agent's (the paper keeps 2,000 frames per A3C thread)
-
-    @property
-    def uses_replay(self) -> bool:
-        return any(
-            c > 0
-            for c in (
-                self.pixel_control_cost,
-                self.reward_prediction_cost,
-                self.value_replay_cost,
-                self.feature_control_cost,
-            )
-        )
-
-    @model_validator(mode="after")
-    def _no_base_replay(self) -> UnrealConfig:
-        if self.replay_ratio > 0:
-            raise ValueError("agent.replay_ratio (V-trace on replayed sequences) is the impala agent's; UNREAL "
-                             "replays for its auxiliary tasks (agent.value_replay_cost and the others)")  # fmt: skip
-        return self
-
-    @model_validator(mode="after")
-    def _feature_control_needs_conv(self) -> UnrealConfig:
-        if self.feature_control_cost > 0 and self.torso == "mlp":
-            raise ValueError("agent.feature_control_cost > 0 needs a conv torso (feature maps); torso is mlp")
-        return self
 
 
 class UnrealNet(ImpalaNet):
@@ -144,45 +100,170 @@ class UnrealNet(ImpalaNet):
         return self.reward_prediction(features)
 
 
+# ------------------------------------------------------------------------------------------------ the tasks
+class UnrealTask:
+    """One of UNREAL's auxiliary tasks as a module: `build` puts its head on the net (reading the core's output or
+    the torso's features), `outputs` computes what its loss needs on replayed sequences (its targets included),
+    `loss` returns its weighted term and metrics. Its settings are the unreal agent's (`agent.<name>_cost`, ...),
+    or, for another agent, `agent.aux.<name>` read through `decoupled.agents.config.unreal_settings`."""
+
+    name = ""
+    sample = "seq"  # what it learns from: replayed sequences ("seq") or reward-prediction windows ("rp")
+
+    def cost(self, cfg: UnrealConfig) -> float:
+        return float(getattr(cfg, f"{self.name}_cost"))
+
+    def build(self, net: nn.Module, spec: EnvSpec, cfg: UnrealConfig, torso: nn.Module, core_size: int) -> None:
+        pass
+
+    def outputs(self, net: nn.Module, obs: torch.Tensor, h: torch.Tensor, maps: torch.Tensor | None) -> dict:
+        return {}
+
+    def loss(self, cfg: UnrealConfig, rb: dict, ro: dict, ctx: dict, scale: float, T: int) -> tuple[Any, dict]:
+        raise NotImplementedError
+
+
+class PixelControl(UnrealTask):
+    """Pixel control: a dueling deconv Q head on the core's output; targets: the pixel changes of the replayed
+    frames (n-step Q-learning, `agents.ops.auxiliary.pixel_control_loss`)."""
+
+    name = "pixel_control"
+
+    def build(self, net, spec, cfg, torso, core_size):
+        net.pixel_control = PixelControlHead(core_size, spec.num_actions, pixel_control_grid(spec, cfg))
+
+    def outputs(self, net, obs, h, maps):
+        T, B = obs.shape[:2]
+        cfg = net.cfg
+        q = net.pixel_control(h)
+        out = {"pixel_control_q": q.view(T, B, *q.shape[1:])}
+        c, k = cfg.pixel_control_crop, cfg.pixel_control_cell
+        with torch.no_grad():  # the pseudo-rewards of the T transitions, [T-1, B, G_h, G_w]
+            out["pixel_change"] = pixel_change_rewards(obs[:-1], obs[1:], c, k, net.obs_scale, net.pc_channels)
+        return out
+
+    def loss(self, cfg, rb, ro, ctx, scale, T):
+        o, continues = ro["seq"], ctx["continues"]
+        r_pc = o["pixel_change"]
+        pc, targets = pixel_control_loss(o["pixel_control_q"], ctx["actions"], r_pc, ctx["pc_discounts"], continues,
+                                         continues)  # fmt: skip
+        pc = pc.sum() / continues.sum().clamp(min=1.0)
+        metrics = {
+            "aux/pixel_control/loss": pc.detach(),
+            "aux/pixel_control/reward_mean": _mean_inside_episodes(r_pc, continues),
+            "aux/pixel_control/target_mean": targets.mean(),
+            "aux/pixel_control/q_max_mean": o["pixel_control_q"].detach().max(dim=2).values.mean(),
+        }
+        return cfg.pixel_control_cost * scale * pc, metrics
+
+
+class RewardPrediction(UnrealTask):
+    """Reward prediction: the torso's features of k replayed frames (no core) -> zero / positive / negative of the
+    reward that follows; targets: the replayed reward."""
+
+    name = "reward_prediction"
+    sample = "rp"
+
+    def build(self, net, spec, cfg, torso, core_size):
+        net.reward_prediction = RewardPredictionHead(
+            torso.out_size, cfg.reward_prediction_frames, cfg.reward_prediction_hidden
+        )
+
+    def loss(self, cfg, rb, ro, ctx, scale, T):
+        ce, target = reward_prediction_loss(ro["rp_logits"], rb["rp"]["reward"])
+        rp = ce.mean()
+        pred = ro["rp_logits"].detach().argmax(-1)
+        correct = (pred == target).float()
+        nonzero = (target != 0).float()
+        zero = 1 - nonzero
+        metrics = {
+            "aux/reward_prediction/loss": rp.detach(),
+            "aux/reward_prediction/accuracy": correct.mean(),
+            "aux/reward_prediction/accuracy_zero": (correct * zero).sum() / zero.sum().clamp(min=1.0),
+            "aux/reward_prediction/accuracy_nonzero": (correct * nonzero).sum() / nonzero.sum().clamp(min=1.0),
+            "aux/reward_prediction/batch_nonzero_fraction": nonzero.mean(),
+            "aux/reward_prediction/replay_nonzero_fraction": rb["rp"]["nonzero_fraction"].float(),
+        }
+        return cfg.reward_prediction_cost * (scale / T) * rp, metrics
+
+
+class ValueReplay(UnrealTask):
+    """Value function replay: the base value head on replayed sequences, regressed on n-step returns."""
+
+    name = "value_replay"
+
+    def loss(self, cfg, rb, ro, ctx, scale, T):
+        inputs = ctx["inputs"]
+        vr, _ = value_replay_loss(
+            ro["seq"]["baseline"][:-1], inputs["rewards"], inputs["discounts"], ctx["continues"], inputs["next_values"]
+        )
+        vr = vr.mean()
+        return cfg.value_replay_cost * scale * vr, {"aux/value_replay/loss": vr.detach()}
+
+
+class FeatureControl(UnrealTask):
+    """Feature control: Q values per channel of the torso's last conv layer on the core's output; targets: the
+    change of each channel's mean activation between replayed frames."""
+
+    name = "feature_control"
+
+    def build(self, net, spec, cfg, torso, core_size):
+        with torch.no_grad():
+            _, maps = torso.forward_maps(torch.zeros(1, *spec.obs_shape, dtype=torch.uint8))
+        net.feature_control = FeatureControlHead(core_size, spec.num_actions, maps.shape[1])
+
+    def outputs(self, net, obs, h, maps):
+        T, B = obs.shape[:2]
+        q = net.feature_control(h)
+        means = maps.mean(dim=(-2, -1)).view(T, B, -1)
+        return {"feature_means": means, "feature_control_q": q.view(T, B, *q.shape[1:])}
+
+    def loss(self, cfg, rb, ro, ctx, scale, T):
+        o, continues = ro["seq"], ctx["continues"]
+        m = o["feature_means"].detach()
+        r_fc = feature_change_rewards(m[:-1].unsqueeze(-1).unsqueeze(-1), m[1:].unsqueeze(-1).unsqueeze(-1))
+        fc = feature_control_loss(o["feature_control_q"], ctx["actions"], r_fc, ctx["pc_discounts"], continues,
+                                  continues)  # fmt: skip
+        fc = fc.sum() / continues.sum().clamp(min=1.0)
+        metrics = {
+            "aux/feature_control/loss": fc.detach(),
+            "aux/feature_control/reward_mean": _mean_inside_episodes(r_fc, continues),
+        }
+        return cfg.feature_control_cost * scale * fc, metrics
+
+
+TASKS: dict[str, UnrealTask] = {
+    t.name: t for t in (PixelControl(), RewardPrediction(), ValueReplay(), FeatureControl())
+}
+# The orders below are today's (heads drawn from one forked RNG in this order; loss terms added in this order): a
+# change would change the updates (tests/unit/test_unreal_regression.py).
+HEAD_ORDER = ("pixel_control", "reward_prediction", "feature_control")
+LOSS_ORDER = ("value_replay", "pixel_control", "feature_control", "reward_prediction")
+
+
+def active_tasks(cfg: UnrealConfig, order: tuple[str, ...]) -> list[UnrealTask]:
+    return [TASKS[name] for name in order if TASKS[name].cost(cfg) > 0]
+
+
 def add_auxiliary_heads(net: nn.Module, spec: EnvSpec, cfg: UnrealConfig, torso: nn.Module, core_size: int) -> None:
     """The auxiliary heads whose cost is above 0, on `net` (UnrealNet, or a progressive net's newest column): pixel
     control and feature control read the core's output (`core_size`), reward prediction the torso's features."""
     net.cfg = cfg
-    A = spec.num_actions
     stack = int(spec.extra.get("frame_stack", 1))
     net.pc_channels = slice(-1, None) if stack > 1 else slice(None)  # frame stacks: the newest frame
     net.obs_scale = float(spec.extra.get("obs_scale", 1.0))
     with torch.random.fork_rng(devices=[]):  # leave the global RNG as the base agent's net leaves it
         torch.manual_seed(torch.initial_seed() + 2)
-        if cfg.pixel_control_cost > 0:
-            net.pixel_control = PixelControlHead(core_size, A, pixel_control_grid(spec, cfg))
-        if cfg.reward_prediction_cost > 0:
-            net.reward_prediction = RewardPredictionHead(
-                torso.out_size, cfg.reward_prediction_frames, cfg.reward_prediction_hidden
-            )
-        if cfg.feature_control_cost > 0:
-            with torch.no_grad():
-                _, maps = torso.forward_maps(torch.zeros(1, *spec.obs_shape, dtype=torch.uint8))
-            net.feature_control = FeatureControlHead(core_size, A, maps.shape[1])
+        for task in active_tasks(cfg, HEAD_ORDER):
+            task.build(net, spec, cfg, torso, core_size)
 
 
 def auxiliary_outputs(net: nn.Module, obs: torch.Tensor, h: torch.Tensor, maps: torch.Tensor | None) -> dict:
     """The PC / FC outputs on replayed sequences: obs [T, B, ...], the core's output h [T*B, H], the last conv
     layer's maps [T*B, C, h, w] (feature control)."""
-    cfg = net.cfg
-    T, B = obs.shape[:2]
     out: dict[str, torch.Tensor] = {}
-    if cfg.feature_control_cost > 0:
-        out["feature_means"] = maps.mean(dim=(-2, -1)).view(T, B, -1)
-    if cfg.pixel_control_cost > 0:
-        q = net.pixel_control(h)
-        out["pixel_control_q"] = q.view(T, B, *q.shape[1:])
-        c, k = cfg.pixel_control_crop, cfg.pixel_control_cell
-        with torch.no_grad():  # the pseudo-rewards of the T transitions, [T-1, B, G_h, G_w]
-            out["pixel_change"] = pixel_change_rewards(obs[:-1], obs[1:], c, k, net.obs_scale, net.pc_channels)
-    if cfg.feature_control_cost > 0:
-        q = net.feature_control(h)
-        out["feature_control_q"] = q.view(T, B, *q.shape[1:])
+    for task in active_tasks(net.cfg, HEAD_ORDER):
+        out.update(task.outputs(net, obs, h, maps))
     return out
 
 
@@ -212,7 +293,12 @@ def make_replay(cfg: UnrealConfig, spec: EnvSpec, net: torch.nn.Module, unroll_l
     if not cfg.uses_replay:
         return None
     state_shapes = tuple(tuple(s.shape[1:]) for s in net.initial_state(1))
-    return SequenceReplay(cfg.replay_capacity_steps, unroll_length, spec.obs_shape, spec.obs_dtype, state_shapes, seed)
+    # inputs the net takes from the env's extras (the nav agent's velocity) are replayed with the observations
+    extra = {key: ((size,), np.float32) for key, size in getattr(net, "extra_inputs", {}).items()}
+    return SequenceReplay(
+        cfg.replay_capacity_steps, unroll_length, spec.obs_shape, spec.obs_dtype, state_shapes, seed,
+        extra_fields=extra or None,
+    )  # fmt: skip
 
 
 def sample_replay(cfg: UnrealConfig, replay: SequenceReplay) -> dict[str, Any] | None:
@@ -237,7 +323,10 @@ def sample_replay(cfg: UnrealConfig, replay: SequenceReplay) -> dict[str, Any] |
 def replay_outputs(cfg: UnrealConfig, net: UnrealNet, rb: dict[str, Any]) -> dict[str, torch.Tensor]:
     out: dict[str, Any] = {}
     if "seq" in rb:
-        out["seq"] = net.replay_forward(sequence_inputs(rb["seq"]), tuple(rb["seq_state"]))
+        inputs = sequence_inputs(rb["seq"])
+        for key in getattr(net, "extra_inputs", {}):  # the nav agent's velocity, replayed with the observations
+            inputs[key] = rb["seq"][key]
+        out["seq"] = net.replay_forward(inputs, tuple(rb["seq_state"]))
     if "rp" in rb:
         out["rp_logits"] = net.reward_prediction_logits(rb["rp"]["obs"])
     return out
@@ -255,51 +344,23 @@ def unreal_loss(
     T, B = batch["action"].shape
     T -= 1
     scale = float(T * B) if cfg.loss_reduction == "sum" else 1.0  # per-transition means -> the base loss's units
+    ctx: dict[str, Any] = {}
     if "seq" in rb:
         s, o = rb["seq"], ro["seq"]
         inputs = vtrace_inputs(cfg, s, o["baseline"])
-        actions_t = s["action"][1:]  # slot t+1 holds the action taken at obs_t
         continues = inputs["continues"]
-        if cfg.value_replay_cost > 0:
-            vr, _ = value_replay_loss(
-                o["baseline"][:-1], inputs["rewards"], inputs["discounts"], continues, inputs["next_values"]
-            )
-            vr = vr.mean()
-            loss = loss + cfg.value_replay_cost * scale * vr
-            metrics["aux/value_replay/loss"] = vr.detach()
-        pc_discounts = cfg.pixel_control_discount * continues  # cut at every episode end (see the docstring)
-        if cfg.pixel_control_cost > 0:
-            r_pc = o["pixel_change"]
-            pc, targets = pixel_control_loss(o["pixel_control_q"], actions_t, r_pc, pc_discounts, continues, continues)
-            pc = pc.sum() / continues.sum().clamp(min=1.0)
-            loss = loss + cfg.pixel_control_cost * scale * pc
-            metrics["aux/pixel_control/loss"] = pc.detach()
-            metrics["aux/pixel_control/reward_mean"] = _mean_inside_episodes(r_pc, continues)
-            metrics["aux/pixel_control/target_mean"] = targets.mean()
-            metrics["aux/pixel_control/q_max_mean"] = o["pixel_control_q"].detach().max(dim=2).values.mean()
-        if cfg.feature_control_cost > 0:
-            m = o["feature_means"].detach()
-            r_fc = feature_change_rewards(m[:-1].unsqueeze(-1).unsqueeze(-1), m[1:].unsqueeze(-1).unsqueeze(-1))
-            fc = feature_control_loss(o["feature_control_q"], actions_t, r_fc, pc_discounts, continues, continues)
-            fc = fc.sum() / continues.sum().clamp(min=1.0)
-            loss = loss + cfg.feature_control_cost * scale * fc
-            metrics["aux/feature_control/loss"] = fc.detach()
-            metrics["aux/feature_control/reward_mean"] = _mean_inside_episodes(r_fc, continues)
-    if "rp" in rb:
-        ce, target = reward_prediction_loss(ro["rp_logits"], rb["rp"]["reward"])
-        rp = ce.mean()
-        loss = loss + cfg.reward_prediction_cost * (scale / T) * rp
-        pred = ro["rp_logits"].detach().argmax(-1)
-        correct = (pred == target).float()
-        nonzero = (target != 0).float()
-        metrics["aux/reward_prediction/loss"] = rp.detach()
-        metrics["aux/reward_prediction/accuracy"] = correct.mean()
-        metrics["aux/reward_prediction/accuracy_zero"] = (correct * (1 - nonzero)).sum() / (1 - nonzero).sum().clamp(
-            min=1.0
-        )
-        metrics["aux/reward_prediction/accuracy_nonzero"] = (correct * nonzero).sum() / nonzero.sum().clamp(min=1.0)
-        metrics["aux/reward_prediction/batch_nonzero_fraction"] = nonzero.mean()
-        metrics["aux/reward_prediction/replay_nonzero_fraction"] = rb["rp"]["nonzero_fraction"].float()
+        ctx = {
+            "inputs": inputs,
+            "actions": s["action"][1:],  # slot t+1 holds the action taken at obs_t
+            "continues": continues,
+            "pc_discounts": cfg.pixel_control_discount * continues,  # cut at every episode end (the docstring)
+        }
+    for task in active_tasks(cfg, LOSS_ORDER):
+        if task.sample not in rb:
+            continue
+        term, task_metrics = task.loss(cfg, rb, ro, ctx, scale, T)
+        loss = loss + term
+        metrics.update(task_metrics)
     return loss, metrics
 
 

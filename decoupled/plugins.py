@@ -17,6 +17,7 @@ naming the package and the entry point, so that a broken plug-in is never mistak
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
@@ -30,10 +31,17 @@ class PluginError(RuntimeError):
 class EntryPointRegistry(Generic[T]):
     """Name -> object, filled by `register` and, lazily, by the entry points of one group."""
 
-    def __init__(self, group: str, kind: type, what: str):
-        self.group, self.kind, self.what = group, kind, what
+    def __init__(self, group: str, kind: type | Callable[[], type], what: str):
+        """`kind`: the class every item must be, or a function returning it (imported when first needed)."""
+        self.group, self._kind, self.what = group, kind, what
         self._items: dict[str, T] = {}
         self._lock = threading.Lock()
+
+    @property
+    def kind(self) -> type:
+        if not isinstance(self._kind, type):
+            self._kind = self._kind()
+        return self._kind
 
     def register(self, name: str, item: T, *, replace: bool = False) -> None:
         if not isinstance(item, self.kind):

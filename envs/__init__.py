@@ -48,7 +48,9 @@ class EnvBackend:
     `mode="eval"` asks for the evaluation form of the task (unclipped rewards, whole games as episodes) where the
     backend has one; `options` are `config_class.options()` of the run's env section. `observations` says what the
     backend gives, so that a config pairing image torsos with vector observations is refused at load ("either": the
-    backend cannot tell before it is built).
+    backend cannot tell before it is built). `extras`: the per-step extras its envs give besides the observation
+    (`info["extras"][key]`, e.g. the labyrinth's depth and position), so that an auxiliary task they cannot feed is
+    refused at load.
     """
 
     name: str
@@ -56,6 +58,7 @@ class EnvBackend:
     make: Callable[..., VecEnv]
     observations: Literal["image", "vector", "either"] = "either"
     description: str = ""
+    extras: tuple[str, ...] = ()
 
 
 def _catch(env_id: str, num_envs: int, seed: int, *, mode: str, **options: Any) -> VecEnv:
@@ -129,7 +132,14 @@ _BUILTIN = (
     EnvBackend("minigrid", MiniGridEnvConfig, _minigrid, "image", "MiniGrid's gridworlds (envs/minigrid.py)"),
     EnvBackend("atari", AtariEnvConfig, _atari, "image", "Atari on envpool (envs/atari.py)"),
     EnvBackend("atari_gym", AtariEnvConfig, _atari_gym, "image", "Atari on gymnasium + ale-py (envs/atari.py)"),
-    EnvBackend("labyrinth", LabyrinthEnvConfig, _labyrinth, "image", "3D mazes on ViZDoom (envs/labyrinth.py)"),
+    EnvBackend(
+        "labyrinth",
+        LabyrinthEnvConfig,
+        _labyrinth,
+        "image",
+        "3D mazes on ViZDoom (envs/labyrinth.py)",
+        extras=("depth", "position", "yaw", "velocity"),
+    ),
 )
 _REGISTRY: EntryPointRegistry[EnvBackend] = EntryPointRegistry("decoupled.envs", EnvBackend, "env backend")
 for _backend in _BUILTIN:

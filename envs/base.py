@@ -162,6 +162,8 @@ class PerEnvVecEnv(VecEnv):
     _label: ClassVar[str]
     #: How crash messages name the task (an env id or a game); set by the subclass.
     _task: str
+    #: The copy `step` is stepping now (None between steps).
+    stepping: int | None = None
 
     def __init__(self, num_envs: int, seed: int, frame_skip: int = 1):
         if num_envs < 1:
@@ -228,6 +230,7 @@ class PerEnvVecEnv(VecEnv):
         truncated = np.zeros(self.num_envs, bool)
         game_over = np.zeros(self.num_envs, bool)
         for i in range(self.num_envs):
+            self.stepping = i  # which copy a step that never returns is stuck in (the training watchdog says so)
             try:
                 s = self._step_one(i, int(actions[i]))
             except Exception as exc:
@@ -239,6 +242,7 @@ class PerEnvVecEnv(VecEnv):
             terminated[i] = s.terminated
             truncated[i] = s.truncated
             game_over[i] = s.game_over
+        self.stepping = None
         info: dict[str, Any] = {"final_obs": final_obs, **self._step_info()}
         info.update(self._tracker.update(raw_reward, game_over))
         self._obs = obs

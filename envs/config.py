@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from decoupled.sections import ConfigSection
 
 
-class EnvConfigBase(BaseModel):
+class EnvConfigBase(ConfigSection):
     """Base of every env section: unknown keys are an error, and `backend` names the backend (a `Literal` of its
     registered name, which the config's union of env sections switches on). `options()` returns the backend's own
     settings, passed as keyword arguments to the backend's `make` (see `decoupled.envs.EnvBackend`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     backend: str
     id: str
     num_envs: int = Field(16, ge=1, le=4096, description="envs stepped together by the actor")
@@ -26,7 +27,7 @@ class EnvConfigBase(BaseModel):
         description="a task variant of an image env (Progressive Nets' Pong Soup, envs/transforms.py), applied after "
         "the protocol's preprocessing, in training and evaluation; null: the task as it is",
     )
-    transform_seed: int = Field(0, ge=0, description="seed of env.transform=noisy's frozen noise pattern")
+    transform_seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of env.transform=noisy's frozen noise pattern")
     transform_noise: float = Field(0.1, gt=0.0, description="std of env.transform=noisy in the net's input units")
 
     def options(self) -> dict[str, Any]:

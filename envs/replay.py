@@ -51,6 +51,7 @@ class SequenceReplay:
         state_shapes: tuple[tuple[int, ...], ...] = (),
         seed: int = 0,
         num_actions: int | None = None,
+        extra_fields: dict[str, tuple[tuple[int, ...], Any]] | None = None,
     ):
         if unroll_length < 1:
             raise ValueError(f"unroll_length must be >= 1, got {unroll_length}")
@@ -71,6 +72,8 @@ class SequenceReplay:
         }
         if num_actions is not None:  # the behaviour policy's logits, for off-policy corrections (V-trace)
             self.data[BEHAVIOUR_KEY] = np.zeros((N, L, int(num_actions)), np.float32)
+        for key, (shape, dtype) in (extra_fields or {}).items():  # more per-slot rollout keys (a net's env inputs)
+            self.data[key] = np.zeros((N, L, *shape), dtype)
         self.keys = tuple(self.data)
         self.last_columns = 0  # columns of the last rollout added
         self.state_shapes = tuple(tuple(s) for s in state_shapes)

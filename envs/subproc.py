@@ -9,11 +9,11 @@ is the observation the agent's torso sees (transposed to channels-first when `ch
 rides in `info["extras"][key]` as a [B, ...] array, with the finished episode's last values in
 `info["final_extras"]`.
 
-A worker that dies (segfault, OOM kill), hangs past `step_timeout_s` or raises (an engine crash surfaces as a
-Python error) is reported with its env index and seed, and restarted with a new seed derived from the old one:
-the env's episode is cut there (`truncated=True`, the last observation it sent as `final_obs`,
-`info["restarted"][i]=True`, and no episode score reported for it). After `max_restarts` restarts of one env the
-failure is raised as `EnvCrashedError` with the last reason (the traceback, for an error).
+A worker that dies (segfault, OOM kill), hangs past `step_timeout_s` (in training: `runner.env_step_timeout_s`)
+or raises (an engine crash surfaces as a Python error) is reported with its env index and seed, and restarted with a
+new seed derived from the old one: the env's episode is cut there (`truncated=True`, the last observation it sent
+as `final_obs`, `info["restarted"][i]=True`, and no episode score reported for it). After `max_restarts` restarts of
+one env the failure is raised as `EnvCrashedError` with the last reason (the traceback, for an error).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import os
 import shutil
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -135,6 +136,9 @@ class ProcessVecEnv(VecEnv):
         )
         self.num_envs, self._seed, self.max_restarts = num_envs, int(seed), max_restarts
         self.step_timeout_s = step_timeout_s
+        # builds, resets and queries (a game engine's start) keep the constructor's bound whatever step_timeout_s
+        # becomes (training sets it from runner.env_step_timeout_s): a worker restarted after a hung step must start
+        self.start_timeout_s = step_timeout_s
         self._ctx = mp.get_context(context)
         self._owner_pid = os.getpid()
         self._procs: list[Any] = [None] * num_envs
@@ -142,6 +146,7 @@ class ProcessVecEnv(VecEnv):
         self._work_dirs: list[str | None] = [None] * num_envs
         self.restarts = np.zeros(num_envs, np.int64)
         self._seeds = np.array([self._seed + i for i in range(num_envs)], np.int64)
+        _LIVE.add(self)
         for i in range(num_envs):
             self._start(i)
         try:
@@ -187,6 +192,7 @@ class ProcessVecEnv(VecEnv):
         """One reply of worker i. A dead, hung or failed worker raises `_WorkerDied` with the reason (after an
         error the worker has exited anyway); the caller decides whether to restart it."""
         conn, proc = self._conns[i], self._procs[i]
+        limit = self.step_timeout_s if what == "step" else max(self.step_timeout_s, self.start_timeout_s)
         waited = 0.0
         # poll rather than block: a dead worker's pipe may stay open (its engine process inherited it), and a hung
         # env must not hang the learner
@@ -194,8 +200,8 @@ class ProcessVecEnv(VecEnv):
             waited += 0.5
             if not proc.is_alive():
                 raise _WorkerDied(f"died during {what} (exit code {proc.exitcode})")
-            if waited >= self.step_timeout_s:
-                raise _WorkerDied(f"did not answer {what} within {self.step_timeout_s:.0f}s")
+            if waited >= limit:
+                raise _WorkerDied(f"did not answer {what} within {limit:.0f}s")
         try:
             status, payload = conn.recv()
         except (EOFError, ConnectionResetError, OSError) as e:
@@ -321,6 +327,13 @@ class ProcessVecEnv(VecEnv):
         info.update(self._tracker.update(reward.astype(np.float64), terminated | truncated, discard=restarted))
         return obs, reward, terminated, truncated, info
 
+    def last_extras(self) -> dict[str, np.ndarray]:
+        """The extras [B, ...] of the observations the last `reset` or `step` returned (a reset's are not returned
+        by `reset` itself, whose contract gives the observations only)."""
+        if any(last is None for last in self._last):
+            raise RuntimeError("ProcessVecEnv.last_extras called before reset()")
+        return _stack_extras([e for _, e in self._last])
+
     def settings(self) -> dict[str, Any]:
         return {
             **super().settings(),
@@ -363,6 +376,27 @@ class ProcessVecEnv(VecEnv):
 
 class _WorkerDied(RuntimeError):
     pass
+
+
+_LIVE: weakref.WeakSet[ProcessVecEnv] = weakref.WeakSet()  # this process's envs, for `kill_all_workers`
+
+
+def kill_all_workers() -> None:
+    """SIGKILL the workers of every open `ProcessVecEnv` of this process (with whatever they started) and remove
+    their scratch dirs, without waiting: for a process about to exit without closing its envs (the training
+    watchdog's exit after a hung env step or a second stop signal)."""
+    for env in list(_LIVE):
+        if os.getpid() != getattr(env, "_owner_pid", None):
+            continue
+        for proc in list(getattr(env, "_procs", [])):
+            if proc is not None:
+                try:
+                    os.killpg(proc.pid, 9)
+                except (ProcessLookupError, PermissionError, OSError):
+                    pass
+        for work_dir in list(getattr(env, "_work_dirs", [])):
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _kill_group(proc: Any) -> None:

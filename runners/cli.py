@@ -22,12 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+
+from decoupled.runners.evaluation import positive_int  # torch-free; used by the parsers below
+
+_default_showwarning = warnings.showwarning
 
 
 def _train(args: argparse.Namespace) -> int:
-    from decoupled.agents.base import AgentSetupError
-    from decoupled.runners.training.checkpoint import CheckpointError
-    from decoupled.runners.training.config import ConfigError
+    from decoupled.runners.training.config import ConfigError, load_config
 
     if args.resume is None and args.config is None:
         print("decoupled train: give a CONFIG file or --resume RUN_DIR", file=sys.stderr)
@@ -36,15 +39,39 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.config is not None:  # `train --resume DIR k=v`: argparse took k=v as config
         overrides.insert(0, args.config)
     try:
-        from decoupled.runners.evaluation.evaluate import make_periodic_evaluator
-        from decoupled.runners.training.train import train_from_files
+        # the config first, before torch or any env is imported: a bad key exits within a second
+        cfg = load_config(args.config, overrides) if args.resume is None else None
+        if args.resume is not None:  # the run dir and the overrides on its config, before torch is imported
+            run_config = os.path.join(args.resume, "config.yaml")
+            if not os.path.isfile(run_config):
+                print(
+                    f"decoupled train: {args.resume} is not a run dir (no config.yaml); pass the dir `decoupled train` "
+                    "made",
+                    file=sys.stderr,
+                )
+                return 2
+            load_config(run_config, overrides)
+        if cfg is not None:  # the env before torch is imported, then the net: exit 2 before anything starts
+            from decoupled.runners.training.preflight import preflight
 
-        config = None if args.resume else args.config
-        result = train_from_files(config, overrides, args.run_dir, args.resume, make_periodic_evaluator)
+            preflight(cfg)
+        from decoupled.agents.base import AgentSetupError
+        from decoupled.runners.evaluation.evaluate import make_periodic_evaluator
+        from decoupled.runners.training.checkpoint import CheckpointError
+        from decoupled.runners.training.train import ResumeOverrideError, resume_run, start_run
+
+        refused: tuple[type[BaseException], ...] = (
+            FileNotFoundError, FileExistsError, CheckpointError, AgentSetupError, ResumeOverrideError
+        )  # fmt: skip
+        try:
+            if cfg is None:
+                result = resume_run(args.resume, overrides, make_periodic_evaluator)
+            else:
+                result = start_run(cfg, args.run_dir, make_periodic_evaluator, check=False)
+        except refused as e:
+            print(f"decoupled train: {e}", file=sys.stderr)
+            return 2
     except ConfigError as e:
-        print(f"decoupled train: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, FileExistsError, CheckpointError, AgentSetupError) as e:
         print(f"decoupled train: {e}", file=sys.stderr)
         return 2
     return 0 if result["status"] in ("finished", "stopped", "time_limit") else 1
@@ -182,7 +209,17 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("--out", help="output dir (default: RUN_DIR/eval, SUITE_DIR/eval, runs/eval_random_<games>)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose arguments are defined by modules that import torch (the analyses, the benchmarks): their parsers
+# are built only when one of them runs, so that `decoupled config` and a bad config's error stay well under a second.
+HEAVY_COMMANDS = {
+    "analyze": "which columns a progressive net uses: afs (Fisher), aps (perturbation)",
+    "bench": "speed and learning benchmarks (JSON lines; record them in BENCHMARKS.md)",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the `command` about to run, the parsers of the other heavy commands are stand-ins
+    that only list them in `--help`."""
     from decoupled import __version__
 
     p = argparse.ArgumentParser(prog="decoupled", description="Actor-learner RL agents: train, evaluate, plot.")
@@ -230,31 +267,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_suite_arguments(su)
     su.set_defaults(func=_suite)
 
-    pl = sub.add_parser("plot", help="learning curves of runs as PNG: any metric, groups with mean and 95% band")
+    pl = sub.add_parser("plot", help="learning curves of runs as PNG: any metric, groups with mean and 95%% band")
     pl.add_argument("run_dir", nargs="+", help="run dirs (ours, or `decoupled bench peer` output dirs)")
     pl.add_argument("--out", help="PNG path (default: the first RUN_DIR/learning_curve.png)")
     pl.add_argument(
         "--labels", help="comma-separated legend labels, one per run dir; runs with the same label are one group"
     )
     pl.add_argument("--key", default="train/episode_return", help="the metric to plot (any key of metrics.jsonl)")
-    pl.add_argument("--smooth", type=int, default=1, help="moving average over this many log records")
+    pl.add_argument("--smooth", type=positive_int, default=1, help="moving average over this many log records")
     pl.set_defaults(func=_plot)
 
     r = sub.add_parser("render", help="play a labyrinth episode and write a top-down map and an RGB/depth strip")
     r.add_argument("task", help="labyrinth task, e.g. nav_maze_static_01")
-    r.add_argument("--steps", type=int, default=300, help="agent steps to play (default 300)")
+    r.add_argument("--steps", type=positive_int, default=300, help="agent steps to play (default 300)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--run", help="a run dir whose policy acts (default: uniform random actions)")
     r.add_argument("--out", default="runs/render", help="output dir (default runs/render)")
     r.set_defaults(func=_render)
 
-    from decoupled.runners.evaluation.analyze import add_arguments as add_analyze_parser
+    for name, about in HEAVY_COMMANDS.items():
+        if command is not None and command != name:
+            sub.add_parser(name, help=about)
+        elif name == "analyze":
+            from decoupled.runners.evaluation.analyze import add_arguments as add_analyze_parser
 
-    add_analyze_parser(sub)
+            add_analyze_parser(sub)
+        else:
+            from decoupled.runners.bench.commands import add_parser as add_bench_parser
 
-    from decoupled.runners.bench.commands import add_parser as add_bench_parser
-
-    add_bench_parser(sub)
+            add_bench_parser(sub)
     return p
 
 
@@ -263,9 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
 OVERRIDE_COMMANDS = ("train", "config", "suite")
 
 
+def _show_config_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    from decoupled.sections import ConfigWarning
+
+    if issubclass(category, ConfigWarning):
+        print(f"decoupled: warning: {message}", file=file or sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")
-    parser = build_parser()
+    warnings.showwarning = _show_config_warning
+    words = sys.argv[1:] if argv is None else argv
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(command)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         # `--a.b=v`, and `a.b=v` that argparse left over once an unknown option had cut the positionals short

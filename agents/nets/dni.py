@@ -46,36 +46,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from decoupled.agents.base import LearnerHook
+from decoupled.agents.config import DNIConfig  # noqa: F401 - re-exported
 from decoupled.agents.nets.cores import CoreState, LSTMCore, core_inputs
-
-
-class DNIConfig(BaseModel):
-    """`agent.dni.*`: settings of the synthetic-gradient core (`agent.core: dni_lstm`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    enabled: bool = Field(True, description="false: the plain LSTM core (bit-identical), M not even built")
-    scale: float = Field(
-        0.1, gt=0.0, le=1.0, description="lambda: scales the injected synthetic gradient and discounts the "
-        "bootstrapped target; keep it well below 1 (0.5 diverged on recall once the LSTM held memory; 1 diverges)",
-    )  # fmt: skip
-    hidden_size: int = Field(0, ge=0, description="M's hidden layer; 0: a linear M on [h; c] (the paper's, for RNNs)")
-    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate of M (its own optimiser)")
-    max_grad_norm: float | None = Field(1.0, gt=0.0, description="gradient-norm clip of M's update; null: none")
-    context: tuple[Literal["reward", "value"], ...] = Field(
-        (), description="cDNI: condition M on the clipped reward into the boundary slot and/or the value there"
-    )
-    aux_cost: float = Field(0.0, ge=0.0, description="DNI+Aux: weight of predicting the window-end synthetic gradient")
-    normalize: bool = Field(
-        False, description="M predicts the gradient in units of a running RMS of its targets (scale-free; see below)"
-    )
-    normalize_decay: float = Field(0.99, ge=0.0, lt=1.0, description="decay of that running RMS")
 
 
 class SyntheticGradientModule(nn.Module):

@@ -15,3 +15,8 @@ def emit(record: dict[str, Any]) -> dict[str, Any]:
     """Print one benchmark result as a JSON line (every `decoupled bench` command does) and return it."""
     print(json.dumps(record), flush=True)
     return record
+
+
+class BenchUsageError(ValueError):
+    """A bad argument of a `decoupled bench` command (an unknown name, a config that does not load): the command line
+    prints the message and exits 2, before the benchmark starts."""

@@ -28,6 +28,11 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
   after a warm-up; `unreal`: the same for `configs/unreal/breakout.yaml` (the LSTM agent plus UNREAL's auxiliary
   tasks on replay; its peer is `impala_lstm`); `impala_ff_t10`: the feed-forward agent with configs/impala/pong.yaml's
   unroll of 10 and orthogonal init (half the learner batch of `impala_ff`);
+- `ray_1`, `ray_2`, `ray_4`: `impala_ff` with its actors as 1, 2 or 4 Ray actors (`runner.mode: ray`, the envs split
+  evenly, a local Ray started by the run; its peer is `impala_ff`, the async actor thread), plus the medians per
+  rollout of the `perf/ray_*` metrics (ray_actors.RAY_PERF_METRICS: bytes per rollout and per parameter version, the
+  learner's ray.wait / ray.get / copy, the actor's parameter load and unroll, the parameter ray.put, in ms; their
+  peak memory is the learner process's, without the actors');
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 
@@ -48,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from decoupled.runners.bench import emit
+from decoupled.runners.bench import BenchUsageError, emit
 
 
 def _steps_per_second(step_fn, batch: int, seconds: float, warmup: int = 20) -> float:
@@ -67,8 +72,10 @@ def bench_labyrinth(args: argparse.Namespace) -> list[dict[str, Any]]:
     import tempfile
 
     from decoupled.envs import make_vec_env
-    from decoupled.envs.labyrinth import LabyrinthEnv, generate_maze, write_wad
+    from decoupled.envs.labyrinth import TASKS, LabyrinthEnv, generate_maze, write_wad
 
+    if args.task not in TASKS:
+        raise BenchUsageError(f"unknown labyrinth task {args.task!r}; --task takes one of {', '.join(TASKS)}")
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in ("01", "02", "03"):
@@ -161,6 +168,13 @@ TRAIN_VARIANTS["feudal"] = []  # FeUdal Networks with its config's 100-step unro
 # initialised IMPALA net saved as a run: its speed is that of any trained one), without and with the Sobolev term
 TRAIN_VARIANTS["distill"] = ["agent.name=distill", "agent.variant=on_policy_distill"]
 TRAIN_VARIANTS["distill_sobolev"] = [*TRAIN_VARIANTS["distill"], "agent.sobolev_cost=1.0"]
+# impala_ff (the async actor thread of THROUGHPUT_CONFIG) with its actors as 1, 2 or 4 Ray actors instead: the same
+# envs (env.num_envs split evenly), unroll and queue size per actor, on a local Ray started by the run (its start-up
+# and the actors' lie in the warm-up). Each actor asks Ray for 1 CPU, or an even share of the machine's CPUs when
+# they are fewer than the actors (Ray refuses more than it has).
+RAY_ACTORS = {"ray_1": 1, "ray_2": 2, "ray_4": 4}
+for _name, _n in RAY_ACTORS.items():
+    TRAIN_VARIANTS[_name] = ["runner.mode=ray", f"runner.num_actors={_n}"]
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
 
@@ -197,6 +211,7 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     import tempfile
 
     from decoupled.runners.training.config import load_config
+    from decoupled.runners.training.ray_actors import RAY_PERF_METRICS
     from decoupled.runners.training.train import train
 
     overrides = [
@@ -211,6 +226,9 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
         "wandb.mode=disabled",
         *TRAIN_VARIANTS[a["what"]],
     ]
+    if a["what"] in RAY_ACTORS:
+        cpus = os.cpu_count() or 1
+        overrides.append(f"runner.ray.num_cpus_per_actor={min(1.0, cpus / RAY_ACTORS[a['what']]):g}")
     with tempfile.TemporaryDirectory() as tmp:
         if a["what"].startswith("distill"):
             overrides.append(f"agent.teachers=[{_teacher_run(a, f'{tmp}/teacher')}]")
@@ -232,6 +250,18 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     waits = [r["perf/learner_wait_fraction"] for r in recs if "perf/learner_wait_fraction" in r]
     if waits:
         out["learner_wait_fraction"] = round(float(np.mean(waits)), 3)
+    if cfg.runner.mode == "ray":  # a record per update, one rollout each: medians per rollout (per version: put)
+        out["num_actors"] = cfg.runner.num_actors
+        out["num_cpus_per_actor"] = cfg.runner.ray.num_cpus_per_actor
+        for key in RAY_PERF_METRICS:
+            values = [r[key] for r in recs if key in r]
+            if not values:
+                continue
+            name = key.removeprefix("perf/")
+            if name.endswith("_bytes"):
+                out[name] = int(np.median(values))
+            else:  # milliseconds: the medians over repeats keep 4 decimals
+                out[name.removesuffix("_s") + "_ms"] = round(float(np.median(values)) * 1000.0, 4)
     return out
 
 
@@ -412,10 +442,18 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Agent steps/s of env stepping, our training and SB3's on one Atari game; medians over repeats; ratios."""
     import platform
 
-    whats = [w.strip() for w in args.only.split(",")] if args.only else list(THROUGHPUT_MEASUREMENTS)
+    from decoupled.runners.bench.peer import check_game
+    from decoupled.runners.training.config import load_config
+
+    whats = [w.strip() for w in args.only.split(",") if w.strip()] if args.only else list(THROUGHPUT_MEASUREMENTS)
     unknown = [w for w in whats if w not in THROUGHPUT_MEASUREMENTS]
-    if unknown:
-        raise SystemExit(f"bench throughput: unknown measurement(s) {unknown}; choose from {THROUGHPUT_MEASUREMENTS}")
+    if unknown or not whats:
+        raise BenchUsageError(
+            f"unknown measurement(s) {', '.join(unknown) or repr(args.only)}; --only takes a comma-separated subset of "
+            f"{', '.join(THROUGHPUT_MEASUREMENTS)}"
+        )
+    check_game(args.game)  # before any measurement starts (each runs in a process of its own)
+    load_config(_config_path(args.config), [f"env.id={args.game}", f"env.num_envs={args.num_envs}"])  # ConfigError
     runs: dict[str, list[dict[str, Any]]] = {w: [] for w in whats}
     base = {"game": args.game, "num_envs": args.num_envs, "seconds": args.seconds, "warmup": args.warmup}
     base["config"] = args.config
@@ -454,6 +492,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_ff_t10", "impala_ff"),
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
+        *((name, "impala_ff") for name in RAY_ACTORS),  # Ray actors against the async actor thread
     ]
     ratios = {f"{a}/{b}": round(medians[a] / medians[b], 3) for a, b in pairs if a in medians and b in medians}
     summary = {"bench": "throughput", "what": "ratios", "game": args.game, **ratios}
@@ -463,23 +502,48 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
+def _usage_errors(run: Any) -> Any:
+    """A bench command function whose bad arguments (`BenchUsageError`, a `ConfigError`, a `SystemExit` with a
+    message) are answered as usage errors: the message on stderr, exit 2, no traceback."""
+
+    def checked(args: argparse.Namespace) -> int:
+        from decoupled.runners.training.config import ConfigError
+
+        try:
+            return run(args)
+        except (BenchUsageError, ConfigError) as e:
+            message = str(e)
+        except SystemExit as e:
+            if not isinstance(e.code, str):
+                raise
+            message = e.code
+        print(f"decoupled bench {args.bench}: {message.removeprefix(f'bench {args.bench}: ')}", file=sys.stderr)
+        return 2
+
+    return checked
+
+
 def add_parser(sub: Any) -> None:
+    from decoupled.runners.evaluation import positive_float, positive_int
+
     b = sub.add_parser("bench", help="speed benchmarks (JSON lines; record them in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
     lab = bsub.add_parser("labyrinth", help="labyrinth env steps/s (workers vs one env) and maze generation time")
     lab.add_argument("--task", default="nav_maze_static_01")
-    lab.add_argument("--num-envs", type=int, default=4)
-    lab.add_argument("--seconds", type=float, default=10.0, help="per repeat")
-    lab.add_argument("--repeats", type=int, default=3)
+    lab.add_argument("--num-envs", type=positive_int, default=4)
+    lab.add_argument("--seconds", type=positive_float, default=10.0, help="per repeat")
+    lab.add_argument("--repeats", type=positive_int, default=3)
     lab.set_defaults(func=lambda a: (bench_labyrinth(a), 0)[1])
     tp = bsub.add_parser(
         "throughput", help="Atari agent steps/s: env alone, our agents (impala, unreal, feudal, distill), SB3; ratios"
     )
     tp.add_argument("--game", default="Breakout")
-    tp.add_argument("--num-envs", type=int, default=16, help="envs of our training and of the env-only measurement")
-    tp.add_argument("--seconds", type=float, default=30.0, help="measured seconds per repeat, after the warm-up")
+    tp.add_argument(
+        "--num-envs", type=positive_int, default=16, help="envs of our training and of the env-only measurement"
+    )
+    tp.add_argument("--seconds", type=positive_float, default=30.0, help="measured seconds per repeat, after warm-up")
     tp.add_argument("--warmup", type=float, default=15.0, help="seconds before measuring (start-up, first updates)")
-    tp.add_argument("--repeats", type=int, default=3)
+    tp.add_argument("--repeats", type=positive_int, default=3)
     tp.add_argument("--config", default=THROUGHPUT_CONFIG, help="the training config of the impala_* measurements")
     tp.add_argument("--only", help=f"comma-separated subset of: {', '.join(THROUGHPUT_MEASUREMENTS)}")
     tp.set_defaults(func=lambda a: (bench_throughput(a), 0)[1])
@@ -556,6 +620,8 @@ def add_parser(sub: Any) -> None:
     )
     bench_backends.add_arguments(be)
     be.set_defaults(func=lambda a: (bench_backends.bench_backends(a), 0)[1])
+    for command in bsub.choices.values():  # every bench command: a bad argument is exit 2 with its message
+        command.set_defaults(func=_usage_errors(command.get_default("func")))
 
 
 if __name__ == "__main__":  # one throughput measurement in its own process (see _run_worker)

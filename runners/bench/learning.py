@@ -180,6 +180,11 @@ def run_all(jobs: dict[tuple[str, str, int], tuple], args: argparse.Namespace) -
     import concurrent.futures as cf
     import multiprocessing as mp
 
+    from decoupled.runners.training.config import load_config
+
+    # every run's config loads (a missing file, a bad override), or a ConfigError now: not a worker failing later
+    for config, overrides in {(config, tuple(overrides)) for config, overrides, *_ in jobs.values()}:
+        load_config(config, list(overrides))
     pool = cf.ProcessPoolExecutor(
         max_workers=args.jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent,
         initargs=(os.getpid(),),
@@ -628,6 +633,8 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
         p.add_argument("--methods", default="base,unreal", help="base (every auxiliary weight 0) and/or unreal")
         p.add_argument("--threshold", type=float, help="also report the env frames each run took to reach this return")
         p.add_argument("--out", default="runs/bench_unreal")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one torch thread each)")
+    from decoupled.runners.evaluation import positive_int
+
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (one torch thread each)")
     p.set_defaults(bench=which)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +61,27 @@ def make_peer(algo: str, env: Any, seed: int) -> Any:
             policy_kwargs={"optimizer_class": torch.optim.RMSprop, "optimizer_kwargs": {"eps": 1e-5, "alpha": 0.99}},
         )  # fmt: skip
     raise ValueError(f"unknown peer algorithm {algo!r}; choose ppo or a2c")
+
+
+def check_game(game: str) -> None:
+    """A `BenchUsageError` unless `game` is an ALE game name with SB3's Atari env, `<game>NoFrameskip-v4`."""
+    import difflib
+
+    from decoupled.runners.bench import BenchUsageError
+
+    try:
+        import ale_py
+        import gymnasium as gym
+    except ImportError as e:
+        raise BenchUsageError(f"the Atari benchmarks need ale-py ({e}): pip install 'decoupled[atari]'") from None
+    gym.register_envs(ale_py)
+    if f"{game}NoFrameskip-v4" in gym.registry:
+        return
+    names = sorted(k.removesuffix("NoFrameskip-v4") for k in gym.registry if k.endswith("NoFrameskip-v4"))
+    names = [n for n in names if "-" not in n]  # not the -ram variants
+    close = [n for n in names if n.lower() == game.lower()] or difflib.get_close_matches(game, names, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise BenchUsageError(f"unknown Atari game {game!r}{hint} (--game takes an ALE game name, e.g. Pong or Breakout)")
 
 
 def _atari_env(game: str, n_envs: int, seed: int, evaluation: bool) -> Any:
@@ -111,8 +131,14 @@ def train_peer(args: argparse.Namespace) -> dict[str, Any]:
     from stable_baselines3.common.callbacks import BaseCallback
 
     import decoupled.runners  # noqa: F401 - passive OpenMP waiting, as in our runs
+    from decoupled.runners.bench import BenchUsageError
+    from decoupled.runners.evaluation import check_out_dir
 
-    out = Path(args.out)
+    check_game(args.game)  # before anything is written
+    try:
+        out = check_out_dir(args.out)
+    except ValueError as e:
+        raise BenchUsageError(str(e)) from None
     out.mkdir(parents=True, exist_ok=True)
     hp = PEER_HYPERPARAMETERS[args.algo]
     env = _atari_env(args.game, hp["n_envs"], args.seed, evaluation=False)
@@ -187,10 +213,12 @@ def train_peer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from decoupled.runners.evaluation import positive_float, positive_int
+
     p.add_argument("--algo", choices=sorted(PEER_HYPERPARAMETERS), default="ppo")
     p.add_argument("--game", default="Pong")
-    p.add_argument("--seconds", type=float, default=3600.0, help="wall-clock budget of the training")
-    p.add_argument("--max-env-frames", type=int, default=10**12, help="stop earlier at this many frames")
+    p.add_argument("--seconds", type=positive_float, default=3600.0, help="wall-clock budget of the training")
+    p.add_argument("--max-env-frames", type=positive_int, default=10**12, help="stop earlier at this many frames")
     p.add_argument(
         "--planned-env-frames", type=int, default=40_000_000,
         help="horizon of the linear lr / clip schedules; the zoo's Atari budget of 10M agent steps by default (set "
@@ -198,5 +226,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--log-every-env-frames", type=int, default=100_000)
+    p.add_argument("--log-every-env-frames", type=positive_int, default=100_000)
     p.add_argument("--out", required=True)

@@ -30,17 +30,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from decoupled.runners.training.actor_learner import net_inputs
+if TYPE_CHECKING:
+    import torch  # the analyses import it when they run: `decoupled --help` and config errors stay fast
 
 
 def fisher_sensitivity(net: Any, env: Any, steps: int, seed: int) -> dict[str, Any]:
     """Play `steps` steps of `env` (all its copies) with `net`'s sampled actions and return, per layer and column, the
     Fisher diagonal summed over units (`fisher`), AFS (`afs`) and the share of the layer's Fisher (`share`)."""
+    import torch
+
+    from decoupled.runners.training.actor_learner import net_inputs
+
     if not hasattr(net, "forward_with_activations"):
         raise ValueError("AFS needs a progressive net (agent progressive); this run's net has one column")
     gen = torch.Generator().manual_seed(seed)
@@ -101,6 +105,10 @@ def fisher_sensitivity(net: Any, env: Any, steps: int, seed: int) -> dict[str, A
 
 def activation_std(net: Any, env: Any, steps: int, seed: int) -> dict[tuple[int, int], torch.Tensor]:
     """Per unit (or map) standard deviation of every column's activations on the policy's own states."""
+    import torch
+
+    from decoupled.runners.training.actor_learner import net_inputs
+
     gen = torch.Generator().manual_seed(seed)
     n = env.num_envs
     obs, state = env.reset(seed=seed), net.initial_state(n)
@@ -126,6 +134,8 @@ def perturbation_sensitivity(
     net: Any, make_env: Any, episodes: int, seed: int, bisections: int = 8, score_offset: float = 0.0
 ) -> dict[str, Any]:
     """APS per layer and column (module docstring). `make_env()` builds the evaluation env (closed here)."""
+    import torch
+
     from decoupled.runners.evaluation.evaluate import Policy, play_episodes
 
     if not hasattr(net, "forward_with_activations"):

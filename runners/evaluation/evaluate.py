@@ -48,11 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from decoupled.agents import get_agent
 from decoupled.envs import make_vec_env, probe_spec
 from decoupled.envs.base import EnvSpec, VecEnv
+from decoupled.runners.evaluation import check_out_dir
 from decoupled.runners.training.actor_learner import net_inputs, sample_actions
 from decoupled.runners.training.config import ConfigBase, load_config
-from decoupled.runners.training.train import load_run_checkpoint, make_policy_net
+from decoupled.runners.training.train import check_net_state, load_run_checkpoint, make_policy_net
 
 ATARI_BACKENDS = ("atari", "atari_gym")  # the one definition (decoupled.runners.evaluation.suite imports it)
 DEFAULT_PROTOCOL = "dqn_noop30"
@@ -75,6 +77,7 @@ def act_with_net(
     state: Any,
     greedy: bool,
     generator: torch.Generator | None,
+    extras: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, Any]:
     """One step of a trained net for a batch of envs: obs [B, ...], the episode-start flags, the previous actions
     and rewards [B], the core state -> (actions [B], next core state). Sampled from the policy, or its argmax."""
@@ -82,6 +85,10 @@ def act_with_net(
     inputs = net_inputs(
         obs[None], np.asarray(first)[None], np.asarray(prev_action)[None], np.asarray(prev_reward)[None], device
     )
+    for key in getattr(net, "extra_inputs", {}):  # inputs from the env's extras (the nav agent's velocity)
+        if extras is None or key not in extras:
+            raise KeyError(f"the net takes the env's {key!r} extra as input, and this env gives none")
+        inputs[key] = torch.as_tensor(np.asarray(extras[key], np.float32))[None].to(device)
     out, state = net(inputs, state)
     logits = out["policy_logits"][0].cpu()
     return (logits.argmax(-1) if greedy else sample_actions(logits, generator)).numpy(), state
@@ -102,16 +109,26 @@ class Policy:
         self.prev_action = np.zeros(num_envs, np.int64)
         self.prev_reward = np.zeros(num_envs, np.float32)
         self.state = self.net.initial_state(num_envs) if self.net is not None else None
+        self.extras: dict[str, np.ndarray] | None = None  # the env's extras of the current obs (velocity inputs)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         if self.net is None:
             return self.rng.integers(0, self.num_actions, len(obs))
         action, self.state = act_with_net(
-            self.net, obs, self.first, self.prev_action, self.prev_reward, self.state, self.greedy, self.gen
-        )
+            self.net, obs, self.first, self.prev_action, self.prev_reward, self.state, self.greedy, self.gen,
+            self.extras,
+        )  # fmt: skip
         return action
 
-    def observe(self, action: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> None:
+    def observe(
+        self,
+        action: np.ndarray,
+        reward: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        extras: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.extras = extras
         self.first = np.asarray(terminated | truncated, bool)
         self.prev_action = np.asarray(action, np.int64)
         self.prev_reward = np.asarray(reward, np.float32)
@@ -163,10 +180,11 @@ def play_episodes(env: VecEnv, policy: Policy, episodes: int, seed: int) -> dict
     cut: list[list[bool]] = [[] for _ in range(n)]
     obs = env.reset(seed=seed)
     policy.start(n)
+    policy.extras = env.last_extras() if hasattr(env, "last_extras") else None
     while (done_count < quota).any():
         action = policy.act(obs)
         obs, reward, terminated, truncated, info = env.step(action)
-        policy.observe(action, reward, terminated, truncated)
+        policy.observe(action, reward, terminated, truncated, info.get("extras"))
         for i in np.flatnonzero(info["episode_done"]):
             if done_count[i] < quota[i]:
                 scores[i].append(float(info["episode_return"][i]))
@@ -202,9 +220,21 @@ def run_episodes(
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 def load_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
-    """A run dir (its newest valid checkpoint) or one checkpoint dir -> (config, saved state, checkpoint path)."""
+    """A run dir (its newest checkpoint that verifies and whose parameters fit the run's net: an older one, with a
+    CheckpointWarning, when the newest does not) or one checkpoint dir -> (config, saved state, checkpoint path)."""
+
+    def fits_the_net(cfg: ConfigBase):  # the run's net, built once (outside the check: an env error is no misfit)
+        spec = probe_spec(cfg.env.backend, cfg.env.id, cfg.env.options())
+        try:
+            with torch.device("meta"):  # names and shapes only: no memory, no draws from the global RNG
+                net = get_agent(cfg.agent_name).make_net(spec, cfg.agent)
+        except Exception:  # noqa: BLE001 - a net that cannot be built on the meta device: on the CPU
+            with torch.random.fork_rng(devices=[]):
+                net = get_agent(cfg.agent_name).make_net(spec, cfg.agent)
+        return lambda state: check_net_state(net, state)
+
     try:
-        return load_run_checkpoint(Path(target))
+        return load_run_checkpoint(Path(target), accept=fits_the_net)
     except FileNotFoundError as e:
         raise FileNotFoundError(str(e).replace("has no checkpoint", "has no checkpoint to evaluate")) from None
 
@@ -395,6 +425,7 @@ def record_video(
         policy = Policy(env.spec.num_actions, seed, net, greedy)
         obs = env.reset(seed=seed)
         policy.start(1)
+        policy.extras = env.last_extras() if hasattr(env, "last_extras") else None
 
         def frame() -> np.ndarray:
             return env.render_rgb(0) if hasattr(env, "render_rgb") else obs_frame(obs[0], env.spec)
@@ -404,7 +435,7 @@ def record_video(
         while steps < max_steps:
             action = policy.act(obs)
             obs, reward, terminated, truncated, info = env.step(action)
-            policy.observe(action, reward, terminated, truncated)
+            policy.observe(action, reward, terminated, truncated, info.get("extras"))
             steps += 1
             score += float(reward[0])  # eval form: the unclipped reward
             if info["episode_done"][0]:  # the env has already reset: its screen is the next game's
@@ -853,13 +884,15 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise ValueError("--num-envs must be at least 1")
     seeds = _parse_seeds(args)
     check_eval_request(args.episodes, seeds, args.num_envs)
+    if args.out:
+        check_out_dir(args.out)  # before the evaluation, not after it
     tasks, label, default_out = _tasks_from_args(args)
     ablation = getattr(args, "ablate_goals", None) or "none"
     for task in tasks:
         task.goal_ablation = ablation
     if ablation != "none":
         default_out = default_out.with_name(f"{default_out.name}_ablate_goals_{ablation}")
-    out = Path(args.out) if args.out else default_out
+    out = check_out_dir(args.out or default_out)
     extra = {"label": args.label or label, "policy": args.policy}
     if ablation != "none":
         extra["goal_ablation"] = ablation

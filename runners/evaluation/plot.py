@@ -8,6 +8,7 @@ confidence band (percentile bootstrap over runs, on a common grid of the range e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
@@ -23,15 +25,19 @@ class NothingToPlot(ValueError):
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The records (JSON objects) of a run dir's metrics.jsonl; lines that are not one (a line cut by a kill, or a
+    corrupt file) are skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 
@@ -53,15 +59,42 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     return (c[n] - c[lo]) / (n - lo)
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def curve(run: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(env frames, wall-clock minutes, values) of `key` in a run's metrics.jsonl."""
+    if not run.exists():
+        raise NothingToPlot(f"{run} does not exist: give a run dir (the dir `decoupled train` wrote metrics.jsonl in)")
+    if not run.is_dir():
+        hint = f"; give its dir, {run.parent}" if run.name == "metrics.jsonl" else ""
+        raise NothingToPlot(f"{run} is a file, not a run dir{hint}")
     try:
-        recs = [r for r in read_metrics(run) if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)]
+        records = read_metrics(run)
     except FileNotFoundError as e:
         raise NothingToPlot(f"{e}: is {run} a run dir (not an eval or report dir)?") from None
+    except OSError as e:
+        raise NothingToPlot(f"cannot read {run}/metrics.jsonl ({e.strerror or e}): check its permissions") from None
+    if not records:
+        empty = not (run / "metrics.jsonl").read_text(errors="replace").strip()
+        raise NothingToPlot(
+            f"{run}/metrics.jsonl is empty: the run has not logged a record yet (plot it later)"
+            if empty
+            else f"{run}/metrics.jsonl holds no JSON records: it is corrupt or was not written by `decoupled train`"
+        )
+    with_key = [r for r in records if _number(r.get(key))]
+    recs = [r for r in with_key if _number(r.get("env_frames"))]
+    if with_key and not recs:
+        raise NothingToPlot(
+            f"{run}/metrics.jsonl has {key} values but no env_frames with them: it was not written by "
+            "`decoupled train` or `decoupled bench peer`"
+        )
     if not recs:
-        keys = sorted({k for r in read_metrics(run) for k in r if isinstance(r[k], (int, float))} - {"env_frames"})
-        hint = f"; it has {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}" if keys else ""
+        keys = sorted({k for r in records for k in r if _number(r[k])} - {"env_frames"})
+        hint = (
+            f"; it has {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''} (choose one with --key)" if keys else ""
+        )
         raise NothingToPlot(f"{run}/metrics.jsonl has no {key} values yet{hint}")
     frames = np.array([r["env_frames"] for r in recs], float)
     minutes = np.array([r.get("perf/wall_time_s", 0.0) / 60.0 for r in recs], float)
@@ -91,7 +124,15 @@ def plot_run(
     label are a group: its runs thin, its mean over runs thick with a 95% bootstrap band."""
     runs = [Path(r) for r in (run_dir if isinstance(run_dir, list | tuple) else [run_dir])]
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
+        raise ValueError(
+            f"--labels gives {len(labels)} labels for {len(runs)} runs: give one label per run dir, comma-separated "
+            "(runs with the same label are one group)"
+        )
+    if labels is not None and not all(label.strip() for label in labels):
+        raise ValueError(f"--labels {','.join(labels)!r} has an empty label: give every run dir a name")
+    if type(smoothing) is not int or smoothing < 1:
+        raise ValueError(f"--smooth must be a whole number of log records >= 1 (1: no smoothing), got {smoothing!r}")
+    out = check_out(out) if out else None  # a bad --out fails before any work
     names = labels or [r.name for r in runs]
     groups: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for run, name in zip(runs, names, strict=True):
@@ -123,8 +164,26 @@ def plot_run(
     else:
         fig.suptitle(runs[0].name, fontsize=9)
     fig.tight_layout()
-    out = Path(out) if out else runs[0] / "learning_curve.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out = out or runs[0] / "learning_curve.png"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110)
+    except OSError as e:
+        raise ValueError(f"cannot write {out} ({e.strerror or e}): give --out a path in a dir you can write") from None
+    finally:
+        plt.close(fig)
+    return out
+
+
+def check_out(out: str | Path) -> Path:
+    """`--out` as a picture file path: not a dir, a format matplotlib writes, no file where a dir of it belongs.
+    Missing dirs on its way are created when the picture is written."""
+    text, out = str(out), Path(out)
+    if out.is_dir() or text.endswith(("/", os.sep)):
+        raise ValueError(f"--out {text} is a dir: give a file path in it, e.g. {out / 'learning_curve.png'}")
+    if out.suffix.lstrip(".").lower() not in FigureCanvasBase.get_supported_filetypes():
+        raise ValueError(f"--out {text}: give a file name ending in .png (or .pdf, .svg, .jpg: a picture format)")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"--out {text}: {blocking} is a file, not a dir; give a path in a dir")
     return out

@@ -68,7 +68,10 @@ def play_episode(
             else:
                 with torch.no_grad():
                     rgb = obs["rgb"].transpose(2, 0, 1)[None, None].copy()  # [1,1,C,H,W]
-                    out, state = net(net_inputs(rgb, [[first]], [[prev_action]], [[prev_reward]], "cpu"), state)
+                    inputs = net_inputs(rgb, [[first]], [[prev_action]], [[prev_reward]], "cpu")
+                    for key in getattr(net, "extra_inputs", {}):  # the nav agent's velocity, from the observation
+                        inputs[key] = torch.as_tensor(np.asarray(obs[key], np.float32))[None, None]
+                    out, state = net(inputs, state)
                     action = int(sample_actions(out["policy_logits"][0])[0])
             frames.append(obs["rgb"])
             depths.append(obs["depth"])
@@ -220,8 +223,19 @@ def draw_pixel_control(ep: dict[str, Any], path: Path, count: int = 8) -> Path:
 
 
 def render_command(args: argparse.Namespace) -> int:
+    from decoupled.envs.labyrinth import TASKS
+
+    if args.task not in TASKS:  # before anything is written
+        raise ValueError(f"unknown labyrinth task {args.task!r}; choose one of {', '.join(TASKS)}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a dir (the PNGs are written into it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create --out {out} ({e.strerror or e}): give a dir you can write") from None
     ep = play_episode(args.task, args.steps, args.seed, args.run)
     m = draw_map(ep, out / f"{args.task}_map.png")
     s = draw_strip(ep, out / f"{args.task}_strip.png")

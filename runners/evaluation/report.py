@@ -74,8 +74,8 @@ def load_score_file(path: str | Path, label: str | None = None) -> Run:
     path = _scores_file(Path(path))
     try:
         doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): give a scores.json written by `decoupled eval`") from None
     games = doc.get("games") if isinstance(doc, dict) else None
     if not isinstance(games, dict) or not games:
         raise ValueError(f"{path} has no games: expected {{'games': {{'<Game>': {{'episode_scores': [...]}}}}}}")
@@ -84,6 +84,8 @@ def load_score_file(path: str | Path, label: str | None = None) -> Run:
         eps = entry.get("episode_scores") if isinstance(entry, dict) else None
         if not isinstance(eps, list) or not eps:
             raise ValueError(f"{path}: game {game!r} has no episode_scores")
+        if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in eps):
+            raise ValueError(f"{path}: game {game!r} has episode_scores that are not numbers; the file is corrupt")
         scores[game] = sum(float(s) for s in eps) / len(eps)
         episodes[game] = len(eps)
     protocol = doc.get("protocol") or {}
@@ -110,8 +112,10 @@ def parse_inputs(specs: list[str]) -> list[Run]:
         label, sep, paths = spec.partition("=")
         if not sep:
             label, paths = None, spec
-        elif not label:
-            raise ValueError(f"{spec!r}: the label before '=' is empty")
+        elif not label.strip():
+            raise ValueError(f"{spec!r}: the label before '=' is empty; give LABEL=PATH[,PATH...]")
+        if not any(p.strip() for p in paths.split(",")):
+            raise ValueError(f"{spec!r}: no score file after the label; give [LABEL=]PATH[,PATH...]")
         for p in paths.split(","):
             if p.strip():
                 runs.append(load_score_file(p.strip(), label))
@@ -613,12 +617,14 @@ def log_to_wandb(
 # ----------------------------------------------------------------------------------------------- the command
 def report_command(args: argparse.Namespace) -> int:
     from decoupled.envs.atari_data import resolve_games
+    from decoupled.runners.evaluation import check_out_dir
 
     try:
         import rliable  # noqa: F401
     except ImportError as exc:
         raise ImportError("decoupled report needs rliable: pip install 'decoupled[report]'") from exc
     games = resolve_games(args.games, args.suite) if (args.games or args.suite) else None
+    check_out_dir(args.out)
     runs = parse_inputs(args.scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

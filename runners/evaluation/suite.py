@@ -247,6 +247,23 @@ def _games(args: argparse.Namespace, backend: str) -> list[str]:
     return games
 
 
+def _check_game_configs(config: Path, overrides: list[str], games: list[str], out: Path, group: str) -> None:
+    """Validate the config each game will start with (`Suite.command`: the overrides plus `env.id=<Game>`); a game
+    whose run dir has a config.yaml resumes with that one. One ConfigError naming every bad game and key."""
+    from decoupled.runners.training.config import ConfigError, load_config
+
+    errors: list[tuple[str, str]] = []
+    for game in games:
+        if (out / "runs" / game / "config.yaml").is_file():
+            continue
+        try:
+            load_config(config, [*overrides, f"env.id={game}", f"wandb.group={group}"])
+        except ConfigError as e:
+            errors += [(path, f"{msg} (game {game!r} of --games/--suite sets env.id={game})") for path, msg in e.errors]
+    if errors:
+        raise ConfigError(errors, str(config))
+
+
 def _report(suite: Suite, scores: Path, args: argparse.Namespace, wandb_mode: str) -> None:
     from decoupled.envs.atari_data import ATARI_SCORES
     from decoupled.runners.evaluation.evaluate import ATARI_BACKENDS
@@ -275,6 +292,7 @@ def _report(suite: Suite, scores: Path, args: argparse.Namespace, wandb_mode: st
 
 
 def suite_command(args: argparse.Namespace) -> int:
+    from decoupled.runners.evaluation import check_out_dir
     from decoupled.runners.evaluation.evaluate import check_eval_request, parse_seeds
     from decoupled.runners.training.config import load_config
 
@@ -286,14 +304,17 @@ def suite_command(args: argparse.Namespace) -> int:
         if args.eval_num_envs is not None and args.eval_num_envs < 1:
             raise ValueError("--eval-num-envs must be at least 1")
         check_eval_request(args.eval_episodes, parse_seeds(args.eval_seeds, "--eval-seeds"), args.eval_num_envs)
-    config = Path(args.config).resolve()
+    from decoupled.configs import resolve
+
+    config = resolve(args.config).resolve()  # a path, or a packaged config's name (impala/catch)
     overrides = list(args.overrides)
     if any(o.split("=", 1)[0].strip() == "env.id" for o in overrides):
         raise ValueError("the games come from --games/--suite; do not override env.id")
     cfg = load_config(config, overrides)  # every error but the game's own, before anything starts
     games = _games(args, cfg.env.backend)
-    out = Path(args.out).resolve()
+    out = check_out_dir(Path(args.out).resolve())
     group = cfg.wandb.group or out.name
+    _check_game_configs(config, overrides, games, out, group)  # and each game's own, before anything is written
     meta_path = out / "suite.json"
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if old and (old.get("config") != str(config) or old.get("overrides") != overrides):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,11 +124,20 @@ class Actor:
             "behaviour_logits": np.zeros((S, B, A), np.float32),
             "truncation_value": np.zeros((S, B), np.float32),
         }
+        # per-slot arrays the net needs from the env's extras (aux targets, the nav agent's velocity input)
+        make_targets = getattr(net, "env_targets", None)
+        self.targets = make_targets(B) if callable(make_targets) else None
+        if self.targets is not None:
+            for key, (shape, dtype) in self.targets.fields.items():
+                self.buf[key] = np.zeros((S, B, *shape), dtype)
+        self.input_keys = tuple(getattr(net, "extra_inputs", {}))
         self.stats = EpisodeStats()
         self.states: list[tuple[torch.Tensor, ...]] = []  # per group: the core state before the next slot to act on
         self.lead_states: list[tuple[torch.Tensor, ...]] = []  # overlap > 0: the core state before slot 0
         self._pending: list[tuple[torch.Tensor, torch.Tensor, tuple] | None] = [None] * len(self.envs)
         self.started = False
+        # the env call in progress: (group, method, time.monotonic() at its start, thread id), for the watchdog
+        self.busy: tuple[int, str, float, int] | None = None
 
     # -------------------------------------------------------------------------------------------- state
     def start(self, seed: int) -> None:
@@ -137,6 +148,11 @@ class Actor:
             v[lead] = 0
         for env, cols in zip(self.envs, self.cols, strict=True):
             self.buf["obs"][lead, cols] = env.reset(seed=seed + cols.start)
+            if self.targets is not None:
+                extras = env.last_extras() if hasattr(env, "last_extras") else {}
+                first = np.ones(env.num_envs, bool)
+                for key, value in self.targets.record(cols, extras, {}, first).items():
+                    self.buf[key][lead, cols] = value
         self.buf["terminated"][lead] = True  # marks slot 0 as an episode start (TorchBeast #23: done == new episode)
         self.states = [self.net.initial_state(env.num_envs, self.device) for env in self.envs]
         self.lead_states = list(self.states)
@@ -191,6 +207,8 @@ class Actor:
         now = slice(t, t + 1)  # [1,B_g,...]
         first = b["terminated"][now, cols] | b["truncated"][now, cols]
         inputs = net_inputs(b["obs"][now, cols], first, b["action"][now, cols], b["reward"][now, cols], self.device)
+        for key in self.input_keys:
+            inputs[key] = torch.as_tensor(b[key][now, cols]).to(self.device)
         outputs, new_state = self.net(inputs, self.states[g])
         logits = outputs["policy_logits"][0]  # [B_g,A]
         action = sample_actions(logits)
@@ -214,19 +232,30 @@ class Actor:
         b["truncated"][nxt, cols] = truncated
         b["behaviour_logits"][nxt, cols] = logits_np
         b["truncation_value"][nxt, cols] = 0.0
+        if self.targets is not None:
+            done = np.asarray(terminated | truncated, bool)
+            for key, value in self.targets.record(cols, info.get("extras", {}), info.get("env_info", {}), done).items():
+                b[key][nxt, cols] = value
         cut = truncated & ~terminated
         if cut.any():
-            b["truncation_value"][nxt, cols] = self._final_values(info["final_obs"], action_np, reward, new_state, cut)
+            final_inputs = self.targets.input_arrays(info.get("final_extras", {})) if self.input_keys else {}
+            b["truncation_value"][nxt, cols] = self._final_values(
+                info["final_obs"], action_np, reward, new_state, cut, final_inputs
+            )
         self.states[g] = new_state
 
     def _call_env(self, g: int, method: str, *args: Any) -> Any:
-        """Env calls, with any failure turned into an `EnvCrashedError` that names the group."""
+        """Env calls, with any failure turned into an `EnvCrashedError` that names the group. `busy` says which call
+        is in progress since when (a step that never returns is stopped by the training watchdog)."""
+        self.busy = (g, method, time.monotonic(), threading.get_ident())
         try:
             return getattr(self.envs[g], method)(*args)
         except (EnvCrashedError, ValueError, TypeError):  # a crash already, or a wrong call (a bug, not a crash)
             raise
         except Exception as exc:
             raise EnvCrashedError(f"env group {g} ({self.envs[g].spec.name}) raised in {method}: {exc!r}") from exc
+        finally:
+            self.busy = None
 
     @torch.inference_mode()
     def unroll(self, policy_version: int = 0) -> dict[str, Any]:
@@ -255,11 +284,13 @@ class Actor:
             "overlap": o,
         }
 
-    def _final_values(self, final_obs, action, reward, state, mask) -> np.ndarray:
+    def _final_values(self, final_obs, action, reward, state, mask, extra_inputs=None) -> np.ndarray:
         """V(final obs) of truncated episodes, continuing each env's core state (no reset: same episode)."""
         n = len(mask)
         not_first = np.zeros((1, n), bool)
         inputs = net_inputs(final_obs[None], not_first, action[None], np.asarray(reward)[None], self.device)
+        for key, value in (extra_inputs or {}).items():
+            inputs[key] = torch.as_tensor(value[None]).to(self.device)
         outputs, _ = self.net(inputs, state)
         return np.where(mask, outputs["baseline"][0].cpu().numpy(), 0.0).astype(np.float32)
 
@@ -417,6 +448,8 @@ class Learner:
         for hook in self.hooks:
             state = hook.prepare_state(state)  # e.g. a leaf, whose gradient is a synthetic-gradient target
         inputs = net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], self.device)
+        for key in getattr(self.net, "extra_inputs", {}):  # e.g. the nav agent's velocity, recorded by the actor
+            inputs[key] = batch[key]
         outputs, _ = self.net(inputs, state)
         if self.replay is not None:
             self.replay.add(rollout)

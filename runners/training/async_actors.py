@@ -80,8 +80,8 @@ class SerialRollouts:
     def actor_state(self) -> dict[str, Any] | None:
         return self.actor.get_state()
 
-    def close(self) -> None:
-        self.actor.close()
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.actor.close()  # in this thread: nothing to wait for
 
 
 class ActorThread(threading.Thread):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno as _errno
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ import shutil
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,21 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
+from decoupled.runners.training.config import ConfigBase, load_config
+
 try:  # POSIX only; without it, concurrent managers on one directory are not protected (documented limitation).
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["SCHEMA_VERSION", "CheckpointError", "CheckpointWarning", "CheckpointManager"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CheckpointError",
+    "CheckpointWriteError",
+    "CheckpointWarning",
+    "CheckpointManager",
+    "check_writable",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +103,80 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or read. The message names the checkpoint, the problem and what to do."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """The file system refused a write (disk full, file size limit, no permission, read-only): nothing of the failed
+    checkpoint is left behind and the earlier checkpoints are intact. An OSError too, with the errno of the cause."""
+
+
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (e.g. corrupt) while looking for the newest valid one."""
+
+
+_NO_SPACE = {_errno.ENOSPC, _errno.EFBIG, getattr(_errno, "EDQUOT", _errno.ENOSPC)}
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind `exc` (itself, or its cause or context: torch's zip writer reports a failed write as
+    "unexpected pos" with the OSError only as the context)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _run_dir_hint(directory: Path) -> str:
+    """The run dir of RUN/checkpoints and RUN/checkpoints/best, for the resume command in messages."""
+    for path in (directory, *directory.parents[:1]):
+        if path.name == "checkpoints":
+            return str(path.parent)
+    return "RUN_DIR"
+
+
+def _write_error(exc: OSError, what: str, directory: Path, previous: Path | None) -> CheckpointWriteError:
+    """A CheckpointWriteError saying why `what` could not be written and how to continue."""
+    reason = exc.strerror or str(exc)
+    run = _run_dir_hint(directory)
+    intact = (
+        f"The previous checkpoint {previous} is intact (nothing of the failed save is left behind)"
+        if previous is not None
+        else "There is no earlier checkpoint (nothing of the failed save is left behind)"
+    )
+    if exc.errno in _NO_SPACE:
+        message = (
+            f"could not write {what}: no space left on device (or file size limit) [{reason}]. {intact}: free space "
+            f"and resume with `decoupled train --resume {run}`"
+        )
+    else:
+        message = (
+            f"could not write {what}: {reason} [errno {exc.errno}]. {intact}: make {directory} writable (or give the "
+            f"run a dir you can write) and resume with `decoupled train --resume {run}`"
+        )
+    error = CheckpointWriteError(message)
+    error.errno = exc.errno  # (str(error) stays the message: no strerror / filename set on it)
+    return error
+
+
+def check_writable(directory: str | Path) -> None:
+    """Create `directory` (and its parents) and write a file in it, or raise a CheckpointWriteError that says what to
+    do: before a run starts, not at its first checkpoint."""
+    directory = Path(directory)
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in _NO_SPACE:
+            advice = "free space on its file system, or give the run a dir on another one"
+        else:
+            advice = "give the run a dir you can write (--run-dir), or fix its permissions"
+        error = CheckpointWriteError(f"cannot write to the run dir {directory} ({reason}: {exc.filename}): {advice}")
+        error.errno = exc.errno
+        raise error from exc
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -259,9 +341,15 @@ class _HashingWriter:
 
     def write(self, b: Any) -> int:
         self.sha.update(b)
-        n = self._f.write(b)
+        try:
+            n = self._f.write(b)
+        except OSError as exc:  # torch reports it as "unexpected pos"; save() reports this one
+            self.error = exc
+            raise
         self.size += n
         return n
+
+    error: OSError | None = None
 
     def flush(self) -> None:
         self._f.flush()
@@ -322,7 +410,10 @@ class CheckpointManager:
         self.keep = keep
         self.keep_every_env_frames = keep_every_env_frames
         existed = self.directory.is_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _write_error(exc, f"the checkpoint dir {self.directory}", self.directory, None) from exc
         if not existed:
             _fsync_dir(self.directory.parent)
         self._recover()
@@ -415,6 +506,7 @@ class CheckpointManager:
         with self._lock():
             if tmp.exists():
                 _remove(tmp)
+            writer, previous = None, None
             try:
                 tmp.mkdir()
                 with open(tmp / STATE_FILE, "wb") as f:
@@ -431,9 +523,14 @@ class CheckpointManager:
                     f.flush()
                     os.fsync(f.fileno())
                 _fsync_dir(tmp)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)  # e.g. disk full: do not leave a half-written .tmp behind
-                raise
+                cause = (writer.error if writer is not None else None) or _os_error(exc)
+                if cause is None or not isinstance(exc, (OSError, RuntimeError)):
+                    raise
+                with contextlib.suppress(OSError):
+                    previous = next(iter(self.list()), None)  # what load_latest resumes from
+                raise _write_error(cause, f"checkpoint {final}", self.directory, previous) from exc
             if final.exists():
                 # os.rename cannot replace a non-empty directory. Move the old one aside first; if we die between
                 # the two renames, _recover() puts it back, so a complete checkpoint of this name always survives.
@@ -601,26 +698,88 @@ class CheckpointManager:
             raise CheckpointError(f"{spath} holds a {type(raw).__name__}, not a state dict; not written by decoupled.")
         return _decode(raw, "state"), manifest
 
-    def load_latest(self, map_location: Any = "cpu") -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def load_latest(
+        self, map_location: Any = "cpu", accept: Callable[[dict[str, Any]], Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Load the newest checkpoint that verifies, warning about each newer one skipped; None if there is none.
 
-        Raises CheckpointError when checkpoints exist but none verifies, because silently starting from scratch
-        would look like a successful resume.
+        ``accept(state)``, when given, checks the content of a checkpoint that verifies (e.g. that its parameters fit
+        the net they are for) and raises to reject it; a rejected checkpoint is skipped like a corrupt one, with a
+        CheckpointWarning naming it and the reason. Raises CheckpointError when checkpoints exist but none verifies
+        (and is accepted), because silently starting from scratch would look like a successful resume.
         """
         failures: list[str] = []
         for path in self.list():
             try:
-                return self.load(path, map_location=map_location)
+                state, manifest = self.load(path, map_location=map_location)
             except CheckpointError as exc:
-                failures.append(f"{path.name}: {exc}")
-                warnings.warn(
-                    f"skipping checkpoint {path} because it does not verify: {exc}", CheckpointWarning, stacklevel=2
-                )
-                logger.warning("skipping checkpoint %s: %s", path, exc)
+                why = f"because it does not verify: {exc}"
+            else:
+                if accept is None:
+                    return state, manifest
+                try:
+                    accept(state)
+                    return state, manifest
+                except Exception as exc:  # noqa: BLE001 - whatever rejects it, the next older one is tried
+                    why = f"because it verifies but its content cannot be used: {exc}"
+            failures.append(f"{path.name} {why}")
+            warnings.warn(f"skipping checkpoint {path} {why}", CheckpointWarning, stacklevel=2)
+            logger.warning("skipping checkpoint %s %s", path, why)
         if failures:
+            usable = " verifies" if accept is None else " verifies and is usable"
             raise CheckpointError(
-                f"none of the {len(failures)} checkpoints in {self.directory} verifies:\n  "
+                f"none of the {len(failures)} checkpoints in {self.directory}{usable}:\n  "
                 + "\n  ".join(failures)
                 + "\nRestore them from a backup, or move the directory away to start the run from scratch."
             )
         return None
+
+
+# ----------------------------------------------------------------------------------------------- a run's checkpoints
+def load_run_checkpoint(
+    target: Path, accept: Callable[[ConfigBase], Callable[[dict[str, Any]], Any]] | None = None
+) -> tuple[ConfigBase, dict[str, Any], str]:
+    """A run dir (its newest checkpoint that verifies) or one checkpoint dir -> (config, saved state, checkpoint
+    path). `accept(cfg)`, when given, makes the check of a checkpoint's content under the run's config (it raises to
+    reject a state, e.g. `check_net_state` against the run's net): a run dir then falls back to the newest checkpoint
+    that passes (a CheckpointWarning names each one skipped), and one checkpoint dir that fails is a CheckpointError."""
+    target = Path(target)
+    manager_dir = None
+    if (target / "manifest.json").is_file():
+        ckpt_dir, run_dir = target, _run_dir_above(target)
+    elif (target / "config.yaml").is_file():
+        ckpt_dir, run_dir = None, target
+    elif target.name == "best" and (target.parent.parent / "config.yaml").is_file():  # RUN/checkpoints/best
+        ckpt_dir, run_dir, manager_dir = None, target.parent.parent, target
+    else:
+        raise FileNotFoundError(f"{target} is neither a run dir (config.yaml) nor a checkpoint dir (manifest.json)")
+    cfg = load_config(run_dir / "config.yaml")
+    manager_dir = manager_dir or (ckpt_dir.parent if ckpt_dir is not None else run_dir / "checkpoints")
+    if ckpt_dir is None and not manager_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint")
+    manager = CheckpointManager(manager_dir)
+    check = accept(cfg) if accept is not None else None
+    if ckpt_dir is not None:
+        state, manifest = manager.load(ckpt_dir)
+        try:
+            if check is not None:
+                check(state)
+        except Exception as exc:  # noqa: BLE001 - whatever rejects it: say which checkpoint and why
+            raise CheckpointError(
+                f"{ckpt_dir} verifies but its content cannot be used: {exc}. Give the run dir to use its newest "
+                "usable checkpoint, or another checkpoint dir"
+            ) from None
+    else:
+        restored = manager.load_latest(accept=check)
+        if restored is None:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint that verifies")
+        state, manifest = restored
+    return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
+
+
+def _run_dir_above(ckpt_dir: Path) -> Path:
+    """RUN of RUN/checkpoints/ckpt-N and of RUN/checkpoints/best/ckpt-N."""
+    for path in ckpt_dir.parents[:3]:
+        if (path / "config.yaml").is_file():
+            return path
+    return ckpt_dir.parent.parent

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
-from decoupled.agents import agent_names, get_agent
-from decoupled.agents.base import AgentConfigBase
+from decoupled.agents import agent_names, get_agent_config
+from decoupled.agents.config import AgentConfigBase
 from decoupled.envs import env_backends, get_env_backend
 from decoupled.envs.config import EnvConfigBase
+from decoupled.sections import KEY_MARK, ConfigSection
 
 
 class ConfigError(ValueError):
@@ -39,8 +40,8 @@ class ConfigError(ValueError):
         return (type(self), (self.errors, self.source))
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Section(ConfigSection):
+    pass
 
 
 # ----------------------------------------------------------------------------------------------- other sections
@@ -64,13 +65,36 @@ class OptimConfig(_Section):
     )
 
 
+class RayConfig(_Section):
+    """`runner.ray`: where the Ray actors of `runner.mode: ray` run (runners/training/ray_actors.py)."""
+
+    address: str = Field(
+        "",
+        description="'': start a local Ray inside the run (stopped at its end); 'auto', 'host:port' or "
+        "'ray://host:port': join a running cluster (`ray start --head`), which the run never stops",
+    )
+    num_cpus_per_actor: float = Field(1.0, gt=0.0, le=64.0, description="CPUs Ray reserves for each actor")
+    object_store_mb: int = Field(
+        256, ge=80, le=1_000_000, description="object store of the local Ray the run starts (ignored when joining)"
+    )
+    temp_dir: str = Field(
+        "",
+        description="Ray's session files and logs of the local Ray the run starts; '': RUN_DIR/ray (reached through a "
+        "short link under /tmp when that path is too long for Ray's Unix sockets)",
+    )
+
+
 class RunnerConfig(_Section):
-    mode: Literal["serial", "async"] = Field(
+    mode: Literal["serial", "async", "ray"] = Field(
         "serial",
         description="serial: actor and learner alternate in one thread (deterministic); async: actor threads fill a "
-        "bounded queue of rollouts while the learner trains on them (V-trace corrects the lag)",
+        "bounded queue of rollouts while the learner trains on them (V-trace corrects the lag); ray: the actors are "
+        "Ray actors (other processes or machines, see runner.ray), restarted by Ray when one dies",
     )
-    num_actors: int = Field(1, ge=1, le=64, description="async: actor threads (env.num_envs split between them)")
+    num_actors: int = Field(
+        1, ge=1, le=64, description="async: actor threads; ray: Ray actors (env.num_envs split between them)"
+    )
+    ray: RayConfig = RayConfig()
     env_groups: int = Field(
         1,
         ge=1,
@@ -78,17 +102,37 @@ class RunnerConfig(_Section):
         description="an actor's envs in this many groups stepped in a pipeline: while one group steps (envpool "
         "threads), the net acts for the next; 2 overlaps env stepping with inference",
     )
-    queue_size: int = Field(1, ge=1, le=64, description="async: rollouts waiting for the learner (bounds policy lag)")
-    max_env_restarts: int = Field(
-        10, ge=0, description="async: times an actor rebuilds its envs after an env crash before the run stops"
+    queue_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="async: rollouts waiting for the learner (bounds policy lag); ray: rollouts in flight per actor",
     )
-    seed: int = Field(0, ge=0)
+    max_env_restarts: int = Field(
+        10,
+        ge=0,
+        description="async: times an actor rebuilds its envs after an env crash before the run stops; ray: also the "
+        "times each actor process may die (Ray restarts it) before the run stops",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2_000_000_000,
+        description="env i gets seed + i (restarts add offsets): below 2^31 for every env library",
+    )
     total_env_frames: int = Field(gt=0, description="training budget in emulator frames")
     unroll_length: int = Field(20, ge=1, le=10_000, description="agent steps per unroll (IMPALA: 20)")
     log_every_env_frames: int = Field(10_000, ge=1, description="a metrics.jsonl line at least this often")
     progress_every_seconds: float = Field(10.0, gt=0.0, description="the console progress line")
     max_wall_seconds: float | None = Field(
         None, gt=0.0, description="also stop (with a checkpoint) once the run has trained this long; null: no limit"
+    )
+    env_step_timeout_s: float | None = Field(
+        60.0,
+        gt=0.0,
+        description="an env step (one call into an actor's env group) running this long is a hung env: the run "
+        "writes the learner's checkpoint and exits non-zero with the command that resumes it (envs in worker "
+        "processes, e.g. the labyrinth, restart the worker instead); null: no limit",
     )
     eval_every_env_frames: int | None = Field(
         None,
@@ -98,7 +142,9 @@ class RunnerConfig(_Section):
         "null: no evaluation during training",
     )
     eval_episodes: int = Field(10, ge=1, le=10_000, description="episodes of each evaluation during training")
-    eval_seed: int = Field(12345, ge=0, description="env seed of every evaluation during training (the same episodes)")
+    eval_seed: int = Field(
+        12345, ge=0, le=2_000_000_000, description="env seed of every evaluation during training (the same episodes)"
+    )
     eval_video: bool = Field(
         True, description="each evaluation during training also films one episode (videos/eval_<frames>.gif, W&B)"
     )
@@ -115,8 +161,8 @@ class RunnerConfig(_Section):
 
     @property
     def actor_count(self) -> int:
-        """Actors that step envs: num_actors in async mode, the one serial actor otherwise."""
-        return self.num_actors if self.mode == "async" else 1
+        """Actors that step envs: num_actors in async and ray mode, the one serial actor otherwise."""
+        return self.num_actors if self.mode in ("async", "ray") else 1
 
 
 class WandbConfig(_Section):
@@ -169,7 +215,7 @@ class ConfigBase(_Section):
         r = self.runner
         actors = r.actor_count
         if r.mode == "serial" and r.num_actors != 1:
-            raise ValueError("runner.num_actors > 1 needs runner.mode=async")
+            raise ValueError("runner.num_actors > 1 needs runner.mode=async or ray")
         if self.env.num_envs % (actors * r.env_groups):
             raise ValueError(
                 f"env.num_envs={self.env.num_envs} must split evenly into runner.num_actors={actors} x "
@@ -204,7 +250,7 @@ def config_model(agent: str) -> type[ConfigBase]:
     section of every registered backend (plug-ins included)."""
     key = (agent, tuple(env_backends()))
     if key not in _MODELS:
-        agent_cfg: type[AgentConfigBase] = get_agent(agent).config_class
+        agent_cfg: type[AgentConfigBase] = get_agent_config(agent)
         _MODELS[key] = create_model(
             f"{agent.title()}RunConfig", __base__=ConfigBase, agent=(agent_cfg, ...), env=(env_section_union(), ...)
         )
@@ -212,6 +258,66 @@ def config_model(agent: str) -> type[ConfigBase]:
 
 
 # ----------------------------------------------------------------------------------------------- loading
+# A config, written out with every alias expanded, has a few hundred values; anything past this is an alias bomb
+# ("billion laughs": a few lines of nested aliases that expand to gigabytes), refused before it is built.
+MAX_YAML_NODES = 100_000
+
+
+def safe_yaml(text: str, what: str = "config") -> Any:
+    """`yaml.safe_load` that refuses, fast, a document whose aliases expand past `MAX_YAML_NODES` values or refer
+    to themselves, and a mapping that gives one key twice. Raises `yaml.YAMLError`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+        open_nodes: set[int] = set()
+
+        def expanded(n: yaml.Node) -> int:  # values of `n` with every alias written out; children before parents
+            stack = [(n, False)]
+            while stack:
+                cur, children_done = stack.pop()
+                key = id(cur)
+                if key in sizes:
+                    continue
+                if isinstance(cur, yaml.ScalarNode):
+                    sizes[key] = 1
+                    continue
+                kids = [c for pair in cur.value for c in pair] if isinstance(cur, yaml.MappingNode) else cur.value
+                if children_done:
+                    open_nodes.discard(key)
+                    sizes[key] = 1 + sum(sizes[id(c)] for c in kids)
+                    if sizes[key] > MAX_YAML_NODES:
+                        raise yaml.YAMLError(
+                            f"the {what} expands to more than {MAX_YAML_NODES:,} values through its aliases (&name / "
+                            "*name); write the values out, or use fewer nested aliases"
+                        )
+                    continue
+                if key in open_nodes:
+                    raise yaml.YAMLError(f"the {what} has an alias that refers to itself (a recursive &name / *name)")
+                if isinstance(cur, yaml.MappingNode):  # YAML says keys are unique; PyYAML keeps the last silently
+                    seen: dict[str, yaml.Node] = {}
+                    for k, _ in cur.value:
+                        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                            if k.value in seen:
+                                first = seen[k.value].start_mark.line + 1
+                                raise yaml.YAMLError(
+                                    f"key {k.value!r} appears twice in one mapping (lines {first} and "
+                                    f"{k.start_mark.line + 1}); the second would silently replace the first"
+                                )
+                            seen[k.value] = k
+                open_nodes.add(key)
+                stack.append((cur, True))
+                stack.extend((c, False) for c in kids if id(c) not in sizes)
+            return sizes[id(n)]
+
+        expanded(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
     out = json.loads(json.dumps(raw))  # deep copy of plain data
@@ -223,7 +329,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             errors.append((item, "overrides look like section.key=value, e.g. runner.total_env_frames=200000"))
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = safe_yaml(text, "override") if text.strip() else ""
         except yaml.YAMLError as e:
             errors.append((key, f"cannot parse value {text!r}: {e}"))
             continue
@@ -282,9 +388,13 @@ def validate_config(raw: dict[str, Any], source: str = "") -> ConfigBase:
         errors = []
         for err in e.errors():
             msg = err["msg"]
+            loc = tuple(err["loc"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see the config reference in the README)"
-            errors.append((_path(err["loc"]), msg))
+            elif KEY_MARK in msg:  # a section's check of one of its keys (decoupled.sections)
+                key, _, msg = msg.partition(KEY_MARK)[2].partition(": ")
+                loc = (*loc, key)
+            errors.append((_path(loc), msg))
         raise ConfigError(errors, source) from None
 
 
@@ -300,7 +410,10 @@ def read_config_file(path: str | Path) -> tuple[Path, Any]:
             str(path),
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        msg = f"not UTF-8 text ({e.reason} at byte {e.start}); a config is a YAML text file"
+        raise ConfigError([("<file>", msg)], str(path)) from None
     except yaml.YAMLError as e:
         raise ConfigError([("<file>", f"not valid YAML: {e}")], str(path)) from None
     return path, raw
@@ -348,7 +461,7 @@ def config_reference(section: str | None = None, agent: str | None = None) -> li
     for sec in [section] if section else SECTIONS:
         if sec == "agent":
             for name in [agent] if agent else agent_names():
-                lines += [f"# agent.name: {name}", *_field_lines("agent", get_agent(name).config_class)]
+                lines += [f"# agent.name: {name}", *_field_lines("agent", get_agent_config(name))]
         elif sec == "env":
             for name, backend in env_backends().items():
                 lines += [f"# env.backend: {name}", *_field_lines("env", backend.config_class)]

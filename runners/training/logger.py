@@ -15,6 +15,12 @@ second, optional sink that must never block or crash training (wandb #8003, #986
   not a surprise.
 * steps are env frames, logged as a metric (`define_metric(step_metric="env_frames")`), so a resumed run can
   continue the same W&B run id without wandb's own step having to be monotonic.
+* offline means nothing leaves the machine. W&B reads its process-wide settings from the environment once, and
+  `wandb.init(mode="offline")` does not reach them: with no `WANDB_MODE` set, wandb 0.31's OpenTelemetry analytics
+  (exported from the training process, `wandb/analytics/opentelemetry`) probed `api.forge.coreweave.com` at their
+  first export (60 s in, or at exit), a DNS query and then HTTPS. So an offline run sets `WANDB_MODE=offline` and
+  `WANDB_ERROR_REPORTING=false` in the environment before wandb is imported, each only where the user's shell has
+  not set it (`tests/reliability/test_network.py` traces `decoupled train` for any packet off the machine).
 """
 
 from __future__ import annotations
@@ -30,6 +36,35 @@ from pathlib import Path
 from typing import Any
 
 STEP_KEY = "env_frames"
+
+# What an offline run puts in the environment before wandb is imported, where the user has not set it: W&B's global
+# settings, read from the environment once per process, then agree that this process is offline, and its telemetry
+# (error reporting and analytics) is off.
+_OFFLINE_ENV = {"WANDB_MODE": "offline", "WANDB_ERROR_REPORTING": "false"}
+_env_set_here: dict[str, str] = {}  # the part of it this process set, so a later run does not take it for the user's
+
+
+def _wandb_mode(configured: str) -> str:
+    """The mode W&B is asked for: the user's WANDB_MODE when set (not one set here by an earlier offline run), else the
+    config's."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None or _env_set_here.get("WANDB_MODE") == mode:
+        mode = configured
+    return "offline" if mode == "dryrun" else mode
+
+
+def _wandb_environment(mode: str) -> None:
+    """Offline: W&B told so in the environment too (see the module docstring). Any other mode asks for the network: an
+    earlier offline run's variables are taken back, so the environment is the user's again."""
+    if mode == "offline":
+        for k, v in _OFFLINE_ENV.items():
+            if k not in os.environ:
+                os.environ[k] = _env_set_here[k] = v
+        return
+    for k, v in list(_env_set_here.items()):
+        if os.environ.get(k) == v:
+            del os.environ[k]
+        del _env_set_here[k]
 
 
 def _jsonable(v: Any) -> Any:
@@ -78,7 +113,11 @@ def truncate_metrics(path: Path, env_frames: int) -> int:
 
 
 class WandbSink:
-    """W&B behind a timeout and a background thread. `mode` is the mode actually in use after init."""
+    """W&B behind a timeout and a background thread. `mode` is the mode actually in use after init.
+
+    In offline mode no packet leaves the machine: W&B is told offline in the environment as well as in `wandb.init`
+    (`WANDB_MODE=offline`, `WANDB_ERROR_REPORTING=false`, where the user has not set them), or its process-wide
+    analytics would still reach for its server."""
 
     def __init__(
         self,
@@ -106,11 +145,10 @@ class WandbSink:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        mode = os.environ.get("WANDB_MODE", mode)
-        if mode == "dryrun":
-            mode = "offline"
+        mode = _wandb_mode(mode)
         if mode == "disabled":
             return
+        _wandb_environment(mode)  # before wandb is imported
         tried = [mode] + (["offline"] if mode != "offline" else [])
         for m in tried:
             run, err = self._init(run_dir, config, m, project, entity, group, tags, name, run_id, timeout_s)
@@ -343,10 +381,11 @@ class Logger:
         if self.wandb is not None:
             self.wandb.summary(data)
 
-    def close(self) -> str | None:
+    def close(self, timeout_s: float | None = None) -> str | None:
         """Close W&B, then metrics.jsonl. When the W&B run does not hold everything metrics.jsonl holds, a last
-        metrics.jsonl record says so (`wandb/incomplete`: why), and the reason is returned for the console."""
-        problem = self.wandb.close() if self.wandb is not None else None
+        metrics.jsonl record says so (`wandb/incomplete`: why), and the reason is returned for the console.
+        `timeout_s` bounds each of W&B's closing steps (default `wandb.finish_timeout_s`)."""
+        problem = self.wandb.close(timeout_s) if self.wandb is not None else None
         if self.tensorboard is not None:
             self.tensorboard.close()
         if problem:

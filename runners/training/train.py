@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -32,9 +31,25 @@ from decoupled.agents.base import trainable_parameters
 from decoupled.envs import VecEnv, make_vec_env
 from decoupled.runners.training.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
 from decoupled.runners.training.async_actors import AsyncRollouts, SerialRollouts
-from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.checkpoint import (  # load_run_checkpoint: re-exported
+    CheckpointError,
+    CheckpointManager,
+    CheckpointWriteError,
+    check_writable,
+    load_run_checkpoint,
+)
 from decoupled.runners.training.config import ConfigBase, dump_config, load_config
 from decoupled.runners.training.logger import Logger, TensorBoardSink, WandbSink, truncate_metrics
+from decoupled.runners.training.preflight import preflight
+from decoupled.runners.training.watchdog import (  # noqa: F401 - StopFlag re-exported
+    CLOSE_NOW_S,
+    HUNG_CLOSE_S,
+    StopFlag,
+    StopNow,
+    local_actors,
+    released,
+    set_step_timeout,
+)
 
 
 def run_name(cfg: ConfigBase) -> str:
@@ -111,31 +126,6 @@ def lr_at(cfg: ConfigBase, env_frames: int) -> float:
     return cfg.optim.lr * max(0.0, 1.0 - env_frames / cfg.runner.total_env_frames)
 
 
-class StopFlag:
-    """SIGINT/SIGTERM ask the loop to stop after the current update, checkpoint and exit 0. A second SIGINT
-    interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():  # signal handlers can only live there
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this update, writing a checkpoint", flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-
-
 class Progress:
     def __init__(self, total_env_frames: int, every_s: float, frame_skip: int = 1):
         self.total, self.every, self.frame_skip = total_env_frames, every_s, frame_skip
@@ -180,7 +170,11 @@ EvaluatorFactory = Callable[[ConfigBase], Any]
 
 
 def train(
-    cfg: ConfigBase, run_dir: Path, resume: bool = False, evaluator: EvaluatorFactory | None = None
+    cfg: ConfigBase,
+    run_dir: Path,
+    resume: bool = False,
+    evaluator: EvaluatorFactory | None = None,
+    resume_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train `cfg` in `run_dir` (continuing from its newest checkpoint when `resume`). Returns final counters.
     `evaluator` builds the evaluation during training that `runner.eval_every_env_frames` asks for
@@ -217,6 +211,7 @@ def train(
             for g in range(r.env_groups):
                 opts = cfg.env.options()
                 envs.append(make_vec_env(cfg.env.backend, cfg.env.id, per_group, seed + g * per_group, options=opts))
+                set_step_timeout(envs[-1], r.env_step_timeout_s)  # envs in worker processes restart a hung one
         except BaseException:
             for env in envs:
                 env.close()
@@ -227,11 +222,13 @@ def train(
     actor_envs: list[list[VecEnv]] = []
     periodic = None
     try:  # whatever fails from here on, every env (and its worker processes) is closed
-        for seed in seeds:
+        for seed in seeds[:1] if r.mode == "ray" else seeds:  # ray: the actors build theirs; one for the env's spec
             actor_envs.append(make_envs(seed))
         if r.eval_every_env_frames and evaluator is not None:
             periodic = evaluator(cfg)
-        return _train_with_env(cfg, run_dir, actor_envs, make_envs, seeds, agent, device, ckpts, restored, periodic)
+        return _train_with_env(
+            cfg, run_dir, actor_envs, make_envs, seeds, agent, device, ckpts, restored, periodic, resume_overrides
+        )
     finally:
         for envs in actor_envs:
             for env in envs:
@@ -251,13 +248,25 @@ def _train_with_env(
     ckpts: CheckpointManager,
     restored: tuple[dict, dict] | None,
     periodic: Any = None,
+    resume_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     r = cfg.runner
     env = actor_envs[0][0]
     settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
     settings["num_envs"] = cfg.env.num_envs  # over all actors and groups (the settings above are one group's)
-    (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
-    dump_config(cfg, run_dir / "config.yaml")
+
+    def write_run_files() -> None:
+        """The run's config and env settings; on a resume only once the checkpoint is restored under them, so that
+        a resume that fails leaves the run as it was."""
+        (run_dir / "env_settings.json").write_text(json.dumps(settings, indent=2, default=str))
+        dump_config(cfg, run_dir / "config.yaml")
+        if restored is not None and resume_overrides:
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "env_frames": restored[1]["env_frames"]}
+            with open(run_dir / "resume_history.jsonl", "a") as f:
+                f.write(json.dumps({**record, "overrides": list(resume_overrides)}) + "\n")
+
+    if restored is None:
+        write_run_files()
 
     def build_net() -> torch.nn.Module:
         """The agent's net, filled from other runs where the agent takes any (`AgentDef.init_net`)."""
@@ -277,6 +286,13 @@ def _train_with_env(
     if r.mode == "serial":
         actor = Actor(actor_envs[0], net, r.unroll_length, device, overlap)
         source: SerialRollouts | AsyncRollouts = SerialRollouts(actor, lambda: learner.version, seeds[0])
+    elif r.mode == "ray":  # the actors build their own envs in their processes
+        from decoupled.runners.training.ray_actors import RayRollouts
+
+        for envs in actor_envs:
+            for e in envs:
+                e.close()
+        source = RayRollouts(cfg, run_dir, seeds, resume=restored is not None)  # type: ignore[assignment]
     else:
         actors = []
         for envs in actor_envs:
@@ -285,10 +301,14 @@ def _train_with_env(
             actors.append(Actor(envs, actor_net, r.unroll_length, device, overlap))
         source = AsyncRollouts(actors, lambda i, seed: make_envs(seed), seeds, r.queue_size, r.max_env_restarts)
     actor_envs.clear()  # the source owns the envs from here on: its close() closes each actor's current ones
-    try:
-        return _train_loop(cfg, run_dir, env, source, net, learner, ckpts, restored, settings, periodic)
-    finally:
-        source.close()
+    # stop signals (and the watchdog) until the envs are closed: a second SIGINT/SIGTERM stops the run at once
+    with StopFlag(run_dir, lambda: next(iter(ckpts.list()), None)) as stop:
+        try:
+            return _train_loop(
+                cfg, run_dir, env, source, net, learner, ckpts, restored, settings, periodic, write_run_files, stop
+            )
+        finally:
+            source.close(timeout_s=1.0 if stop.stop_now is not None else 30.0)  # after a 2nd signal: a hung actor
 
 
 def _train_loop(
@@ -302,11 +322,18 @@ def _train_loop(
     restored: tuple[dict, dict] | None,
     settings: dict[str, Any],
     periodic: Any = None,
+    write_run_files: Callable[[], None] | None = None,
+    stop: StopFlag | None = None,
 ) -> dict[str, Any]:
     """Act, learn, log and checkpoint until the frame budget, the wall-clock limit or a stop signal; then write the
-    final checkpoint. On a crash, save what is consistent and say how to resume."""
+    final checkpoint. On a crash, save what is consistent and say how to resume. The watchdog (`stop.watchdog`)
+    stops the run when an env step hangs or the wall-clock limit passes while the actors act; the main thread holds
+    `state_lock` except while it waits for a rollout, so that the watchdog's checkpoint is never taken mid-update."""
     r = cfg.runner
+    stop = stop if stop is not None else StopFlag(run_dir)
     counters, wandb_id = _restore_or_start(run_dir, source, net, learner, ckpts, restored)
+    if restored is not None and write_run_files is not None:
+        write_run_files()
     wandb = _open_wandb(cfg, run_dir, settings, wandb_id)
     tensorboard = TensorBoardSink(run_dir, counters["env_frames"]) if cfg.logger.tensorboard else None
     logger = Logger(run_dir, wandb, tensorboard)
@@ -346,14 +373,39 @@ def _train_loop(
     last_ckpt_frames, last_ckpt_time = counters["env_frames"], time.time()
     status = "finished"
     out_of_time = r.max_wall_seconds is not None and counters["wall_time"] >= r.max_wall_seconds
+    state_lock = threading.Lock()  # the learner's state: the main thread holds it but while it waits for a rollout
+
+    def save_for_watchdog() -> Path | None:
+        """The watchdog's checkpoint, taken holding `state_lock`: the learner as of its last update (the actor is
+        mid-unroll), None when the last checkpoint holds that already."""
+        if counters["env_frames"] == last_ckpt_frames and ckpts.list():
+            return None
+        counters["wall_time"] = time.time() - t_start
+        return checkpoint(with_actor=False)
+
+    def close_logs(status: str, timeout_s: float) -> None:
+        """The watchdog's end of the logs (the main thread does not reach its `finally`)."""
+        logger.summary({"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]})
+        logger.close(timeout_s)
+
+    stop.watchdog.arm(
+        actors=lambda: local_actors(source),
+        state_lock=state_lock,
+        save=save_for_watchdog,
+        close_logs=close_logs,
+        step_timeout_s=r.env_step_timeout_s,
+        max_wall_s=r.max_wall_seconds,
+        wall_time=lambda: time.time() - t_start,
+    )
     print(f"training {cfg.agent_name} on {cfg.env.backend}:{cfg.env.id} -> {run_dir}", flush=True)
     try:
-        with StopFlag() as stop:
+        with state_lock:
             while counters["env_frames"] < r.total_env_frames and not stop.requested and not out_of_time:
                 # one update: a rollout from the actors, a learner step, the new parameters back to the actors
                 learner.set_lr(lr_at(cfg, counters["env_frames"]))
                 t0 = time.perf_counter()
-                rollout = source.next()
+                with released(state_lock), stop.acting():  # a second stop signal may raise StopNow here
+                    rollout = source.next()
                 t1 = time.perf_counter()
                 metrics = learner.step(rollout)
                 source.publish(net, learner.version)
@@ -382,6 +434,8 @@ def _train_loop(
                 ):
                     checkpoint()
                     last_ckpt_frames, last_ckpt_time = f, time.time()
+            if stop.stop_now is not None:  # a second signal during the last update: stop without a new checkpoint
+                raise StopNow(stop.stop_now)
             source.check()  # an actor that died at the very end still fails the run
             if stop.requested:
                 status = "stopped"
@@ -389,19 +443,36 @@ def _train_loop(
                 status = "time_limit"  # runner.max_wall_seconds
             path = checkpoint()
             print(f"{status} at {counters['env_frames']:,} env frames; checkpoint {path}", flush=True)
+            stop.watchdog.disarm()  # still holding state_lock: the watchdog takes no checkpoint after this one
     except BaseException as e:
-        status = "crashed"
-        _save_after_crash(e, run_dir, counters, last_ckpt_frames, ckpts, checkpoint)
+        with state_lock:  # not while the watchdog writes its checkpoint (it then exits the process)
+            stop.watchdog.disarm()
+        if isinstance(e, StopNow):  # a second SIGINT/SIGTERM: the last checkpoint stays the one to resume from
+            status = "stopped"
+            stop.say_stop_now(e.signum)
+        else:
+            status = "crashed"
+            _save_after_crash(e, run_dir, counters, last_ckpt_frames, ckpts, checkpoint)
         raise
     finally:
+        with state_lock:
+            stop.watchdog.disarm()
+        if not stop.claim_logs("main"):  # the watchdog is closing them, and then exits the process
+            threading.Event().wait(3 * HUNG_CLOSE_S + 10.0)
         summary = {"env_frames": counters["env_frames"], "status": status, "updates": counters["updates"]}
         if final_eval:  # the last evaluation (at the end of a finished run) and the best one
             summary.update({"eval/final_episode_return": final_eval["eval/episode_return"],
                             "eval/final_env_frames": counters.get("last_eval_frames"),
                             "eval/best_episode_return": counters.get("best_eval"),
                             "eval/best_env_frames": counters.get("best_eval_frames")})  # fmt: skip
-        logger.summary(summary)
-        wandb_problem = logger.close()
+        try:  # on a full disk these writes fail too: that must not hide why the run stopped
+            logger.summary(summary)
+        except OSError as write_error:
+            print(f"could not write the run's summary: {write_error}", file=sys.stderr, flush=True)
+        try:
+            wandb_problem = logger.close(CLOSE_NOW_S if stop.stop_now is not None else None)  # short after a 2nd signal
+        except OSError as write_error:
+            wandb_problem = f"could not close the run's logs: {write_error}"
         if wandb_problem:  # the last console line, as the last metrics.jsonl record, says so
             print(f"{wandb_problem}; metrics.jsonl holds every record (a `wandb sync` now uploads less)", flush=True)
     return {**counters, "status": status, "run_dir": str(run_dir), "wandb_mode": wandb.mode}
@@ -424,6 +495,14 @@ def _restore_or_start(
         source.start(seed_offset=0)
         return counters, None
     state, manifest = restored
+    fits = resumable_into(net, learner)
+    try:
+        fits(state)
+    except Exception:  # noqa: BLE001 - it verifies (its checksums match) but does not fit: the newest one that does
+        restored = ckpts.load_latest(accept=fits)  # a CheckpointWarning names each one skipped and why
+        if restored is None:
+            raise CheckpointError(f"the checkpoints in {ckpts.directory} went away while resuming") from None
+        state, manifest = restored
     net.load_state_dict(state["net"])
     learner.optimizer.load_state_dict(state["optimizer"])
     learner.load_extra_state(state.get("learner_extra", {}))
@@ -443,6 +522,49 @@ def _restore_or_start(
         flush=True,
     )
     return counters, state.get("wandb_run_id")
+
+
+def check_net_state(net: torch.nn.Module, state: Any) -> None:
+    """Raise a ValueError saying why a checkpoint's `state["net"]` cannot be loaded into `net`: no parameters, or
+    parameters of other names or shapes (a checkpoint whose checksums match can still hold the wrong content)."""
+    saved = state.get("net") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        raise ValueError(
+            "it has no 'net' entry (the parameters)"
+            if saved is None
+            else f"its 'net' entry is a {type(saved).__name__}, not the parameters"
+        )
+    own = net.state_dict()
+    problems = [
+        f"{k} has shape {list(getattr(v, 'shape', [type(v).__name__]))}, the net's {list(own[k].shape)}"
+        for k, v in saved.items()
+        if k in own and not (isinstance(v, torch.Tensor) and v.shape == own[k].shape)
+    ]
+    problems += [f"{k} is missing" for k in own if k not in saved]
+    problems += [f"{k} is not a parameter of the net" for k in saved if k not in own]
+    if problems:
+        more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise ValueError(f"its parameters do not fit the {type(net).__name__}: {'; '.join(problems[:3])}{more}")
+
+
+def resumable_into(net: torch.nn.Module, learner: Learner) -> Callable[[dict[str, Any]], None]:
+    """`accept(state)` for `CheckpointManager.load_latest`: a ValueError unless the state holds what
+    `_restore_or_start` puts back into `net` and `learner` (parameters of the net's names and shapes, an optimiser
+    state of its parameter groups, the counters and the RNG states)."""
+
+    def check(state: dict[str, Any]) -> None:
+        check_net_state(net, state)
+        missing = [k for k in ("optimizer", "counters", "policy_version", "rng") if k not in state]
+        if missing:
+            raise ValueError(f"it has no {', '.join(repr(k) for k in missing)} entry")
+        groups = state["optimizer"].get("param_groups") if isinstance(state["optimizer"], dict) else None
+        own = [len(g["params"]) for g in learner.optimizer.state_dict()["param_groups"]]
+        if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != own:
+            raise ValueError("its optimiser state does not fit the run's optimiser (other parameter groups)")
+        if not isinstance(state["counters"], dict) or type(state["counters"].get("env_frames")) is not int:
+            raise ValueError("its counters hold no env_frames")
+
+    return check
 
 
 def _open_wandb(cfg: ConfigBase, run_dir: Path, settings: dict[str, Any], run_id: str | None) -> WandbSink:
@@ -519,6 +641,10 @@ class _LogWindow:
         # serial: the share of time spent acting; async: the share the learner waited for rollouts
         record["perf/act_fraction" if source.mode == "serial" else "perf/learner_wait_fraction"] = self.t_act / elapsed
         record["actor/env_restarts"] = source.env_restarts
+        if hasattr(source, "actor_restarts"):  # ray: actor processes that died and were restarted
+            record["actor/restarts"] = source.actor_restarts
+        if hasattr(source, "perf_metrics"):  # ray: the per-rollout costs of moving rollouts and parameters
+            record.update(source.perf_metrics())
         record["perf/wall_time_s"] = counters["wall_time"]
         return record
 
@@ -536,6 +662,10 @@ def _save_after_crash(
         # a second Ctrl-C can land anywhere (inside optimizer.step, between the update and its counters): the
         # live state may be inconsistent, so keep the last checkpoint as it is
         print(f"interrupted; the last checkpoint is the one to resume from: {run_dir}", file=sys.stderr, flush=True)
+        return
+    if isinstance(e, CheckpointWriteError):
+        # the file system refused the checkpoint (disk full, file size limit, permissions): another attempt fails
+        # the same way, and the error's message names the intact previous checkpoint and the resume command
         return
     if counters["env_frames"] == last_ckpt_frames and ckpts.list():
         # no update since the last checkpoint: it already holds this learner state, and the actor state too
@@ -579,47 +709,11 @@ def _restore_actor(source: SerialRollouts | AsyncRollouts, snapshot: dict[str, A
     return True
 
 
-def load_run_checkpoint(target: Path) -> tuple[ConfigBase, dict[str, Any], str]:
-    """A run dir (its newest checkpoint that verifies) or one checkpoint dir -> (config, saved state, checkpoint
-    path)."""
-    target = Path(target)
-    manager_dir = None
-    if (target / "manifest.json").is_file():
-        ckpt_dir, run_dir = target, _run_dir_above(target)
-    elif (target / "config.yaml").is_file():
-        ckpt_dir, run_dir = None, target
-    elif target.name == "best" and (target.parent.parent / "config.yaml").is_file():  # RUN/checkpoints/best
-        ckpt_dir, run_dir, manager_dir = None, target.parent.parent, target
-    else:
-        raise FileNotFoundError(f"{target} is neither a run dir (config.yaml) nor a checkpoint dir (manifest.json)")
-    cfg = load_config(run_dir / "config.yaml")
-    manager_dir = manager_dir or (ckpt_dir.parent if ckpt_dir is not None else run_dir / "checkpoints")
-    if ckpt_dir is None and not manager_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint")
-    manager = CheckpointManager(manager_dir)
-    if ckpt_dir is not None:
-        state, manifest = manager.load(ckpt_dir)
-    else:
-        restored = manager.load_latest()
-        if restored is None:
-            raise FileNotFoundError(f"{run_dir} has no checkpoint that verifies")
-        state, manifest = restored
-    return cfg, state, str(ckpt_dir or manager.path_for(manifest["env_frames"]))
-
-
 def make_policy_net(cfg: ConfigBase, state: dict[str, Any], spec: Any) -> torch.nn.Module:
     """The run's net for an env of `spec`, with the checkpoint `state`'s parameters, in eval mode."""
     net = get_agent(cfg.agent_name).make_net(spec, cfg.agent)
     net.load_state_dict(state["net"])
     return net.eval()
-
-
-def _run_dir_above(ckpt_dir: Path) -> Path:
-    """RUN of RUN/checkpoints/ckpt-N and of RUN/checkpoints/best/ckpt-N."""
-    for path in ckpt_dir.parents[:3]:
-        if (path / "config.yaml").is_file():
-            return path
-    return ckpt_dir.parent.parent
 
 
 def has_checkpoints(run_dir: Path) -> bool:
@@ -629,24 +723,125 @@ def has_checkpoints(run_dir: Path) -> bool:
 
 
 def start_run(
-    cfg: ConfigBase, run_dir: str | Path | None = None, evaluator: EvaluatorFactory | None = None
+    cfg: ConfigBase,
+    run_dir: str | Path | None = None,
+    evaluator: EvaluatorFactory | None = None,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Train `cfg` in a new run dir (default `runs/<agent>__<env>__<seed>__<time>`, under `$DECOUPLED_RUNS` if set);
-    a dir that already holds checkpoints is refused with the command that continues it."""
+    a dir that already holds checkpoints is refused with the command that continues it. `preflight` runs first:
+    a run that cannot work is refused before the run dir exists (`check=False`: the caller ran it)."""
     run = Path(run_dir) if run_dir else Path(os.environ.get("DECOUPLED_RUNS", "runs")) / run_name(cfg)
     if has_checkpoints(run):
         raise FileExistsError(f"{run} already holds checkpoints: continue it with `decoupled train --resume {run}`")
+    if check:
+        preflight(cfg)
+    check_writable(run)  # a dir that cannot be written: a clear error now, not a traceback at the first write
     return train(cfg, run, resume=False, evaluator=evaluator)
 
 
 def resume_run(
     run_dir: str | Path, overrides: list[str] | None = None, evaluator: EvaluatorFactory | None = None
 ) -> dict[str, Any]:
-    """Continue a run dir from its newest valid checkpoint, with its own config and dotted `overrides`."""
+    """Continue a run dir from its newest valid checkpoint, with its own config and dotted `overrides`.
+
+    Overrides are checked against the checkpoint before anything is written: one that changes the shape of the net
+    the checkpoint holds is refused (`ResumeOverrideError`, naming it) and the run is left as it was. The run's
+    `config.yaml` takes the overrides only once the checkpoint has been restored into the new config; each resume's
+    overrides are kept in `resume_history.jsonl`."""
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise FileNotFoundError(f"{run} is not a run dir (no config.yaml); pass the dir `decoupled train` made")
-    return train(load_config(run / "config.yaml", overrides), run, resume=True, evaluator=evaluator)
+    overrides = list(overrides or [])
+    cfg = load_config(run / "config.yaml", overrides)
+    check_writable(run)
+    if overrides:
+        preflight(cfg)
+        check_resume_overrides(run, load_config(run / "config.yaml"), overrides)
+    return train(cfg, run, resume=True, evaluator=evaluator, resume_overrides=overrides)
+
+
+class ResumeOverrideError(ValueError):
+    """A resume override that the run's checkpoint cannot be restored into (it changes the net's shapes)."""
+
+
+def _shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
+def _shape_mismatch(expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]]) -> list[str]:
+    """What differs between two nets' parameter shapes, as short lines (the first few)."""
+    lines = [
+        f"{k}: checkpoint {list(expected[k])}, now {list(got[k])}"
+        for k in expected
+        if k in got and expected[k] != got[k]
+    ]
+    lines += [f"{k}: in the checkpoint, not in the new net" for k in expected if k not in got]
+    lines += [f"{k}: in the new net, not in the checkpoint" for k in got if k not in expected]
+    return lines
+
+
+def check_resume_overrides(run: Path, base: ConfigBase, overrides: list[str]) -> None:
+    """Refuse, before anything in `run` changes, resume overrides under which the newest checkpoint's net no longer
+    fits: each such override is named with the parameters whose shapes it changes."""
+    from decoupled.envs import probe_spec
+    from decoupled.runners.training.config import ConfigError, apply_overrides, read_config_file, validate_config
+
+    specs: dict[str, Any] = {}
+
+    def meta_net(cfg: ConfigBase) -> torch.nn.Module:
+        """`cfg`'s net with shapes only (torch's meta device: no memory, no random draws)."""
+        key = json.dumps([cfg.env.backend, cfg.env.id, cfg.env.options()], sort_keys=True, default=str)
+        if key not in specs:
+            specs[key] = probe_spec(cfg.env.backend, cfg.env.id, cfg.env.options())
+        agent = get_agent(cfg.agent_name)
+        try:
+            with torch.device("meta"):
+                return agent.make_net(specs[key], cfg.agent)
+        except (NotImplementedError, RuntimeError) as exc:
+            if "meta" not in str(exc).lower():
+                raise
+        with torch.random.fork_rng(devices=[]):  # a net that computes values while built (a plug-in's): on the CPU
+            return agent.make_net(specs[key], cfg.agent)
+
+    if not has_checkpoints(run):
+        return  # nothing to restore into: the run starts over under the new config
+    base_net = meta_net(base)  # the checkpoint the run itself would resume from (content checked, as resume does)
+    restored = CheckpointManager(run / "checkpoints").load_latest(accept=lambda st: check_net_state(base_net, st))
+    if restored is None:
+        return
+    saved = {k: tuple(v.shape) for k, v in restored[0]["net"].items()}
+    _, raw = read_config_file(run / "config.yaml")
+
+    def misfits(cfg: ConfigBase) -> list[str]:
+        """Why the checkpoint cannot be restored under `cfg`: parameter shapes, or another optimiser's state."""
+        found = _shape_mismatch(saved, _shapes(meta_net(cfg)))
+        if cfg.optim.name != base.optim.name:
+            found.append(f"the checkpoint holds {base.optim.name}'s optimiser state, not {cfg.optim.name}'s")
+        return found
+
+    if not misfits(load_config(run / "config.yaml", overrides)):
+        return
+    changed: list[str] = []
+    for item in overrides:  # which of them does it, one at a time against the run's own config
+        try:
+            alone = validate_config(apply_overrides(raw, [item]), str(run / "config.yaml"))
+        except ConfigError:
+            changed.append(f"  {item} (only valid with the others)")
+            continue
+        if alone.to_dict() == base.to_dict():
+            continue
+        mismatch = misfits(alone)
+        if mismatch:
+            more = f"; and {len(mismatch) - 3} more" if len(mismatch) > 3 else ""
+            changed.append(f"  {item}: {'; '.join(mismatch[:3])}{more}")
+    listed = "\n".join(changed) or "  " + " ".join(overrides) + " (together)"
+    raise ResumeOverrideError(
+        f"cannot resume {run} with these overrides: its checkpoint does not fit the net or optimiser they make\n"
+        f"{listed}\n"
+        f"Nothing in {run} was changed: resume without them (`decoupled train --resume {run}`), or start a new run "
+        "with them."
+    )
 
 
 def train_from_files(

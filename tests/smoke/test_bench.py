@@ -51,6 +51,32 @@ def test_bench_throughput_measures_distillation_with_and_without_the_sobolev_ter
     )
 
 
+def test_bench_throughput_takes_the_ray_measurements_next_to_their_async_peer(monkeypatch, capsys):
+    """`--only impala_ff,ray_2` parses and runs both (the workers stubbed: no Ray here); the ray line carries its
+    per-rollout costs and the ratio to impala_ff."""
+    from decoupled.runners.bench import commands
+    from decoupled.runners.cli import build_parser
+
+    seen = []
+
+    def worker(a, timeout_s):
+        seen.append(a["what"])
+        out = {"steps_per_s": 100.0 if a["what"] == "impala_ff" else 80.0, "peak_rss_mb": 1.0, "mode": "async"}
+        if a["what"] == "ray_2":
+            out.update(mode="ray", num_actors=2, ray_rollout_bytes=123, ray_get_ms=0.5)
+        return out
+
+    monkeypatch.setattr(commands, "_run_worker", worker)
+    args = build_parser().parse_args(["bench", "throughput", "--only", "impala_ff,ray_2", "--repeats", "1"])
+    assert args.func(args) == 0
+    assert seen == ["impala_ff", "ray_2"]
+    lines = {x["what"]: x for x in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert lines["ray_2"]["mode"] == "ray" and lines["ray_2"]["ray_rollout_bytes"] == 123
+    assert lines["ratios"]["ray_2/impala_ff"] == 0.8
+    assert {"ray_1", "ray_2", "ray_4"} <= set(commands.THROUGHPUT_MEASUREMENTS)
+    assert "runner.num_actors=4" in commands.TRAIN_VARIANTS["ray_4"]
+
+
 def test_bench_throughput_rejects_an_unknown_measurement():
     proc = subprocess.run(
         [sys.executable, "-m", "decoupled", "bench", "throughput", "--only", "env,warp_drive"],

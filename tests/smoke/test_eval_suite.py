@@ -39,6 +39,7 @@ from decoupled.runners.evaluation.evaluate import (
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"
+CARTPOLE = ROOT / "configs" / "impala" / "cartpole.yaml"
 BREAKOUT = ROOT / "configs" / "impala" / "breakout.yaml"
 NOOP, FIRE = 0, 1
 
@@ -323,32 +324,35 @@ def test_suite_refuses_a_bad_eval_request_before_training(tmp_path: Path) -> Non
     assert not out.exists()
 
 
-def _suite(out: Path, *games: str, extra: tuple = ()) -> subprocess.CompletedProcess:
+def _suite(out: Path, *games: str, extra: tuple = (), config: Path = CATCH) -> subprocess.CompletedProcess:
     return _cli(
-        "suite", CATCH, "runner.total_env_frames=640", "--games", ",".join(games), "--out", out,
+        "suite", config, "runner.total_env_frames=640", "--games", ",".join(games), "--out", out,
         "--eval-episodes", 4, *extra, timeout=300,
     )  # fmt: skip
 
 
 def test_suite_survives_a_crashing_game_and_skips_finished_ones_on_rerun(tmp_path: Path) -> None:
+    # Bogus-v0 passes the config's checks (any gymnasium id) and crashes its training, which cannot build it; a game
+    # whose config is invalid stops the suite before it starts (tests/reliability/test_commands.py)
     out = tmp_path / "suite"
-    r = _suite(out, "catch", "bogus")
+    good, bogus = "CartPole-v1", "Bogus-v0"
+    r = _suite(out, good, bogus, extra=("--video-steps", 0), config=CARTPOLE)
     assert r.returncode == 1, r.stdout + r.stderr
-    status = {g: json.loads((out / "status" / f"{g}.json").read_text()) for g in ("catch", "bogus")}
-    assert status["catch"]["status"] == "finished" and status["catch"]["env_frames"] == 640
-    assert status["bogus"]["status"] == "failed" and status["bogus"]["returncode"] != 0
-    assert "env.id" in (out / "logs" / "bogus.log").read_text()  # the child's own error is in its log
-    cfg = yaml.safe_load((out / "runs" / "catch" / "config.yaml").read_text())
+    status = {g: json.loads((out / "status" / f"{g}.json").read_text()) for g in (good, bogus)}
+    assert status[good]["status"] == "finished" and status[good]["env_frames"] == 640
+    assert status[bogus]["status"] == "failed" and status[bogus]["returncode"] != 0
+    assert bogus in (out / "logs" / f"{bogus}.log").read_text()  # the child's own error is in its log
+    cfg = yaml.safe_load((out / "runs" / good / "config.yaml").read_text())
     assert cfg["wandb"]["group"] == "suite"  # one W&B group: the suite dir's name
     scores = json.loads((out / "eval" / "scores.json").read_text())
-    assert list(scores["games"]) == ["catch"] and len(scores["games"]["catch"]["episode_scores"]) == 4
-    assert scores["table_id"] is None  # catch has no human score
+    assert list(scores["games"]) == [good] and len(scores["games"][good]["episode_scores"]) == 4
+    assert scores["table_id"] is None  # CartPole has no human score
 
-    again = _suite(out, "catch", "bogus")
+    again = _suite(out, good, bogus, extra=("--video-steps", 0), config=CARTPOLE)
     assert again.returncode == 1
-    assert "catch: finished before, skipped" in again.stdout and "catch: evaluated before" in again.stdout
-    assert json.loads((out / "status" / "catch.json").read_text())["attempts"] == 1
-    assert json.loads((out / "status" / "bogus.json").read_text())["attempts"] == 2
+    assert f"{good}: finished before, skipped" in again.stdout and f"{good}: evaluated before" in again.stdout
+    assert json.loads((out / "status" / f"{good}.json").read_text())["attempts"] == 1
+    assert json.loads((out / "status" / f"{bogus}.json").read_text())["attempts"] == 2
 
 
 @pytest.mark.slow

@@ -119,3 +119,29 @@ def test_tensorboard_gets_every_metric_on_the_env_frames_axis_and_a_resume_purge
     train(cfg, tmp_path / "run", resume=True)
     _, purges = tensorboard_scalars(tmp_path / "run")
     assert purges == [6400]  # the resumed segment's file starts at its checkpoint's frames
+
+
+def test_offline_tells_wandb_in_the_environment_too_but_only_where_the_user_did_not(monkeypatch):
+    import os
+
+    from decoupled.runners.training import logger as lg
+
+    monkeypatch.setattr(lg, "_env_set_here", {})
+    for k in ("WANDB_MODE", "WANDB_ERROR_REPORTING"):
+        monkeypatch.setenv(k, "x")
+        monkeypatch.delenv(k)  # unset now, as they were after the test
+    assert lg._wandb_mode("offline") == "offline" and lg._wandb_mode("dryrun") == "offline"
+    lg._wandb_environment("offline")
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_ERROR_REPORTING"] == "false"
+    # set here, not by the user: a later run whose config asks for online gets online, and the variables are taken back
+    assert lg._wandb_mode("online") == "online"
+    lg._wandb_environment("online")
+    assert "WANDB_MODE" not in os.environ and "WANDB_ERROR_REPORTING" not in os.environ
+    # the user's own variables win and are left as they are
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "true")
+    assert lg._wandb_mode("offline") == "online"
+    lg._wandb_environment("online")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    lg._wandb_environment("offline")
+    assert os.environ["WANDB_ERROR_REPORTING"] == "true" and lg._env_set_here == {}
