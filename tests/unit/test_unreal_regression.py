@@ -55,6 +55,18 @@ def _digest(params):
     return h.hexdigest()
 
 
+def _assert_recorded(stored, name: str, params: dict) -> None:
+    """`params` are the run's recorded final parameters: bit for bit on the CPU they were recorded on (the digest),
+    within float tolerance on another (kernels differ between instruction sets)."""
+    keys = sorted(k.split("/", 1)[1] for k in stored.files if k.startswith(f"{name}/") and k != f"{name}/digest")
+    assert sorted(params) == keys
+    if str(stored["cpu_capability"]) == torch.backends.cpu.get_cpu_capability():
+        assert _digest(params) == str(stored[f"{name}/digest"])
+    else:
+        for k in keys:
+            np.testing.assert_allclose(params[k], stored[f"{name}/{k}"], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
 def test_record_when_asked(monkeypatch):
     if os.environ.get("DECOUPLED_RECORD") != "1":
         pytest.skip("DECOUPLED_RECORD=1 rewrites the recorded runs")
@@ -74,13 +86,7 @@ def test_unreal_updates_are_unchanged(name, monkeypatch):
     monkeypatch.chdir(ROOT)
     stored = np.load(DATA)
     params = _final_parameters(*RUNS[name])
-    keys = sorted(k.split("/", 1)[1] for k in stored.files if k.startswith(f"{name}/") and k != f"{name}/digest")
-    assert sorted(params) == keys
-    if str(stored["cpu_capability"]) == torch.backends.cpu.get_cpu_capability():
-        assert _digest(params) == str(stored[f"{name}/digest"])
-    else:
-        for k in keys:
-            np.testing.assert_allclose(params[k], stored[f"{name}/{k}"], rtol=1e-4, atol=1e-5, err_msg=k)
+    _assert_recorded(stored, name, params)
 
 
 UNREAL_KEYS = {
@@ -125,10 +131,4 @@ def test_impala_with_unreals_tasks_in_agent_aux_is_the_unreal_agent(name, monkey
     stored = np.load(DATA)
     config, overrides = RUNS[name]
     params = _final_parameters(_as_impala_with_aux(config, overrides, tmp_path), [])
-    keys = sorted(k.split("/", 1)[1] for k in stored.files if k.startswith(f"{name}/") and k != f"{name}/digest")
-    assert sorted(params) == keys
-    if str(stored["cpu_capability"]) == torch.backends.cpu.get_cpu_capability():
-        assert _digest(params) == str(stored[f"{name}/digest"])
-    else:
-        for k in keys:
-            np.testing.assert_allclose(params[k], stored[f"{name}/{k}"], rtol=1e-4, atol=1e-5, err_msg=k)
+    _assert_recorded(stored, name, params)
