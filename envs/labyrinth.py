@@ -1013,7 +1013,7 @@ class _Engine:
         self.game: Any = None
 
     def close_game(self) -> None:
-        """Close the engine; a crash while closing (seen once in nav_env.md) must not fail the caller."""
+        """Close the engine; a crash while closing (seen once with ViZDoom) must not fail the caller."""
         game, self.game = self.game, None
         if game is None:
             return

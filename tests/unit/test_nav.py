@@ -1,7 +1,7 @@
-"""The Nav agent (agents/nav.py) and the auxiliary-task modules (agents/auxtasks.py): depth classes (check N-1),
-loop-closure labels with episode starts and respawns (N-2), the wiring and which losses reach which parameters
-(N-3), the actor recording the env's extras, aux tasks on other agents (impala + depth, nav + dni core), and the
-config refusing tasks an env cannot feed. A small in-process env with the labyrinth's extras stands in for the
+"""The Nav agent (agents/nav.py) and the auxiliary-task modules (agents/auxtasks.py): depth classes,
+loop-closure labels with episode starts and respawns, the wiring and which losses reach which parameters
+(Mirowski et al. 2017, arXiv:1611.03673), the actor recording the env's extras, aux tasks on other agents (impala
++ depth, nav + dni core), and the config refusing tasks an env cannot feed. A small in-process env with the labyrinth's extras stands in for the
 engine (tests/smoke/test_nav_train.py trains on the real one)."""
 
 import subprocess
@@ -136,9 +136,9 @@ def _aux_term(net, batch, name):
     return loss
 
 
-# ------------------------------------------------------------------------------------------------ N-1, N-2
+# ------------------------------------------------------------------------------------------------ targets
 def test_depth_classes_are_monotone_in_distance_and_shaped_4x16():
-    """N-1: a ramp of distances maps to the 4x16 classes 0..7 in order; all 8 classes occur."""
+    """A ramp of distances maps to the 4x16 classes 0..7 in order; all 8 classes occur."""
     d = np.geomspace(5.0, 300.0, 84)[None, :].repeat(84, 0)  # distance grows with the column (edges: 15..181)
     classes = nav_depth_targets(d)
     assert classes.shape == (4, 16) and classes.min() == 0 and classes.max() == 7
@@ -160,7 +160,7 @@ def _labels(xs, respawn=(), first=(0,)):
 
 
 def test_loop_closure_labels():
-    """N-2: a straight line gives zeros; an out-and-back path gives 1 on return within eta1 once the agent was
+    """A straight line gives zeros; an out-and-back path gives 1 on return within eta1 once the agent was
     farther than eta2 (and 0 before); a respawn and an episode start reset the history."""
     assert not _labels(range(10)).any()
     out_and_back = [0, 1, 2, 3, 4, 3, 2, 1, 0]
@@ -171,9 +171,9 @@ def test_loop_closure_labels():
     assert not _labels(out_and_back, first=(0, 5)).any()  # so does an episode start
 
 
-# ------------------------------------------------------------------------------------------------ N-3
+# ------------------------------------------------------------------------------------------------ wiring
 def test_wiring_sizes_and_reward_routing():
-    """N-3: LSTM1 takes [f, r]; LSTM2 takes [f, h1, v, a] (+ one reward column held at 0)."""
+    """LSTM1 takes [f, r]; LSTM2 takes [f, h1, v, a] (+ one reward column held at 0)."""
     net = NAV.make_net(_spec(), NavConfig())
     assert net.lstm1.weight_ih.shape == (4 * 64, 256 + 1)
     assert net.core.lstm.weight_ih.shape == (4 * 256, 256 + 64 + 3 + A + 1)
@@ -193,7 +193,7 @@ def test_wiring_sizes_and_reward_routing():
 
 
 def test_which_losses_reach_which_parameters():
-    """N-3: D1 alone trains the torso and its head, neither LSTM; D2 and L reach both LSTMs and the torso."""
+    """D1 alone trains the torso and its head, neither LSTM; D2 and L reach both LSTMs and the torso."""
     net = NAV.make_net(_spec(), NavConfig())
     batch = _batch()
     g = _grads(net, _aux_term(net, batch, "depth_conv"))
