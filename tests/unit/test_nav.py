@@ -1,8 +1,8 @@
 """The Nav agent (agents/nav.py) and the auxiliary-task modules (agents/auxtasks.py): depth classes,
 loop-closure labels with episode starts and respawns, the wiring and which losses reach which parameters
 (Mirowski et al. 2017, arXiv:1611.03673), the actor recording the env's extras, aux tasks on other agents (impala
-+ depth, nav + dni core), and the config refusing tasks an env cannot feed. A small in-process env with the labyrinth's extras stands in for the
-engine (tests/smoke/test_nav_train.py trains on the real one)."""
++ depth, nav + dni core), and the config refusing tasks an env cannot feed. A small in-process env with the
+labyrinth's extras stands in for the engine (tests/smoke/test_nav_train.py trains on the real one)."""
 
 import subprocess
 import sys
