@@ -76,17 +76,20 @@ def preflight(cfg: ConfigBase) -> None:
     import torch  # the env is known to work: now the net
 
     agent = get_agent(cfg.agent_name)
+
+    def unbuildable(exc: BaseException) -> ConfigError:
+        msg = f"the {cfg.agent_name} net cannot be built for {e.id}'s observations {spec.obs_shape}: {exc}"
+        return ConfigError([("agent", msg)])
+
     num_params: int | None = None
     with torch.device("meta"):  # shapes only: a net too big for memory is counted, not allocated
         try:
             num_params = sum(p.numel() for p in agent.make_net(spec, cfg.agent).parameters())
-        except (NotImplementedError, RuntimeError) as exc:
-            if "meta" not in str(exc).lower():  # a real error; else a net that computes values while built (a
-                msg = f"the {cfg.agent_name} net cannot be built for {e.id}'s observations {spec.obs_shape}: {exc}"
-                raise ConfigError([("agent", msg)]) from None  # plug-in's, say): no estimate, the build below
         except Exception as exc:  # noqa: BLE001
-            msg = f"the {cfg.agent_name} net cannot be built for {e.id}'s observations {spec.obs_shape}: {exc}"
-            raise ConfigError([("agent", msg)]) from None
+            # a net that computes values while it is built (a plug-in's, say) cannot be built on the meta device:
+            # no estimate then, the build below still checks it; anything else is a real error
+            if not (isinstance(exc, NotImplementedError | RuntimeError) and "meta" in str(exc).lower()):
+                raise unbuildable(exc) from None
     parts = memory_estimate(cfg, spec, num_params) if num_params is not None else {}
     limit = machine_memory_bytes()
     if limit is not None and num_params is not None and sum(parts.values()) > 0.8 * limit:
@@ -101,8 +104,7 @@ def preflight(cfg: ConfigBase) -> None:
     try:
         net = agent.make_net(spec, cfg.agent).eval()
     except Exception as exc:  # noqa: BLE001
-        msg = f"the {cfg.agent_name} net cannot be built for {e.id}'s observations {spec.obs_shape}: {exc}"
-        raise ConfigError([("agent", msg)]) from None
+        raise unbuildable(exc) from None
     try:  # one step on one observation: a torso the observations are too small for fails here, not after start
         with torch.no_grad():
             inputs = {
