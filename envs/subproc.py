@@ -18,6 +18,7 @@ one env the failure is raised as `EnvCrashedError` with the last reason (the tra
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import multiprocessing as mp
 import os
@@ -64,9 +65,36 @@ def _plain_info(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _SharedSlots:
+    """The worker's side of the shared observation buffers: row `index` of each [num_envs, ...] array, for the
+    current observation (its main array and every extra) and for the final one of a finished episode."""
+
+    def __init__(self, index: int, layout: dict[str, tuple[str, tuple[int, ...], str]]):
+        from multiprocessing import shared_memory
+
+        self.blocks = {k: shared_memory.SharedMemory(name=name) for k, (name, _, _) in layout.items()}
+        self.rows = {
+            k: np.ndarray(shape, np.dtype(dtype), buffer=self.blocks[k].buf)[index]
+            for k, (_, shape, dtype) in layout.items()
+        }
+
+    def write(self, prefix: str, split: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+        main, extras = split
+        self.rows[prefix + _MAIN][...] = main
+        for k, v in extras.items():
+            self.rows[prefix + k][...] = v
+
+
+_MAIN = "\0main"  # the layout's key of the main observation (no extra can be named so)
+_FINAL = "final:"  # the prefix of the final observation's keys
+
+
 def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str | None, channels_first: bool) -> None:
-    """Worker loop: ('reset', seed) | ('step', action) | ('spaces', None) | ('work_dir', None) | ('close', None)."""
+    """Worker loop: ('reset', seed) | ('step', action) | ('spaces', None) | ('work_dir', None) | ('attach', layout)
+    | ('close', None). After 'attach' the observations go into the shared buffers and the replies carry None in
+    their place."""
     env = None
+    shared: _SharedSlots | None = None
     try:
         # Own process group: the parent can kill the worker together with anything it started (a game engine keeps
         # the pipe open after the worker dies, so only killing the group ends both), and a Ctrl-C in the terminal
@@ -82,11 +110,24 @@ def _worker(conn: Connection, factory: str, kwargs: dict[str, Any], obs_key: str
                     final = _split(obs, obs_key, channels_first)
                     obs, _ = env.reset()
                 main, extras = _split(obs, obs_key, channels_first)
+                if shared is not None:
+                    shared.write("", (main, extras))
+                    if final is not None:
+                        shared.write(_FINAL, final)
+                    main, extras, final = None, None, (True if final is not None else None)  # type: ignore[assignment]
                 step = (main, extras, float(reward), bool(terminated), bool(truncated), final, _plain_info(info))
                 conn.send(("ok", step))
             elif cmd == "reset":
                 obs, _ = env.reset(seed=arg)
-                conn.send(("ok", _split(obs, obs_key, channels_first)))
+                split = _split(obs, obs_key, channels_first)
+                if shared is not None:
+                    shared.write("", split)
+                    split = None  # type: ignore[assignment]
+                conn.send(("ok", split))
+            elif cmd == "attach":
+                index, layout = arg
+                shared = _SharedSlots(index, layout)
+                conn.send(("ok", None))
             elif cmd == "spaces":
                 conn.send(("ok", (env.observation_space, env.action_space)))
             elif cmd == "work_dir":  # a scratch dir the env keeps (the labyrinth's engine files), to clean after a kill
@@ -127,6 +168,7 @@ class ProcessVecEnv(VecEnv):
         max_restarts: int = 3,
         step_timeout_s: float = 120.0,
         context: str = "forkserver",
+        shared_memory: bool = True,
     ):
         self.factory, self.kwargs, self.obs_key, self.channels_first = (
             factory,
@@ -145,6 +187,11 @@ class ProcessVecEnv(VecEnv):
         self._conns: list[Connection | None] = [None] * num_envs
         self._work_dirs: list[str | None] = [None] * num_envs
         self.restarts = np.zeros(num_envs, np.int64)
+        # observations through shared memory: {key: (block name, [num_envs, ...] shape, dtype)}, the blocks, and
+        # this process's views of them
+        self._layout: dict[str, tuple[str, tuple[int, ...], str]] = {}
+        self._blocks: dict[str, Any] = {}
+        self._views: dict[str, np.ndarray] = {}
         self._seeds = np.array([self._seed + i for i in range(num_envs)], np.int64)
         _LIVE.add(self)
         for i in range(num_envs):
@@ -174,6 +221,67 @@ class ProcessVecEnv(VecEnv):
         )
         self._tracker = EpisodeTracker(num_envs, frame_skip)
         self._last: list[tuple[np.ndarray, dict[str, np.ndarray]] | None] = [None] * num_envs
+        if shared_memory:
+            self._share(main_space, shape)
+
+    # ------------------------------------------------------------------------------------ shared memory
+    def _share(self, main_space: Any, main_shape: tuple[int, ...]) -> None:
+        """Shared buffers for the observations (current and final, main and extras) and every worker attached to
+        them; where a space has no fixed shape and dtype the observations keep going through the pipes."""
+        from multiprocessing import shared_memory
+
+        spaces = {_MAIN: (main_shape, np.dtype(main_space.dtype))}
+        if self.obs_key is not None:
+            for k, space in self.observation_space.spaces.items():
+                if k == self.obs_key:
+                    continue
+                if getattr(space, "shape", None) is None or getattr(space, "dtype", None) is None:
+                    return  # not an array space: the pipes carry it
+                spaces[k] = (tuple(space.shape), np.dtype(space.dtype))
+        try:
+            for prefix in ("", _FINAL):
+                for k, (shape, dtype) in spaces.items():
+                    full = (self.num_envs, *shape)
+                    nbytes = max(1, int(np.prod(full)) * dtype.itemsize)
+                    block = shared_memory.SharedMemory(create=True, size=nbytes)
+                    self._blocks[prefix + k] = block
+                    self._layout[prefix + k] = (block.name, full, dtype.str)
+            self._views = {k: np.ndarray(full, np.dtype(dt), buffer=self._blocks[k].buf) for k, (_, full, dt) in
+                           self._layout.items()}  # fmt: skip
+            replies, failed = self._all("attach", [(i, self._layout) for i in range(self.num_envs)])
+            if failed:
+                i, why = next(iter(failed.items()))
+                raise EnvCrashedError(f"{self.spec.name}: env worker {i} could not attach its shared memory: {why}")
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, i: int) -> None:
+        if self._layout:
+            self._call_one(i, "attach", (i, self._layout))
+
+    def _read_shared(self, finals: list[Any] | None = None, ended: np.ndarray | None = None) -> None:
+        """After the workers wrote their rows: copy the current observations out (and the final ones where an
+        episode ended, into `finals`) as the rows of `_last`."""
+        main = self._views[_MAIN].copy()
+        extras = {k: v.copy() for k, v in self._views.items() if k != _MAIN and not k.startswith(_FINAL)}
+        for i in range(self.num_envs):
+            self._last[i] = (main[i], {k: v[i] for k, v in extras.items()})
+        if finals is not None and ended is not None and ended.any():
+            fmain = self._views[_FINAL + _MAIN].copy()
+            fextras = {k[len(_FINAL) :]: v.copy() for k, v in self._views.items() if k.startswith(_FINAL)}
+            fextras.pop(_MAIN, None)
+            for i in np.flatnonzero(ended):
+                finals[i] = (fmain[i], {k: v[i] for k, v in fextras.items()})
+
+    def _free_shared(self) -> None:
+        self._views = {}
+        for block in self._blocks.values():
+            with contextlib.suppress(Exception):
+                block.close()
+            with contextlib.suppress(Exception):
+                block.unlink()
+        self._blocks, self._layout = {}, {}
 
     # ------------------------------------------------------------------------------------ processes
     def _start(self, i: int) -> None:
@@ -263,6 +371,7 @@ class ProcessVecEnv(VecEnv):
             self._start(i)
             try:
                 self._remember_work_dir(i)
+                self._attach(i)
                 return self._call_one(i, "reset", int(self._seeds[i]))
             except _WorkerDied as e:
                 why = str(e)
@@ -288,6 +397,8 @@ class ProcessVecEnv(VecEnv):
         replies, failed = self._all("reset", [int(s) for s in self._seeds])
         for i, reply in enumerate(replies):
             self._last[i] = self._restart(i, failed[i]) if i in failed else reply
+        if self._layout:
+            self._read_shared()
         self._tracker.reset()
         return np.stack([m for m, _ in self._last])
 
@@ -305,6 +416,7 @@ class ProcessVecEnv(VecEnv):
         finals: list[tuple[np.ndarray, dict[str, np.ndarray]]] = list(self._last)
         infos: list[dict[str, np.ndarray]] = [{} for _ in range(B)]
         replies, failed = self._all("step", [int(a) for a in actions])
+        ended = np.zeros(B, bool)  # episodes that ended in the env (not cut by a restart)
         for i, reply in enumerate(replies):
             if i in failed:  # the episode is cut here: its last obs stands in as the final one
                 self._last[i] = self._restart(i, failed[i])
@@ -313,8 +425,14 @@ class ProcessVecEnv(VecEnv):
             main, extras, r, te, tr, final, env_info = reply
             reward[i], terminated[i], truncated[i] = r, te, tr
             infos[i] = env_info
-            finals[i] = final if final is not None else (main, extras)
-            self._last[i] = (main, extras)
+            ended[i] = final is not None
+            if main is not None:  # through the pipe; else the rows are read from shared memory below
+                finals[i] = final if final is not None else (main, extras)
+                self._last[i] = (main, extras)
+        if self._layout:
+            self._read_shared(finals, ended)
+            for i in np.flatnonzero(~ended & ~restarted):
+                finals[i] = self._last[i]
         obs = np.stack([m for m, _ in self._last])
         info: dict[str, Any] = {
             "final_obs": np.stack([m for m, _ in finals]),
@@ -364,6 +482,7 @@ class ProcessVecEnv(VecEnv):
                 self._conns[i].close()
         self._procs = [None] * self.num_envs
         self._conns = [None] * self.num_envs
+        self._free_shared()
 
     def __del__(self) -> None:
         owner = os.getpid() == getattr(self, "_owner_pid", None)
@@ -397,6 +516,8 @@ def kill_all_workers() -> None:
         for work_dir in list(getattr(env, "_work_dirs", [])):
             if work_dir is not None:
                 shutil.rmtree(work_dir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            env._free_shared()
 
 
 def _kill_group(proc: Any) -> None:

@@ -2,7 +2,8 @@
 labyrinth benchmarks; `dni` the synthetic-gradient benchmarks; `learning` the multi-seed learning benchmarks
 (MinAtar, UNREAL against its base agent, FeUdal Networks); `peer` the Stable-Baselines3 peers; `backends` the
 random-policy equivalence of the two Atari backends; `feudal_checks` the FeUdal Networks checks (oracle Manager,
-sub-goals). `emit` prints one result as a JSON line for all of them.
+sub-goals); `nav_checks` the navigation agent's checks (its depth head supervised on random-walk frames, the
+evaluation of `bench nav`). `emit` prints one result as a JSON line for all of them.
 
 Benchmarks use the training machinery and the evaluation tools; nothing imports them but the command line.
 """

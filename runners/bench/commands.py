@@ -17,6 +17,8 @@ ratios, not absolute numbers, carry the comparison.
     decoupled bench transfer --targets hflip,white  # Progressive Nets vs baselines 1-4 on task variants (AUC ratios)
     decoupled bench feudal-oracle --seeds 3    # FuN's Worker follows an oracle Manager's goals (bench/feudal_checks.py)
     decoupled bench feudal-subgoals RUN        # where a trained FuN policy's sub-goals fall (key, door, goal; Fig. 2b)
+    decoupled bench nav-depth --seeds 3        # the Nav agent's depth head alone, supervised (bench/nav_checks.py)
+    decoupled bench nav --seeds 3              # the Nav agent vs +D2 vs +D1D2L: curves, goal timing, aux, probe
     decoupled bench backends --episodes 200   # envpool vs gymnasium + ale-py random-policy scores (bench/backends.py)
 
 `bench throughput` measures, each in a process of its own (so that peak memory is that measurement's), in
@@ -33,6 +35,9 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
   rollout of the `perf/ray_*` metrics (ray_actors.RAY_PERF_METRICS: bytes per rollout and per parameter version, the
   learner's ray.wait / ray.get / copy, the actor's parameter load and unroll, the parameter ray.put, in ms; their
   peak memory is the learner process's, without the actors');
+- `nav`, `impala_lstm_maze`: not on the game but on the 3D labyrinth nav_maze_static_01 (4 envs in worker
+  processes, observations through shared memory): `configs/nav/nav_maze_static_01.yaml` (the navigation agent with
+  its depth and loop-closure tasks) and its peer `configs/impala/nav_maze_static_01.yaml` (the LSTM IMPALA agent);
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 
@@ -71,7 +76,6 @@ def bench_labyrinth(args: argparse.Namespace) -> list[dict[str, Any]]:
     this process (the peer: what a single env costs), and the maze generator's time per maze."""
     import tempfile
 
-    from decoupled.envs import make_vec_env
     from decoupled.envs.labyrinth import TASKS, LabyrinthEnv, generate_maze, write_wad
 
     if args.task not in TASKS:
@@ -94,11 +98,30 @@ def bench_labyrinth(args: argparse.Namespace) -> list[dict[str, Any]]:
             record["generate_and_write_wad_median"] = round(statistics.median(total), 3)
             out.append(emit(record))
 
+    # the peers, round-robin over the repeats: one env in this process (no worker, no transfer), and the same
+    # workers with their observations through shared memory (the default) and through the pipes
+    from decoupled.envs.subproc import ProcessVecEnv
+
     rng = np.random.default_rng(0)
-    single = []
     env = LabyrinthEnv(args.task)
+    workers = {
+        shared: ProcessVecEnv(
+            "decoupled.envs.labyrinth:LabyrinthEnv",
+            args.num_envs,
+            0,
+            kwargs={"task": args.task},
+            obs_key="rgb",
+            frame_skip=4,
+            shared_memory=shared,
+        )  # fmt: skip
+        for shared in (True, False)
+    }
+    single: list[float] = []
+    vec: dict[bool, list[float]] = {True: [], False: []}
     try:
         env.reset(seed=0)
+        for venv in workers.values():
+            venv.reset()
 
         def one() -> None:
             _, _, te, tr, _ = env.step(int(rng.integers(8)))
@@ -107,47 +130,22 @@ def bench_labyrinth(args: argparse.Namespace) -> list[dict[str, Any]]:
 
         for _ in range(args.repeats):
             single.append(_steps_per_second(one, 1, args.seconds))
+            for shared, venv in workers.items():
+                vec[shared].append(_steps_per_second(lambda v=venv: v.step(rng.integers(0, 8, v.num_envs)),
+                                                     args.num_envs, args.seconds))  # fmt: skip
     finally:
         env.close()
-    out.append(
-        emit(
-            {
-                "bench": "labyrinth",
-                "what": "steps_per_s_single_env_in_process",
-                "task": args.task,
-                "median": round(statistics.median(single), 1),
-                "runs": [round(x, 1) for x in single],
-            }
-        )
-    )
-
-    vec = []
-    venv = make_vec_env("labyrinth", args.task, args.num_envs, 0)
-    try:
-        venv.reset()
-        n = venv.num_envs
-
-        def many() -> None:
-            venv.step(rng.integers(0, 8, n))
-
-        for _ in range(args.repeats):
-            vec.append(_steps_per_second(many, n, args.seconds))
-    finally:
-        venv.close()
-    med = statistics.median(vec)
-    out.append(
-        emit(
-            {
-                "bench": "labyrinth",
-                "what": "steps_per_s_vec_env_workers",
-                "task": args.task,
-                "num_envs": args.num_envs,
-                "median": round(med, 1),
-                "runs": [round(x, 1) for x in vec],
-                "ratio_to_single_env": round(med / statistics.median(single), 2),
-            }
-        )
-    )
+        for venv in workers.values():
+            venv.close()
+    one_env = statistics.median(single)
+    record = {"bench": "labyrinth", "what": "steps_per_s_single_env_in_process", "task": args.task}
+    out.append(emit({**record, "median": round(one_env, 1), "runs": [round(x, 1) for x in single]}))
+    for shared, what in ((True, "steps_per_s_vec_env_workers"), (False, "steps_per_s_vec_env_workers_pipes")):
+        med = statistics.median(vec[shared])
+        record = {"bench": "labyrinth", "what": what, "task": args.task, "num_envs": args.num_envs}
+        record["observations"] = "shared memory" if shared else "pipes"
+        record.update(median=round(med, 1), runs=[round(x, 1) for x in vec[shared]])
+        out.append(emit({**record, "ratio_to_single_env": round(med / one_env, 2)}))
     return out
 
 
@@ -175,6 +173,16 @@ TRAIN_VARIANTS["distill_sobolev"] = [*TRAIN_VARIANTS["distill"], "agent.sobolev_
 RAY_ACTORS = {"ray_1": 1, "ray_2": 2, "ray_4": 4}
 for _name, _n in RAY_ACTORS.items():
     TRAIN_VARIANTS[_name] = ["runner.mode=ray", f"runner.num_actors={_n}"]
+# measurements on a 3D labyrinth instead of the game: their configs keep their own env (nav_maze_static_01, 4 envs in
+# worker processes); `nav` (the navigation agent with its depth and loop-closure tasks) against `impala_lstm_maze`
+# (the LSTM IMPALA agent on the same maze, configs/impala/nav_maze_static_01.yaml)
+OWN_ENV: dict[str, str] = {
+    "nav": "configs/nav/nav_maze_static_01.yaml",
+    "impala_lstm_maze": "configs/impala/nav_maze_static_01.yaml",
+}
+for _name, _config in OWN_ENV.items():
+    VARIANT_CONFIGS[_name] = _config
+    TRAIN_VARIANTS[_name] = ["env.num_envs=4"]
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
 
 
@@ -214,9 +222,9 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     from decoupled.runners.training.ray_actors import RAY_PERF_METRICS
     from decoupled.runners.training.train import train
 
+    game = [] if a["what"] in OWN_ENV else [f"env.id={a['game']}", f"env.num_envs={a['num_envs']}"]
     overrides = [
-        f"env.id={a['game']}",
-        f"env.num_envs={a['num_envs']}",
+        *game,
         "runner.total_env_frames=1000000000",
         f"runner.max_wall_seconds={a['warmup'] + a['seconds']}",
         "runner.log_every_env_frames=1",  # a record per update: a loaded machine still gives a rate in a short window
@@ -477,7 +485,9 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
             numeric = all(isinstance(x.get(k), int | float) and not isinstance(x.get(k), bool) for x in runs[what])
             extras[k] = round(statistics.median(x[k] for x in runs[what]), 4) if numeric else v
         record.update(extras)
-        if what in TRAIN_VARIANTS or what == "env":
+        if what in OWN_ENV:
+            record["game"], record["num_envs"] = "nav_maze_static_01", 4
+        elif what in TRAIN_VARIANTS or what == "env":
             record["num_envs"] = args.num_envs
         out.append(emit(record))
     pairs = [
@@ -487,6 +497,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_dni", "impala_lstm"),
         ("unreal", "impala_lstm"),
         ("feudal", "impala_lstm"),
+        ("nav", "impala_lstm_maze"),  # on the labyrinth
         ("distill", "impala_ff"),
         ("distill_sobolev", "distill"),  # the Sobolev term's cost per training step
         ("impala_ff_t10", "impala_ff"),
@@ -495,7 +506,8 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         *((name, "impala_ff") for name in RAY_ACTORS),  # Ray actors against the async actor thread
     ]
     ratios = {f"{a}/{b}": round(medians[a] / medians[b], 3) for a, b in pairs if a in medians and b in medians}
-    summary = {"bench": "throughput", "what": "ratios", "game": args.game, **ratios}
+    game = "nav_maze_static_01" if all(w in OWN_ENV for w in whats) else args.game
+    summary = {"bench": "throughput", "what": "ratios", "game": game, **ratios}
     summary["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus"
     summary["repeats"], summary["seconds"], summary["warmup"] = args.repeats, args.seconds, args.warmup
     out.append(emit(summary))
@@ -570,6 +582,9 @@ def add_parser(sub: Any) -> None:
     fu = bsub.add_parser("feudal", help="FeUdal Networks vs the paper's LSTM baseline at equal frames, goal ablation")
     bench_learning.add_arguments(fu, "feudal")
     fu.set_defaults(func=lambda a: (bench_learning.bench_feudal(a), 0)[1])
+    na = bsub.add_parser("nav", help="the Nav agent: LSTM vs +D2 vs +D1D2L at equal frames, seeds; goals, aux, probe")
+    bench_learning.add_arguments(na, "nav")
+    na.set_defaults(func=lambda a: (bench_learning.bench_nav(a), 0)[1])
     di = bsub.add_parser("distill", help="policy distillation methods from one teacher at equal frames, seeds")
     bench_learning.add_arguments(di, "distill")
     di.set_defaults(func=lambda a: (bench_learning.bench_distill(a), 0)[1])
@@ -613,6 +628,27 @@ def add_parser(sub: Any) -> None:
     fs.add_argument("--tolerance", type=int, default=1, help="steps either side of an event that count as at it")
     fs.add_argument("--out", help="the figure (default: RUN/subgoals.png)")
     fs.set_defaults(func=feudal_check("bench_feudal_subgoals"))
+    nd = bsub.add_parser("nav-depth", help="the Nav agent's D1 depth head alone, supervised on random-walk frames")
+    nd.add_argument("--config", default="nav/nav_maze_small_static", help="a nav config (path or packaged name)")
+    nd.add_argument("--task", help="a labyrinth task replacing the config's env.id (its other env settings stay)")
+    nd.add_argument("--seeds", type=int, default=3)
+    nd.add_argument("--train-frames", type=int, default=20_000, help="random-walk observations to train on, per seed")
+    nd.add_argument("--test-frames", type=int, default=4_000, help="held-out observations (other episodes), per seed")
+    nd.add_argument("--steps", type=int, default=4_000, help="optimiser steps per seed")
+    nd.add_argument("--batch-size", type=int, default=64, help="frames per optimiser step")
+    nd.add_argument("--lr", type=float, default=5e-4, help="Adam's learning rate")
+    nd.add_argument("--eval-every", type=int, help="steps between test evaluations (default: steps / 20)")
+    nd.add_argument("--num-envs", type=int, default=2, help="env worker processes collecting the frames")
+    nd.add_argument("--torch-threads", type=int, default=1)
+    nd.add_argument("--out", default="runs/bench_nav_depth", help="folder of the figure nav_depth.png")
+
+    def nav_check(a: argparse.Namespace) -> int:
+        from decoupled.runners.bench import nav_checks  # imports torch and the labyrinth: only when asked for
+
+        nav_checks.bench_nav_depth(a)
+        return 0
+
+    nd.set_defaults(func=nav_check)
     from decoupled.runners.bench import backends as bench_backends
 
     be = bsub.add_parser(

@@ -3,6 +3,7 @@
     decoupled bench minatar [--games breakout,asterix,freeway,seaquest,space_invaders] [--seeds 3] [--frames 5000000]
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml[,...] [--seeds 3] [--frames N] [--methods M]
     decoupled bench feudal --tasks minigrid_doorkey[,...] [--seeds 3] [--frames N] [--eval-episodes 100]
+    decoupled bench nav --configs nav/nav_maze_small_static[,...] [--methods lstm,d2,d1d2l] [--eval-episodes 20]
 
 `bench minatar` trains `configs/impala/minatar_<game>.yaml` on each game and seed, evaluates the final policy for
 `--eval-episodes` (sampled actions, MinAtar's sticky actions) and prints, per game, the final training return (the
@@ -24,6 +25,18 @@ through `--override`, e.g. `agent.reward_prediction_sampling=uniform`, whose bas
 vectors (if its score does not fall, the Worker is not using the Manager). It prints the final return, the area
 under the curve, the frames to first reach `--threshold` (default: any solved MiniGrid episode, return > 0) and the
 share of evaluation episodes with a positive return (MiniGrid's success rate).
+
+`bench nav` is the comparison of Mirowski et al. 2017, "Learning to Navigate in Complex Environments"
+(arXiv:1611.03673), on the labyrinth: per nav config and seed, the navigation agent (agents/nav.py) with no
+auxiliary task (`lstm`: `agent.aux={}`, no heads built, so its speed is its own), with depth prediction from the
+second LSTM only (`d2`: the config's `depth_lstm`, its other tasks removed) and as the config ships it (`d1d2l`:
+depth from the conv features and from the LSTM, and loop closure: Nav A3C+D1D2L), for the same frames. Besides the
+return curves it evaluates each final policy on `--eval-episodes` fixed episodes (the same env seeds for every
+method; runners/bench/nav_checks.py `play_nav_episodes`): the agent steps to the first goal of an episode against
+the mean steps between the later ones (the paper's evidence that the agent remembers where the goal is), the depth
+heads' per-pixel accuracy, the loop-closure head's precision, recall and F1 against the actor's own label, and a
+linear probe decoding the agent's maze cell from the LSTMs' state (fit on the first half of the episodes, scored on
+the second, against the majority cell). `--out/<config>_aux.png` draws the auxiliary tasks' training curves.
 
 `bench distill` trains students of a distill config from one teacher with several methods (on-policy, on-policy +
 Sobolev, teacher-driven, expected entropy regularised) for the same frames, seeds, and reports the return curves, the
@@ -67,6 +80,11 @@ MINATAR_GAMES = ("breakout", "asterix", "freeway", "seaquest", "space_invaders")
 MINATAR_DQN_READ_OFF = {"breakout": 10.0, "asterix": 16.5, "freeway": 50.5, "seaquest": 20.0, "space_invaders": 45.0}
 NO_AUX = ["agent.pixel_control_cost=0", "agent.reward_prediction_cost=0", "agent.value_replay_cost=0",
           "agent.feature_control_cost=0"]  # fmt: skip
+#: the Nav agent's auxiliary metrics (agents/auxtasks.py `aux_losses`), collected by `bench nav`
+NAV_AUX_KEYS = (
+    "aux/depth_conv/accuracy", "aux/depth_lstm/accuracy", "aux/loop_closure/accuracy", "aux/loop_closure/recall",
+    "aux/loop_closure/label_mean", "aux/depth_conv/loss", "aux/depth_lstm/loss", "aux/loop_closure/loss",
+)  # fmt: skip
 AUX_KEYS = (
     "aux/reward_prediction/accuracy", "aux/reward_prediction/accuracy_zero", "aux/reward_prediction/accuracy_nonzero",
     "aux/pixel_control/loss", "aux/value_replay/loss", "aux/reward_prediction/loss",
@@ -90,10 +108,17 @@ def finished_run(run_dir: Path, frames: int) -> bool:
 
 
 def run_job(
-    config: str, overrides: list[str], run_dir: str, frames: int, eval_episodes: int, ablations: tuple[str, ...] = ()
+    config: str,
+    overrides: list[str],
+    run_dir: str,
+    frames: int,
+    eval_episodes: int,
+    ablations: tuple[str, ...] = (),
+    nav_eval: bool = False,
 ) -> dict[str, Any]:
     """One training run (in a worker process), then an evaluation of its final policy (and, for each of
-    `ablations`, of the same policy with the Manager's goals replaced: FeUdal Networks); returns its curve."""
+    `ablations`, of the same policy with the Manager's goals replaced: FeUdal Networks; with `nav_eval`, the
+    navigation evaluation of `bench nav` instead, nav_checks.py `nav_evaluation`); returns its curve."""
     import shutil
 
     import torch
@@ -122,10 +147,20 @@ def run_job(
             for r in recs
             if "train/episode_return" in r
         ],  # fmt: skip
-        "aux": {k: [(int(r["env_frames"]), float(r[k])) for r in recs if k in r] for k in AUX_KEYS},
+        "aux": {
+            k: [(int(r["env_frames"]), float(r[k])) for r in recs if k in r]
+            for k in AUX_KEYS + (NAV_AUX_KEYS if nav_eval else ())
+        },
         "train_seconds": next((r["perf/wall_time_s"] for r in reversed(recs) if "perf/wall_time_s" in r), None),
     }
-    if eval_episodes > 0:
+    if eval_episodes > 0 and nav_eval:
+        from decoupled.runners.bench.nav_checks import nav_evaluation
+
+        result = nav_evaluation(path, eval_episodes)
+        out["eval_scores"] = result["eval_scores"]
+        out["nav_eval"] = result["nav_eval"]
+        out["run_line"] = {"nav_eval": result["nav_eval"]}  # added to the run's JSON line by run_all
+    elif eval_episodes > 0:
         cfg, net, _ = load_policy(path)
         result = run_episodes(cfg, eval_episodes, seed=10_000, net=net)
         out["eval_scores"] = [float(x) for x in result["episode_scores"]]
@@ -203,6 +238,7 @@ def run_all(jobs: dict[tuple[str, str, int], tuple], args: argparse.Namespace) -
             line.update(_summarise(r["curve"], args.frames, getattr(args, "threshold", None)))
             if "eval_scores" in r:
                 line["eval_mean"] = round(statistics.fmean(r["eval_scores"]), 3)
+            line.update(r.get("run_line", {}))
             line["train_seconds"] = r["train_seconds"]
             print(json.dumps(line), flush=True)
     except BaseException:  # Ctrl-C or a failed run: queued runs must not start (the with-block would wait for them)
@@ -435,6 +471,179 @@ def bench_feudal(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*records, summary]
 
 
+#: `bench nav`'s methods as overrides of one nav config (applied after `--override`): the auxiliary heads each
+#: builds. lstm: the plain agent (Nav A3C); d2: depth from the second LSTM only, at the config's cost; d1d2l: the
+#: config as shipped (Nav A3C+D1D2L).
+NAV_METHODS: dict[str, tuple[list[str], tuple[str, ...]]] = {
+    "lstm": (["agent.aux={}"], ()),
+    "d2": (["agent.aux.depth_conv=null", "agent.aux.loop_closure=null"], ("depth_lstm",)),
+    "d1d2l": ([], ("depth_conv", "depth_lstm", "loop_closure")),
+}
+
+
+def _nav_method_config(config: str, overrides: list[str], method: str) -> Any:
+    """The config of one `bench nav` method, refused (BenchUsageError) unless it is a nav agent on the labyrinth
+    whose `agent.aux` holds exactly the method's tasks."""
+    from decoupled.runners.bench import BenchUsageError
+    from decoupled.runners.training.config import load_config
+
+    extra, heads = NAV_METHODS[method]
+    cfg = load_config(config, [*overrides, *extra])
+    if cfg.agent_name != "nav" or cfg.env.backend != "labyrinth":
+        raise BenchUsageError(f"bench nav: {config} is agent {cfg.agent_name} on {cfg.env.backend}; want nav on the "
+                              "labyrinth")  # fmt: skip
+    tasks = tuple(cfg.agent.aux.tasks())
+    if tasks != heads:
+        raise BenchUsageError(
+            f"bench nav: method {method} of {config} has auxiliary tasks {list(tasks)}, want {list(heads)} (the "
+            "config must ship depth_conv, depth_lstm and loop_closure, and no other task)"
+        )
+    return cfg
+
+
+def _median_of(values: list[Any]) -> float | None:
+    """The median of the values that are not None (None when none is)."""
+    present = [v for v in values if v is not None]
+    return round(statistics.median(present), 4) if present else None
+
+
+NAV_EVAL_FIELDS = {  # a per-run nav evaluation's numbers, by the name they take in the method lines
+    "goals_mean": ("goals_mean",),
+    "first_goal_steps": ("first_goal_steps",),
+    "later_goal_steps": ("later_goal_steps",),
+    "first_over_later": ("first_over_later",),
+    "depth_conv_accuracy": ("depth_conv_accuracy",),
+    "depth_lstm_accuracy": ("depth_lstm_accuracy",),
+    "loop_precision": ("loop_closure", "precision"),
+    "loop_recall": ("loop_closure", "recall"),
+    "loop_f1": ("loop_closure", "f1"),
+    "loop_label_rate": ("loop_closure", "label_rate"),
+    "probe_h2_accuracy": ("probe", "h2", "accuracy"),
+    "probe_h1h2_accuracy": ("probe", "h1h2", "accuracy"),
+    "probe_majority_accuracy": ("probe", "h2", "majority_accuracy"),
+}
+
+
+_ABSENT = object()
+
+
+def _dig(doc: Any, keys: tuple[str, ...]) -> Any:
+    """doc[k1][k2]...; `_ABSENT` where the path does not exist (a value of None exists: measured, undefined)."""
+    for k in keys:
+        if not isinstance(doc, dict) or k not in doc:
+            return _ABSENT
+        doc = doc[k]
+    return doc
+
+
+def _nav_method_extra(results: dict, name: str, method: str, frames: int) -> dict[str, Any]:
+    """Per method: the nav evaluation's numbers per seed and their medians, and the auxiliary training metrics at
+    the start (the first three log records that have them) and over the last 10% of the run (mean over seeds)."""
+    seeds = sorted(s for (n, m, s) in results if n == name and m == method)
+    evals = [results[(name, method, s)].get("nav_eval") for s in seeds]
+    extra: dict[str, Any] = {}
+    if any(e is not None for e in evals):
+        for field, keys in NAV_EVAL_FIELDS.items():
+            found = [_dig(e, keys) for e in evals]
+            if any(v is not _ABSENT for v in found):  # the measurement exists (the method has the head, ...)
+                per_seed = [None if v is _ABSENT else v for v in found]
+                extra[f"{field}_per_seed"] = per_seed
+                extra[f"median_{field}"] = _median_of(per_seed)
+    aux = {}
+    for k in NAV_AUX_KEYS:
+        series = [results[(name, method, s)]["aux"].get(k) for s in seeds]
+        series = [ser for ser in series if ser]
+        if series:
+            first = [statistics.fmean(v for _, v in ser[:3]) for ser in series]
+            last = [statistics.fmean(v for f, v in ser if f >= 0.9 * frames) for ser in series
+                    if any(f >= 0.9 * frames for f, _ in ser)]  # fmt: skip
+            aux[k] = {"first": round(statistics.fmean(first), 4),
+                      "last_10pct": round(statistics.fmean(last), 4) if last else None}  # fmt: skip
+    if aux:
+        extra["aux_nav"] = aux
+    return extra
+
+
+def plot_nav_aux(results: dict, name: str, methods: list[str], path: Path, title: str) -> None:
+    """Every seed's auxiliary training curves of the nav methods: the depth heads' per-pixel accuracy (D2 solid,
+    D1 dashed; chance 1/8), the loop-closure head's recall with the label rate, and its loss."""
+    panels = [
+        ("depth: per-pixel accuracy (D2 solid, D1 dashed)",
+         [("aux/depth_lstm/accuracy", "D2", "-"), ("aux/depth_conv/accuracy", "D1", "--")]),
+        ("loop closure: recall (solid), label rate (dotted)",
+         [("aux/loop_closure/recall", "recall", "-"), ("aux/loop_closure/label_mean", "label rate", ":")]),
+        ("loop closure: BCE loss", [("aux/loop_closure/loss", "loss", "-")]),
+    ]  # fmt: skip
+    fig, axes = _subplots(len(panels), (13, 3.6))
+    for ax, (label, series) in zip(axes, panels, strict=True):
+        for i, m in enumerate(methods):
+            seeds = sorted(s for (n, mm, s) in results if n == name and mm == m)
+            for key, what, style in series:
+                for j, s in enumerate(seeds):
+                    pts = results[(name, m, s)]["aux"].get(key) or []
+                    if pts:
+                        f, v = zip(*pts, strict=True)
+                        ax.plot(f, v, style, color=f"C{i}", lw=1, alpha=0.8, label=f"{m} {what}" if j == 0 else None)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("env frames")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].axhline(1 / 8, color="grey", lw=0.8, ls=":")  # chance for eight depth classes
+    axes[0].set_ylim(0, 1.02)
+    _save(fig, title, path)
+
+
+def bench_nav(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`decoupled bench nav`: per nav config, method and seed a training run and the nav evaluation of its final
+    policy; a line per run, per method (medians over seeds) and a summary; curves and auxiliary figures."""
+    from decoupled.runners.bench import BenchUsageError
+
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in NAV_METHODS]
+    if bad or not methods:
+        raise BenchUsageError(f"bench nav: unknown method(s) {bad}; --methods takes {', '.join(NAV_METHODS)}")
+    if args.eval_episodes < 0:
+        raise BenchUsageError(f"--eval-episodes must be at least 0, got {args.eval_episodes}")
+    out = Path(args.out)
+    jobs = {}
+    names = []
+    for c in configs:
+        config = str(_repo_path(c))
+        name = Path(config).stem
+        names.append(name)
+        for m in methods:  # every method's config loads with exactly its heads: a usage error now, not in a worker
+            _nav_method_config(config, list(args.override), m)
+        for s in range(args.seeds):
+            overrides = [f"runner.seed={s}", f"runner.total_env_frames={args.frames}", "wandb.mode=disabled",
+                         "runner.progress_every_seconds=60", *args.override]  # fmt: skip
+            for m in methods:
+                jobs[(name, m, s)] = (config, overrides + NAV_METHODS[m][0], str(out / name / f"{m}_s{s}"), (), True)
+    if len(set(names)) != len(names):
+        raise BenchUsageError(f"bench nav: two configs share a name in {names}")
+    t0 = time.time()
+    results = run_all(jobs, args)
+    records = []
+    table: dict[str, dict[str, Any]] = {}
+    for name in names:
+        table[name] = {}
+        for m in methods:
+            extra = _nav_method_extra(results, name, m, args.frames)
+            (rec,) = _method_records(results, name, [m], args, extra)
+            records.append(rec)
+            table[name][m] = {k: v for k, v in rec.items() if k.startswith("median_")}
+        plot_curves(results, name, methods, out / f"{name}.png",
+                    f"{name}: Nav agent, {' vs '.join(methods)}, {args.frames:,} frames")  # fmt: skip
+        plot_nav_aux(results, name, methods, out / f"{name}_aux.png",
+                     f"{name}: the Nav agent's auxiliary tasks, {args.frames:,} frames")  # fmt: skip
+    summary = {"bench": "nav", "what": "summary", "frames": args.frames, "seeds": args.seeds,
+               "eval_episodes": args.eval_episodes, "medians": table, "seconds": round(time.time() - t0, 1),
+               "out": str(out)}  # fmt: skip
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
 TRANSFER_METHODS = {
     "b1": [],  # the source's config on the target, from scratch
     "b2": ["agent.name=progressive", "agent.transfer=finetune_output"],
@@ -620,6 +829,17 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
         p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
         p.add_argument("--threshold", type=float, default=1e-6, help="frames to first log a mean return this high")
         p.add_argument("--out", default="runs/bench_feudal")
+    elif which == "nav":
+        p.add_argument(
+            "--configs", default="nav/nav_maze_small_static,nav/nav_maze_small_random_goal",
+            help="comma-separated nav configs (paths or packaged names), each with D1, D2 and L",
+        )  # fmt: skip
+        p.add_argument("--methods", default=",".join(NAV_METHODS), help="lstm (no aux), d2 and/or d1d2l (as shipped)")
+        p.add_argument("--frames", type=int, default=500_000, help="env frames per run")
+        p.add_argument("--eval-episodes", type=int, default=20, help="nav evaluation episodes per run (0: none)")
+        p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
+        p.add_argument("--threshold", type=float, help="also report the env frames each run took to reach this return")
+        p.add_argument("--out", default="runs/bench_nav")
     elif which == "minatar":
         p.add_argument("--games", default=",".join(MINATAR_GAMES))
         p.add_argument("--frames", type=int, default=5_000_000, help="env frames per run (MinAtar: 5M)")

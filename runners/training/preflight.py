@@ -61,13 +61,57 @@ def memory_estimate(cfg: ConfigBase, spec: Any, num_params: int) -> dict[str, in
     return parts
 
 
+def ray_address_endpoint(address: str) -> tuple[str, int] | None:
+    """The (host, port) a cluster address names: `host:port`, `ray://host:port` (Ray Client), or a bare host
+    (Ray's default port, 6379; 10001 for `ray://`); None for `auto` and `local`, which Ray resolves itself."""
+    if address in ("auto", "local"):
+        return None
+    client = address.startswith("ray://")
+    rest = address[len("ray://") :] if client else address
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        return rest, 10001 if client else 6379
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise ValueError(f"{address!r}: the port {port!r} is not a number") from None
+
+
+def probe_ray_address(address: str, timeout_s: float = 5.0) -> str | None:
+    """None when something accepts a connection at the cluster address (or Ray resolves it itself, `auto`); else
+    why not, in words. Ray's own connect retries for about a minute and a half before it gives up on an address
+    where nothing listens; this answers in `timeout_s`."""
+    import socket
+
+    try:
+        endpoint = ray_address_endpoint(address)
+    except ValueError as e:
+        return str(e)
+    if endpoint is None:
+        return None
+    try:
+        socket.create_connection(endpoint, timeout=timeout_s).close()
+    except OSError as e:
+        return (
+            f"nothing accepts connections at {endpoint[0]}:{endpoint[1]} ({e.strerror or e}): start the cluster "
+            "there first (`ray start --head --port PORT`, docs/cluster.md), or use `auto` for a cluster started on "
+            'this machine, or "" for a Ray of the run\'s own'
+        )
+    return None
+
+
 def preflight(cfg: ConfigBase) -> None:
     """Everything that can be known about a run before it starts and was not known at config load: the device, the
     env (it exists, its actions are discrete, its observations fit the net), the net (it builds and runs one step on
-    one observation), and the memory the run needs against this machine's. Raises `ConfigError` naming the key."""
+    one observation), the memory the run needs against this machine's, and that a Ray cluster it joins answers. Raises
+    `ConfigError` naming the key."""
     r, e = cfg.runner, cfg.env
     if r.device == "cuda" and not _cuda_available():
         raise ConfigError([("runner.device", "cuda, but no CUDA device is visible here: use auto or cpu")])
+    if r.mode == "ray" and r.ray.address:  # a cluster where nothing listens: Ray itself waits 1.5 minutes to say so
+        why = probe_ray_address(r.ray.address)
+        if why is not None:
+            raise ConfigError([("runner.ray.address", f"cannot join a Ray cluster at {r.ray.address}: {why}")])
     try:
         spec = probe_spec(e.backend, e.id, e.options())
     except Exception as exc:  # noqa: BLE001 - whatever the env library raises, say which key and why

@@ -178,6 +178,7 @@ def ray_temp_dir(setting: str, run_dir: Path) -> tuple[Path, str | None]:
         return wanted, None
     wanted.mkdir(parents=True, exist_ok=True)
     base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    _remove_stale_links(Path(base), wanted)
     for _ in range(100):
         link = Path(base) / f"decoupled-ray-{os.getpid()}-{os.urandom(3).hex()}"
         try:
@@ -192,6 +193,22 @@ def ray_temp_dir(setting: str, run_dir: Path) -> tuple[Path, str | None]:
         f"{MAX_TEMP_DIR_CHARS}): Ray reaches it through the link {link} (removed at the end of the run)"
     )
     return link, note
+
+
+def _remove_stale_links(base: Path, wanted: Path) -> None:
+    """Links to `wanted` left by a run of it that was killed (SIGKILL, power loss: no `close`), found by the dead
+    process id in their names; a resume of that run removes them."""
+    for link in base.glob("decoupled-ray-*-*"):
+        try:
+            pid = int(link.name.split("-")[2])
+            if not link.is_symlink() or Path(os.readlink(link)) != wanted:
+                continue
+            os.kill(pid, 0)  # alive (or not ours to ask): leave it
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                link.unlink()
+        except (ValueError, IndexError, OSError):
+            continue
 
 
 @contextlib.contextmanager
@@ -293,6 +310,11 @@ class RayRollouts:
         self._params_bytes = 0
         try:
             if rc.address:  # the cluster's own settings apply (its authentication too)
+                from decoupled.runners.training.preflight import probe_ray_address
+
+                why = probe_ray_address(rc.address)
+                if why is not None:
+                    raise ConfigError([("runner.ray.address", f"cannot join a Ray cluster at {rc.address}: {why}")])
                 try:
                     ray.init(address=rc.address, log_to_driver=True, configure_logging=False)
                 except ConnectionError as e:

@@ -254,6 +254,8 @@ def _train_with_env(
     env = actor_envs[0][0]
     settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
     settings["num_envs"] = cfg.env.num_envs  # over all actors and groups (the settings above are one group's)
+    # where each side runs: Ray actors always act on their process's CPU, actor threads share the learner's device
+    settings["devices"] = {"learner": str(device), "actors": "cpu" if r.mode == "ray" else str(device)}
 
     def write_run_files() -> None:
         """The run's config and env settings; on a resume only once the checkpoint is restored under them, so that

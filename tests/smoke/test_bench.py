@@ -51,6 +51,35 @@ def test_bench_throughput_measures_distillation_with_and_without_the_sobolev_ter
     )
 
 
+@pytest.mark.slow
+def test_bench_throughput_measures_the_nav_agent_on_the_labyrinth(tmp_path):
+    pytest.importorskip("vizdoom")
+    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "6", "--warmup", "4"]
+    cmd += ["--repeats", "1", "--only", "nav,impala_lstm_maze"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    for what in ("nav", "impala_lstm_maze"):
+        assert by_what[what]["game"] == "nav_maze_static_01" and by_what[what]["num_envs"] == 4
+        assert by_what[what]["median_steps_per_s"] > 0
+    assert by_what["ratios"]["nav/impala_lstm_maze"] == pytest.approx(
+        by_what["nav"]["median_steps_per_s"] / by_what["impala_lstm_maze"]["median_steps_per_s"], rel=1e-2
+    )
+
+
+@pytest.mark.slow
+def test_bench_labyrinth_measures_workers_with_shared_memory_and_pipes_against_one_env(tmp_path):
+    pytest.importorskip("vizdoom")
+    cmd = [sys.executable, "-m", "decoupled", "bench", "labyrinth", "--seconds", "0.5", "--repeats", "1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    one = by_what["steps_per_s_single_env_in_process"]["median"]
+    for what, how in [("steps_per_s_vec_env_workers", "shared memory"), ("steps_per_s_vec_env_workers_pipes", "pipes")]:
+        assert by_what[what]["observations"] == how and by_what[what]["median"] > 0
+        assert by_what[what]["ratio_to_single_env"] == pytest.approx(by_what[what]["median"] / one, abs=0.01)
+
+
 def test_bench_throughput_takes_the_ray_measurements_next_to_their_async_peer(monkeypatch, capsys):
     """`--only impala_ff,ray_2` parses and runs both (the workers stubbed: no Ray here); the ray line carries its
     per-rollout costs and the ratio to impala_ff."""

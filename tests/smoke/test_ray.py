@@ -1,11 +1,13 @@
 """`runner.mode: ray` end to end on a local Ray (small object store, no traffic off the machine): Catch trains,
-resumes, survives a SIGKILLed actor, stops (with a checkpoint) past its restart budget, and refuses a config that
-asks for more CPUs than Ray has."""
+resumes, survives a SIGKILLed actor, stops (with a checkpoint) past its restart budget, joins a cluster started with
+`ray start --head`, and refuses a config that asks for more CPUs than Ray has."""
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -155,6 +157,109 @@ def test_too_many_actor_deaths_stop_the_run_with_a_checkpoint(tmp_path, shared_r
     assert manifest["env_frames"] > 0  # the crash path saved the learner
 
 
+def test_a_ray_run_killed_whole_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL of the whole run (the driver, the local Ray it started and its actors, as a machine losing power or
+    an OOM kill of the process group would) leaves a run that `--resume` finishes from its last checkpoint."""
+    import subprocess
+    import time
+
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "decoupled", "train", str(CATCH), "runner.total_env_frames=32000"]
+    cmd += ["runner.checkpoint_every_env_frames=3200", "runner.log_every_env_frames=640"]
+    cmd += ["runner.ray.object_store_mb=128"]
+    run = subprocess.Popen([*cmd, "--run-dir", str(run_dir)], start_new_session=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list((run_dir / "checkpoints").glob("ckpt-*")):
+            assert run.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait(60)
+    killed_at = _records(run_dir)[-1]["env_frames"] if (run_dir / "metrics.jsonl").exists() else 0
+    assert killed_at < 32000
+    out = subprocess.run([*cmd[:4], "--resume", str(run_dir)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed" in out.stdout + out.stderr
+    frames = [r["env_frames"] for r in _records(run_dir)]
+    assert frames[-1] == 32000 and frames == sorted(frames)
+    # the killed run's short link to its Ray dir (if its path needed one) went with the resume
+    links = [p for p in Path("/tmp").glob("decoupled-ray-*") if p.is_symlink()]
+    assert not [p for p in links if Path(os.readlink(p)) == run_dir / "ray"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def ray_cluster(short_dir):
+    """A cluster started as a user starts one, `ray start --head`, in a process group of its own (killed at the
+    end: `ray stop` would also stop the Ray of this test process). Its environment as docs/cluster.md says: a HOME
+    with a local-provider bootstrap file (no cloud-metadata probe), no usage stats; token authentication off."""
+    import socket
+    import subprocess
+    import time
+
+    home = short_dir / "home"
+    home.mkdir(exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = _free_port()
+    cmd = [shutil.which("ray") or "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
+    cmd += ["--disable-usage-stats", "--include-dashboard=false", "--object-store-memory", str(100 * 2**20)]
+    cmd += ["--temp-dir", str(short_dir / "cluster")]
+    log = open(short_dir / "ray_start.log", "w")
+    head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, (short_dir / "ray_start.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "ray start --head did not listen within 120 s"
+                time.sleep(0.5)
+        yield port, env
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+            head.wait(30)
+        log.close()
+
+
+def test_a_run_joins_a_cluster_started_with_ray_start(tmp_path, ray_cluster):
+    """`runner.ray.address=HOST:PORT` (the path of a remote cluster) joins the cluster `ray start --head` runs; the
+    run's actors are that cluster's processes, and the cluster keeps running after the run."""
+    import subprocess
+
+    port, env = ray_cluster
+    run_dir = tmp_path / "joined"
+    cmd = [sys.executable, "-m", "decoupled", "train", str(CATCH), *SMALL, f"runner.ray.address=127.0.0.1:{port}"]
+    out = subprocess.run([*cmd, "--run-dir", str(run_dir)], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"on the Ray cluster at 127.0.0.1:{port}" in out.stdout
+    assert _records(run_dir)[-1]["env_frames"] == 6400
+    assert not (run_dir / "ray").exists()  # no Ray of the run's own
+    settings = json.loads((run_dir / "env_settings.json").read_text())
+    assert settings["devices"] == {"learner": "cpu", "actors": "cpu"}
+    # the cluster is still up: a second run joins it too
+    again = subprocess.run([*cmd, "--run-dir", str(tmp_path / "again")], env=env, capture_output=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
 def test_more_cpus_than_ray_has_fail_fast(tmp_path, shared_ray):
     cfg = load_config(CATCH, [*SMALL, "runner.ray.num_cpus_per_actor=32"])
     with pytest.raises(ConfigError, match=r"= 64 CPUs, but .* has 2: Ray would wait for them forever"):
@@ -167,6 +272,7 @@ def test_more_cpus_than_ray_has_fail_fast(tmp_path, shared_ray):
         ("impala/catch.yaml", ["agent.core=dni_lstm"]),  # a recurrent core with a learner hook of its own
         ("unreal/catch.yaml", []),  # replay on the learner's side
         ("feudal/catch.yaml", []),  # rollouts that overlap the previous one
+        ("nav/nav_maze_small_static.yaml", ["env.num_envs=2"]),  # env extras (depth, positions) as aux targets
     ],
 )
 def test_recurrent_and_replay_agents_run_in_ray_mode(tmp_path, shared_ray, config, overrides):
@@ -177,6 +283,28 @@ def test_recurrent_and_replay_agents_run_in_ray_mode(tmp_path, shared_ray, confi
     assert out["status"] == "finished" and out["env_frames"] >= 1920
     recs = _records(tmp_path)
     assert recs[-1]["actor/restarts"] == 0 and all(r["loss/total"] == r["loss/total"] for r in recs)
+
+
+def test_agents_built_from_other_runs_run_in_ray_mode(tmp_path, shared_ray):
+    """Progressive columns and distillation teachers are loaded inside each actor's process from their run dirs."""
+    pytest.importorskip("minatar")
+    small = [
+        "runner.total_env_frames=400",
+        "env.num_envs=4",
+        "runner.unroll_length=10",
+        "runner.log_every_env_frames=1",
+    ]
+    src = tmp_path / "src"
+    train_mod.train(load_config(ROOT / "configs" / "impala" / "minatar_breakout.yaml", small), src)
+    ray_mode = ["runner.mode=ray", "runner.num_actors=2", "runner.total_env_frames=800"]
+    for config, key in [
+        ("progressive/minatar_breakout_hflip.yaml", "columns"),
+        ("distill/minatar_breakout.yaml", "teachers"),
+    ]:
+        cfg = load_config(ROOT / "configs" / config, [*small, *ray_mode, f"agent.{key}=[{src}]"])
+        out = train_mod.train(cfg, tmp_path / key)
+        assert out["status"] == "finished" and out["env_frames"] == 800, config
+        assert _records(tmp_path / key)[-1]["actor/restarts"] == 0
 
 
 @pytest.mark.learning

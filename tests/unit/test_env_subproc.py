@@ -1,5 +1,6 @@
 """Envs in worker processes: contract, same streams as in-process, crash -> report and restart."""
 
+import contextlib
 import os
 import signal
 
@@ -111,3 +112,45 @@ def test_env_that_cannot_be_built_is_a_clear_error_and_leaves_no_workers():
     with pytest.raises(EnvCrashedError, match="NoSuchEnv"):
         ProcessVecEnv("gymnasium:make", 2, seed=0, kwargs={"id": "NoSuchEnv-v0"}, channels_first=False)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("env-worker")]
+
+
+def test_shared_memory_and_pipes_give_the_same_streams_and_the_blocks_are_freed():
+    """Observations through shared memory (the default) and through the pipes: identical obs, extras and final
+    observations over episode ends and a killed worker's restart; the blocks are gone from /dev/shm after close."""
+    envs = {
+        shared: ProcessVecEnv(
+            "dict_env:DictCartPole",
+            3,
+            seed=4,
+            obs_key="state",
+            channels_first=False,
+            shared_memory=shared,
+            max_restarts=2,
+        )  # fmt: skip
+        for shared in (True, False)
+    }
+    names = [block.name for block in envs[True]._blocks.values()]
+    try:
+        assert envs[True]._layout and not envs[False]._layout  # the shared one really shares
+        assert all(os.path.exists(f"/dev/shm/{n}") for n in names)
+        np.testing.assert_array_equal(envs[True].reset(), envs[False].reset())
+        rng = np.random.default_rng(1)
+        ends = 0
+        for t in range(150):
+            if t == 60:  # the same worker killed in both: the same cut episode and restart seed
+                for env in envs.values():
+                    os.kill(env.worker_pid(1), signal.SIGKILL)
+            act = rng.integers(0, 2, 3)
+            with pytest.warns(UserWarning, match="restarted") if t == 60 else contextlib.nullcontext():
+                (oa, ra, ta, ua, ia), (ob, rb, tb, ub, ib) = (envs[s].step(act) for s in (True, False))
+            for x, y in [(oa, ob), (ra, rb), (ta, tb), (ua, ub), (ia["final_obs"], ib["final_obs"])]:
+                np.testing.assert_array_equal(x, y)
+            for key in ("extras", "final_extras"):
+                np.testing.assert_array_equal(ia[key]["double"], ib[key]["double"])
+            np.testing.assert_array_equal(ia["restarted"], ib["restarted"])
+            ends += int((ta | ua).sum())
+        assert ends >= 5 and envs[True].restarts[1] == 1
+    finally:
+        for env in envs.values():
+            env.close()
+    assert not any(os.path.exists(f"/dev/shm/{n}") for n in names)

@@ -10,6 +10,7 @@ import torch
 from decoupled.agents import get_agent
 from decoupled.envs.catch import CatchVecEnv
 from decoupled.runners.training.config import ConfigError, load_config
+from decoupled.runners.training.preflight import probe_ray_address, ray_address_endpoint
 from decoupled.runners.training.ray_actors import (
     MAX_TEMP_DIR_CHARS,
     ROLLOUT_TIMEOUT_S,
@@ -110,3 +111,68 @@ def test_an_actor_silent_for_too_long_stops_the_run():
     source.heard_from[1] = time.monotonic() - ROLLOUT_TIMEOUT_S - 1
     with pytest.raises(RuntimeError, match="ray actor 1 sent no rollout"):
         source._check_heard_from()
+
+
+@pytest.mark.parametrize(
+    "address, endpoint",
+    [
+        ("auto", None),
+        ("10.0.0.5:6379", ("10.0.0.5", 6379)),
+        ("head.cluster", ("head.cluster", 6379)),
+        ("ray://head:10001", ("head", 10001)),
+        ("ray://head", ("head", 10001)),
+        ("[::1]:7000", ("::1", 7000)),
+    ],
+)
+def test_cluster_addresses_name_their_endpoint(address, endpoint):
+    assert ray_address_endpoint(address) == endpoint
+
+
+def test_a_cluster_address_where_nothing_listens_is_refused_at_once(tmp_path):
+    """Ray itself retries such an address for about 1.5 minutes; `decoupled train` names the key in under a second,
+    before the run dir exists."""
+    import socket
+
+    from decoupled.runners.training.preflight import preflight
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    assert "nothing accepts connections at 127.0.0.1" in probe_ray_address(f"127.0.0.1:{port}", timeout_s=2)
+    assert "not a number" in probe_ray_address("ray://head:port")
+    cfg = load_config(CATCH, [*RAY, f"runner.ray.address=127.0.0.1:{port}"])
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=r"runner.ray.address.*cannot join a Ray cluster at 127.0.0.1:"):
+        preflight(cfg)
+    assert time.monotonic() - t0 < 10
+    with socket.socket() as listening:  # something that answers: the probe lets Ray take it from there
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert probe_ray_address(f"127.0.0.1:{listening.getsockname()[1]}") is None
+
+
+def test_a_killed_runs_short_link_is_removed_when_its_ray_dir_is_linked_again(tmp_path, monkeypatch):
+    """A run killed with SIGKILL cannot remove its short link; the next link to the same dir (its resume) does, and
+    a live process's link or a link elsewhere is left alone."""
+    import os
+    import subprocess
+
+    deep = tmp_path / ("d" * 60) / "run"
+    wanted = (deep / "ray").absolute()
+    wanted.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = Path(f"/tmp/decoupled-ray-{dead.pid}-abc123")
+    alive = Path(f"/tmp/decoupled-ray-{os.getpid()}-abc124")
+    other = Path(f"/tmp/decoupled-ray-{dead.pid}-abc125")
+    for link, target in [(stale, wanted), (alive, wanted), (other, tmp_path)]:
+        link.symlink_to(target, target_is_directory=True)
+    made = None
+    try:
+        made, note = ray_temp_dir("", deep)
+        assert note is not None and made.is_symlink()
+        assert not stale.is_symlink() and alive.is_symlink() and other.is_symlink()
+    finally:
+        for link in (stale, alive, other, made):
+            if link is not None and link.is_symlink():
+                link.unlink()
