@@ -37,34 +37,35 @@ def test_bench_throughput_prints_one_line_per_measurement_and_the_ratios(tmp_pat
     )
 
 
+def _measured_pair(tmp_path, a: str, b: str, seconds: str, warmup: str) -> dict:
+    """`bench throughput --only a,b` once, briefly: its lines by measurement, after checking both rates and the
+    ratio line a/b."""
+    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", seconds, "--warmup", warmup]
+    proc = subprocess.run([*cmd, "--repeats", "1", "--only", f"{a},{b}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    assert by_what[a]["median_steps_per_s"] > 0 and by_what[b]["median_steps_per_s"] > 0
+    assert by_what["ratios"][f"{a}/{b}"] == pytest.approx(
+        by_what[a]["median_steps_per_s"] / by_what[b]["median_steps_per_s"], rel=1e-2
+    )
+    return by_what
+
+
 @pytest.mark.slow
 def test_bench_throughput_measures_distillation_with_and_without_the_sobolev_term(tmp_path):
     pytest.importorskip("envpool")
-    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "5", "--warmup", "3"]
-    cmd += ["--repeats", "1", "--only", "distill,distill_sobolev"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
-    assert by_what["distill"]["median_steps_per_s"] > 0 and by_what["distill_sobolev"]["median_steps_per_s"] > 0
-    assert by_what["ratios"]["distill_sobolev/distill"] == pytest.approx(
-        by_what["distill_sobolev"]["median_steps_per_s"] / by_what["distill"]["median_steps_per_s"], rel=1e-2
-    )
+    by_what = _measured_pair(tmp_path, "distill_sobolev", "distill", "5", "3")
+    assert by_what["distill"]["game"] == "Breakout"
 
 
 @pytest.mark.slow
 def test_bench_throughput_measures_the_nav_agent_on_the_labyrinth(tmp_path):
     pytest.importorskip("vizdoom")
-    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "6", "--warmup", "4"]
-    cmd += ["--repeats", "1", "--only", "nav,impala_lstm_maze"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
-    for what in ("nav", "impala_lstm_maze"):
-        assert by_what[what]["game"] == "nav_maze_static_01" and by_what[what]["num_envs"] == 4
-        assert by_what[what]["median_steps_per_s"] > 0
-    assert by_what["ratios"]["nav/impala_lstm_maze"] == pytest.approx(
-        by_what["nav"]["median_steps_per_s"] / by_what["impala_lstm_maze"]["median_steps_per_s"], rel=1e-2
-    )
+    by_what = _measured_pair(tmp_path, "nav", "impala_lstm_maze", "6", "4")
+    for what in ("nav", "impala_lstm_maze", "ratios"):
+        assert by_what[what]["game"] == "nav_maze_static_01"
+    assert by_what["nav"]["num_envs"] == by_what["impala_lstm_maze"]["num_envs"] == 4
 
 
 @pytest.mark.slow
