@@ -171,7 +171,8 @@ def test_a_ray_run_killed_whole_resumes_from_its_checkpoint(tmp_path):
                            stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
-        while not list((run_dir / "checkpoints").glob("ckpt-*")):
+        # a finished checkpoint, not the ckpt-*.tmp one being written (killing then leaves nothing to resume)
+        while not [p for p in (run_dir / "checkpoints").glob("ckpt-*") if not p.name.endswith(".tmp")]:
             assert run.poll() is None, "the run ended before its first checkpoint"
             assert time.monotonic() < deadline, "no checkpoint within 300 s"
             time.sleep(0.2)
@@ -212,7 +213,9 @@ def ray_cluster(short_dir):
     (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     port = _free_port()
-    cmd = [shutil.which("ray") or "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
+    # the venv's own `ray` (the test command runs .venv/bin/pytest without the venv's bin on PATH)
+    ray_bin = Path(sys.executable).with_name("ray")
+    cmd = [str(ray_bin) if ray_bin.exists() else shutil.which("ray") or "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
     cmd += ["--disable-usage-stats", "--include-dashboard=false", "--object-store-memory", str(100 * 2**20)]
     cmd += ["--temp-dir", str(short_dir / "cluster")]
     log = open(short_dir / "ray_start.log", "w")
