@@ -231,7 +231,7 @@ class ImpalaConfig(AgentConfigBase):
     @model_validator(mode="after")
     def _aux_here(self) -> ImpalaConfig:
         if self.aux.tasks() and self.name not in ("impala", "nav"):
-            raise ValueError(f"agent.aux: the {self.name} agent takes no agent.aux tasks (impala and nav do)")
+            raise ValueError(f"agent.aux: the {self.name} agent takes no agent.aux tasks (impala, nav and feudal do)")
         if self.aux.tasks() and self.replay_ratio > 0:
             raise ValueError("agent.aux with agent.replay_ratio > 0: replayed sequences carry no aux targets yet")
         if self.aux.feature_control is not None and self.torso == "mlp":
@@ -310,7 +310,9 @@ def unreal_settings(cfg: Any) -> UnrealConfig | None:
     aux = getattr(cfg, "aux", None)
     if aux is None or not aux.replay_tasks():
         return None
-    fields = {k: getattr(cfg, k) for k in ImpalaConfig.model_fields if k != "name"}
+    # an agent without some of the base agent's settings (feudal: no `discount`) gets their defaults; the tasks that
+    # would read them are refused in its config (feudal's value_replay)
+    fields = {k: getattr(cfg, k, f.default) for k, f in ImpalaConfig.model_fields.items() if k != "name"}
     pc, rp = aux.pixel_control, aux.reward_prediction
     fields.update(
         pixel_control_cost=pc.cost if pc else 0.0,
@@ -368,6 +370,14 @@ class FeudalConfig(AgentConfigBase):
     clip_c_threshold: float | None = Field(1.0, gt=0.0, description="V-trace c-bar")
     clip_pg_rho_threshold: float | None = Field(1.0, gt=0.0, description="clip of rho in the Worker's advantage")
     loss_reduction: Literal["sum", "mean"] = Field("sum", description="as agent.loss_reduction of impala")
+    replay_capacity_steps: int = Field(
+        20_000, ge=1, description="agent steps kept in replay for agent.aux's UNREAL tasks, over all envs"
+    )
+    replay_start_steps: int = Field(2_000, ge=0, description="no update from replay before it holds this many steps")
+    aux: AuxConfig = Field(
+        AuxConfig(), description="auxiliary tasks by name on the Worker's core and the shared torso (agents/auxtasks.py"
+        ", agents/unreal.py), e.g. {pixel_control: {cost: 0.01}}; value_replay is not taken (V^D's target has r^I)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _dni_needs_its_core(self) -> FeudalConfig:
@@ -375,7 +385,20 @@ class FeudalConfig(AgentConfigBase):
             raise ValueError(f"agent.dni settings apply to agent.worker_core=dni_lstm, not {self.worker_core}")
         return self
 
+    @model_validator(mode="after")
+    def _aux_here(self) -> FeudalConfig:
+        if self.aux.value_replay is not None:
+            raise ValueError(
+                "agent.aux.value_replay: the feudal agent does not take it: the Worker critic's target includes the "
+                "intrinsic reward, which replayed sequences do not carry (pixel_control, reward_prediction, "
+                "feature_control and the depth / loop-closure tasks are taken)"
+            )
+        if self.aux.feature_control is not None and self.torso == "mlp":
+            raise ValueError("agent.aux.feature_control needs a conv torso (feature maps); torso is mlp")
+        return self
+
     def check_run(self, run: Any) -> None:
+        check_aux_feeds(self.aux, run)
         T = run.runner.unroll_length
         if self.horizon > T:
             raise ValueError(

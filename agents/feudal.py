@@ -51,6 +51,13 @@ Choices where the paper is silent, and deviations:
 * **Truncation.** The Worker bootstraps with the actor's V^D of the final observation where an episode is cut; the
   Manager, whose V^M of it the actor does not record, bootstraps with V^M of the last observation before the cut.
 
+Auxiliary tasks (`agent.aux`, as for the impala and nav agents): the depth and loop-closure heads of
+agents/auxtasks.py read the shared torso's features and the Worker's core output and learn online on the T new
+observations of each batch; UNREAL's pixel control, reward prediction and feature control (agents/unreal.py) learn
+from a replay of the overlapped rollouts, through the torso and the Worker's core only (the Manager is not run on
+replay). So none of them reaches the Manager's dLSTM, f_Mspace or V^M; they shape the shared torso as UNREAL's do.
+UNREAL's value replay is not taken: V^D's target includes r^I, which needs the Manager.
+
 Diagnostics (`feudal/` metrics): the intrinsic reward, the cosine of realised transitions with goals, the variance of
 s and of the goals (a collapsed s makes every r^I 0), both critics' losses and the Manager's advantage. `net.goal_
 ablation = "zero" | "random"` plays the same policy with the Manager's goals replaced (`decoupled eval
@@ -66,8 +73,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from decoupled.agents import unreal
+from decoupled.agents.auxtasks import aux_losses, build_aux_tasks
 from decoupled.agents.base import AgentDef
-from decoupled.agents.config import FeudalConfig
+from decoupled.agents.config import FeudalConfig, unreal_settings
 from decoupled.agents.impala import orthogonal_init
 from decoupled.agents.nets import make_core
 from decoupled.agents.nets.cores import CoreState, DilatedLSTM
@@ -85,7 +94,7 @@ class FeudalNet(nn.Module):
 
     def __init__(self, spec: EnvSpec, cfg: FeudalConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = self.feudal_cfg = cfg  # `cfg` becomes UNREAL's task settings when agent.aux names its tasks
         A, d, k = spec.num_actions, cfg.manager_size, cfg.goal_embedding
         self.num_actions = A
         obs_scale = float(spec.extra.get("obs_scale", 1.0))
@@ -105,10 +114,20 @@ class FeudalNet(nn.Module):
             orthogonal_init(self.action_embedding, 0.01)
             orthogonal_init(self.worker_value, 1.0)
             orthogonal_init(self.manager_value, 1.0)
+        # agent.aux's heads on the shared torso and the Worker's core output (from forked RNGs: the net above starts
+        # as without them); UNREAL's replay tasks learn on replayed sequences through the Worker's core only
+        self.aux = build_aux_tasks(cfg.aux, F_, self.worker.out_size)
+        self.unreal = unreal_settings(cfg)
+        if self.unreal is not None:
+            unreal.add_auxiliary_heads(self, spec, self.unreal, self.torso, self.worker.out_size)
+
+    def env_targets(self, num_envs: int):
+        """What the actor records from the env's extras for agent.aux (None without such tasks)."""
+        return self.aux.env_targets(num_envs) if self.aux is not None else None
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> CoreState:
         """(Worker core state..., dLSTM h [B,r,d], c [B,r,d], tick [B], the previous c goals [B,c,d])."""
-        goals = torch.zeros(batch_size, self.cfg.horizon, self.cfg.manager_size, device=device)
+        goals = torch.zeros(batch_size, self.feudal_cfg.horizon, self.feudal_cfg.manager_size, device=device)
         return (*self.worker.initial_state(batch_size, device), *self.manager.initial_state(batch_size, device), goals)
 
     def _split(self, state: CoreState) -> tuple[CoreState, CoreState, torch.Tensor]:
@@ -127,7 +146,7 @@ class FeudalNet(nn.Module):
         worker_state, manager_state, history = self._split(state)
         extras: dict[str, Any] = {}
         if self.training and torch.is_grad_enabled():  # the learner's windows overlap by `horizon` steps
-            extras["dni/next_window_slot"] = -(1 + self.cfg.horizon)
+            extras["dni/next_window_slot"] = -(1 + self.feudal_cfg.horizon)
         worker_out, worker_state = self.worker(
             z, inputs["prev_action"], inputs["prev_reward"], first, worker_state, extras=extras
         )
@@ -144,8 +163,8 @@ class FeudalNet(nn.Module):
             g_hat, (h, c, tick) = self.manager.step(s[t], (h, c, tick))
             g = F.normalize(g_hat, dim=-1, eps=_EPS)  # [B,d]
             used = g.detach()
-            if acting and self.cfg.random_goal_prob > 0:
-                swap = torch.rand(B, device=g.device) < self.cfg.random_goal_prob
+            if acting and self.feudal_cfg.random_goal_prob > 0:
+                swap = torch.rand(B, device=g.device) < self.feudal_cfg.random_goal_prob
                 used = torch.where(swap[:, None], self._random_goals(used), used)
             if self.goal_ablation == "zero":
                 used = torch.zeros_like(used)
@@ -165,7 +184,34 @@ class FeudalNet(nn.Module):
             "goal": torch.stack(goals),
             **extras,
         }
+        if self.aux is not None:
+            outputs.update(self.aux(z, worker_out))
         return outputs, (*worker_state, h, c, tick, history)
+
+    def replay_forward(self, inputs: dict[str, torch.Tensor], state: CoreState) -> dict[str, torch.Tensor]:
+        """UNREAL's tasks' outputs on replayed sequences [S, n] (pixel / feature control on the Worker's core output,
+        from the Worker's stored state; the Manager is not run) and V^D ("baseline")."""
+        obs = inputs["obs"]
+        S, B = obs.shape[:2]
+        flat = obs.reshape(S * B, *obs.shape[2:])
+        maps = None
+        if self.unreal.feature_control_cost > 0:
+            z, maps = self.torso.forward_maps(flat)
+        else:
+            z = self.torso(flat)
+        worker_state, _, _ = self._split(state)
+        worker_out, _ = self.worker(
+            z.view(S, B, -1), inputs["prev_action"], inputs["prev_reward"], inputs["first"], worker_state
+        )
+        out = {"baseline": self.worker_value(worker_out).squeeze(-1)}
+        out.update(unreal.auxiliary_outputs(self, obs, worker_out.reshape(S * B, -1), maps))
+        return out
+
+    def reward_prediction_logits(self, obs: torch.Tensor) -> torch.Tensor:
+        """obs [k, n, *obs] -> logits [n, 3] (the shared torso only: UNREAL's reward prediction)."""
+        k, n = obs.shape[:2]
+        features = self.torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1)
+        return self.reward_prediction(features)
 
 
 def make_net(spec: EnvSpec, cfg: FeudalConfig) -> FeudalNet:
@@ -277,10 +323,21 @@ def feudal_loss(
     loss = (
         pg + cfg.baseline_cost * bl_w + cfg.entropy_cost * ent + cfg.manager_cost * tpg + cfg.manager_value_cost * bl_m
     )
+    metrics: dict[str, torch.Tensor] = {}
+    if cfg.aux.online_tasks():  # on the T new observations, slots c..S-2 (the overlap's were counted last time)
+        targets = {k: v[c:] for k, v in batch.items() if k.startswith("aux/")}
+        heads = {k: v[c:] for k, v in outputs.items() if k.startswith("aux/")}
+        aux, metrics = aux_losses(cfg.aux, targets, heads, scale)
+        loss = loss + aux
+    settings = unreal_settings(cfg)
+    rb, ro = batch.get("replay"), outputs.get("replay")
+    if settings is not None and rb is not None and ro is not None:
+        loss = unreal.add_replay_task_losses(settings, loss, metrics, rb, ro, T, B)
     kept = tpg_keep.float()
     with torch.no_grad():
         s_new, g_new = s[c:].detach(), g[c:].detach()
         metrics = {
+            **metrics,
             "loss/total": loss.detach(),
             "loss/policy": pg.detach(),
             "loss/baseline": bl_w.detach(),
@@ -309,11 +366,31 @@ def loss_sum_factor(cfg: FeudalConfig, batch: dict[str, Any]) -> float:
     return float(batch["action"][1 + cfg.horizon :].numel())
 
 
+def make_replay(cfg: FeudalConfig, spec: EnvSpec, net: nn.Module, unroll_length: int, seed: int):
+    """UNREAL's replay when agent.aux names its tasks (None otherwise). It stores the rollouts as they come, with the
+    overlap in front: sequences of horizon + unroll_length transitions from the actor's state before the first."""
+    settings = unreal_settings(cfg)
+    if settings is None:
+        return None
+    return unreal.make_replay(settings, spec, net, cfg.horizon + unroll_length, seed)
+
+
+def sample_replay(cfg: FeudalConfig, replay: Any) -> dict[str, Any] | None:
+    return unreal.sample_replay(unreal_settings(cfg), replay)
+
+
+def replay_outputs(cfg: FeudalConfig, net: FeudalNet, rb: dict[str, Any]) -> dict[str, Any]:
+    return unreal.replay_outputs(unreal_settings(cfg), net, rb)
+
+
 AGENT = AgentDef(
     name="feudal",
     config_class=FeudalConfig,
     make_net=make_net,
     loss_fn=feudal_loss,
+    make_replay=make_replay,
+    sample_replay=sample_replay,
+    replay_outputs=replay_outputs,
     overlap=lambda cfg: cfg.horizon,
     loss_sum_factor=loss_sum_factor,
 )

@@ -342,7 +342,15 @@ def unreal_loss(
     if rb is None or ro is None:
         return loss, metrics
     T, B = batch["action"].shape
-    T -= 1
+    return add_replay_task_losses(cfg, loss, metrics, rb, ro, T - 1, B), metrics
+
+
+def add_replay_task_losses(
+    cfg: UnrealConfig, loss: torch.Tensor, metrics: dict, rb: dict[str, Any], ro: dict[str, Any], T: int, B: int
+) -> torch.Tensor:
+    """`loss` plus the active tasks' weighted terms on the replay batch `rb` and the net's outputs on it `ro` (added
+    in LOSS_ORDER), their metrics put in `metrics`. T, B: the on-policy batch's new transitions per column and its
+    columns, which set the terms' scale (see "Loss scale" above). Another agent (feudal) adds them to its own loss."""
     scale = float(T * B) if cfg.loss_reduction == "sum" else 1.0  # per-transition means -> the base loss's units
     ctx: dict[str, Any] = {}
     if "seq" in rb:
@@ -361,7 +369,7 @@ def unreal_loss(
         term, task_metrics = task.loss(cfg, rb, ro, ctx, scale, T)
         loss = loss + term
         metrics.update(task_metrics)
-    return loss, metrics
+    return loss
 
 
 def _mean_inside_episodes(pseudo_rewards: torch.Tensor, continues: torch.Tensor) -> torch.Tensor:

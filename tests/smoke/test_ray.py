@@ -215,7 +215,8 @@ def ray_cluster(short_dir):
     port = _free_port()
     # the venv's own `ray` (the test command runs .venv/bin/pytest without the venv's bin on PATH)
     ray_bin = Path(sys.executable).with_name("ray")
-    cmd = [str(ray_bin) if ray_bin.exists() else shutil.which("ray") or "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2"]
+    cmd = [str(ray_bin) if ray_bin.exists() else shutil.which("ray") or "ray", "start", "--head", "--block"]
+    cmd += ["--port", str(port), "--num-cpus", "2"]
     cmd += ["--disable-usage-stats", "--include-dashboard=false", "--object-store-memory", str(100 * 2**20)]
     cmd += ["--temp-dir", str(short_dir / "cluster")]
     log = open(short_dir / "ray_start.log", "w")

@@ -354,3 +354,98 @@ def test_nav_composes_with_unreals_tasks():
     for task in ("depth_lstm", "pixel_control", "value_replay", "reward_prediction", "feature_control"):
         assert np.isfinite(metrics[-1][f"aux/{task}/loss"]), task
     assert NAV.make_replay(NavConfig(), env.spec, NAV.make_net(env.spec, NavConfig()), 6, 0) is None
+
+
+# ------------------------------------------------------------------------------------------------ feudal + aux
+def _feudal_cfg(**aux):
+    from decoupled.agents.config import FeudalConfig
+
+    kw = dict(torso="nature_cnn", hidden_sizes=(32,), manager_size=16, dilation=2, horizon=2, goal_embedding=4)
+    return FeudalConfig(**kw, worker_size=16, replay_start_steps=0, aux=aux)
+
+
+def test_feudal_takes_online_and_replay_tasks_on_its_worker_only():
+    """Feudal + agent.aux: the depth / loop-closure heads on the Worker's core output and the shared torso, UNREAL's
+    pixel control and reward prediction from a replay of the overlapped rollouts. The base net starts as the plain
+    agent's for the same seed; each task's loss reaches the torso and the Worker, never the Manager."""
+    from decoupled.agents import unreal
+    from decoupled.agents.auxtasks import aux_losses
+    from decoupled.agents.config import AuxConfig, unreal_settings
+    from decoupled.runners.training.actor_learner import HostStaging, replay_to_batch
+
+    feudal = get_agent("feudal")
+    env = FakeNavEnv(num_envs=2)
+    aux = {"depth_lstm": {"cost": 1.0}, "loop_closure": {"cost": 1.0},
+           "pixel_control": {"cost": 0.01, "crop": 1, "cell": 2}, "reward_prediction": {"cost": 1.0, "frames": 2,
+           "batch": 2}}  # fmt: skip
+    torch.manual_seed(5)
+    plain = feudal.make_net(env.spec, _feudal_cfg())
+    torch.manual_seed(5)
+    cfg = _feudal_cfg(**aux)
+    net = feudal.make_net(env.spec, cfg)
+    heads = ("aux.", "pixel_control.", "reward_prediction.")
+    base = {k: v for k, v in net.state_dict().items() if not k.startswith(heads)}
+    assert base.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base.items())
+    assert plain.env_targets(2) is None and feudal.make_replay(plain.cfg, env.spec, plain, 6, 0) is None
+    assert net.feudal_cfg is cfg and net.pixel_control.grid == (20, 20)
+
+    T, c = 6, cfg.horizon
+    actor = Actor(env, net, T, torch.device("cpu"), overlap=c)
+    actor.start(0)
+    replay = feudal.make_replay(cfg, env.spec, net, T, 0)
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-4)
+    learner = Learner(feudal, cfg, net, opt, torch.device("cpu"), 40.0, 3, replay=replay)
+    rollouts = [actor.unroll() for _ in range(3)]
+    metrics = [learner.step(r) for r in rollouts]
+    assert rollouts[-1]["data"][DEPTH_KEY].shape[0] == c + T + 1
+    for task in ("depth_lstm", "loop_closure", "pixel_control", "reward_prediction"):
+        assert np.isfinite(metrics[-1][f"aux/{task}/loss"]), task
+    assert "feudal/goal_cosine" in metrics[-1] and np.isfinite(metrics[-1]["loss/total"])
+
+    # the online terms: weighted like the base loss, on the T new observations of the overlapped batch
+    batch, state = rollout_batch(rollouts[-1])
+    outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), state)
+    with_aux, m = feudal.loss_fn(cfg, batch, outputs)
+    without, _ = feudal.loss_fn(_feudal_cfg(), batch, outputs)
+    expect = without + T * 2 * (m["aux/depth_lstm/loss"] + m["aux/loop_closure/loss"])
+    torch.testing.assert_close(with_aux, expect)
+    new = {k: v[c:] for k, v in {**batch, **outputs}.items() if k.startswith("aux/")}
+    online, _ = aux_losses(AuxConfig(depth_lstm={"cost": 1.0}), new, new, 1.0)
+    torch.testing.assert_close(online, m["aux/depth_lstm/loss"])
+
+    manager = ("manager", "goal_embedding")
+    g = _grads(net, online)
+    for part in ("torso", "worker.", "aux.heads.depth_lstm"):
+        assert any(v for k, v in g.items() if k.startswith(part)), part
+    assert not any(v for k, v in g.items() if k.startswith(manager))
+    settings = unreal_settings(cfg)
+    rb = replay_to_batch(feudal.sample_replay(cfg, replay), torch.device("cpu"), HostStaging())
+    assert rb["seq"]["obs"].shape[0] == c + T + 1
+    ro = feudal.replay_outputs(cfg, net, rb)
+    replayed = unreal.add_replay_task_losses(settings, torch.zeros(()), {}, rb, ro, T, 2)
+    g = _grads(net, replayed)
+    for part in ("torso", "worker.", "pixel_control.", "reward_prediction."):
+        assert any(v for k, v in g.items() if k.startswith(part)), part
+    assert not any(v for k, v in g.items() if k.startswith(manager))
+
+
+def rollout_batch(rollout):
+    from decoupled.runners.training.actor_learner import HostStaging, rollout_to_batch
+
+    return rollout_to_batch(rollout, torch.device("cpu"), HostStaging())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["agent.aux.value_replay.cost=1"], "the feudal agent does not take it"),
+        (["agent.aux.depth_conv.cost=1"], "agent.aux.depth_conv needs the env's depth"),
+        (["agent.torso=mlp", "agent.aux.feature_control.cost=1"], "feature_control needs a conv torso"),
+    ],
+)
+def test_feudal_refuses_aux_tasks_it_cannot_take(overrides, message):
+    from decoupled.runners.training.config import ConfigError, load_config
+
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_config(ROOT / "configs" / "feudal" / "catch.yaml", overrides)
