@@ -230,8 +230,16 @@ class ImpalaConfig(AgentConfigBase):
 
     @model_validator(mode="after")
     def _aux_here(self) -> ImpalaConfig:
-        if self.aux.tasks() and self.name not in ("impala", "nav"):
-            raise ValueError(f"agent.aux: the {self.name} agent takes no agent.aux tasks (impala, nav and feudal do)")
+        if self.aux.tasks() and self.name not in ("impala", "nav", "unreal"):
+            raise ValueError(
+                f"agent.aux: the {self.name} agent takes no agent.aux tasks (impala, unreal, nav and feudal do)"
+            )
+        if self.name == "unreal" and self.aux.replay_tasks():
+            names = ", ".join(self.aux.replay_tasks())
+            raise ValueError(
+                f"agent.aux.{{{names}}}: the unreal agent sets UNREAL's own tasks with agent.<task>_cost (e.g. "
+                "agent.pixel_control_cost=0.01); its agent.aux takes the depth and loop-closure tasks"
+            )
         if self.aux.tasks() and self.replay_ratio > 0:
             raise ValueError("agent.aux with agent.replay_ratio > 0: replayed sequences carry no aux targets yet")
         if self.aux.feature_control is not None and self.torso == "mlp":

@@ -268,6 +268,33 @@ def test_impala_takes_a_depth_task_and_keeps_its_base_init():
     assert LOOP_KEY not in rollouts[0]["data"] and "aux/depth_lstm/loss" in metrics[-1]
 
 
+def test_unreal_takes_a_depth_task_beside_its_own():
+    """The unreal agent with agent.aux's online tasks: UNREAL's replay heads and losses as before, the depth head's
+    added; the rest of the net starts from the same parameters for the same seed."""
+    unreal = get_agent("unreal")
+    from decoupled.agents.config import UnrealConfig
+
+    env = FakeNavEnv(num_envs=2)
+    kw = dict(torso="nature_cnn", hidden_sizes=(32,), lstm_size=16, pixel_control_crop=1, pixel_control_cell=2)
+    kw |= dict(reward_prediction_frames=2, reward_prediction_batch=2, replay_start_steps=0)
+    torch.manual_seed(4)
+    plain = unreal.make_net(env.spec, UnrealConfig(**kw))
+    torch.manual_seed(4)
+    cfg = UnrealConfig(**kw, aux={"depth_lstm": {"cost": 1.0}})
+    net = unreal.make_net(env.spec, cfg)
+    base = {k: v for k, v in net.state_dict().items() if not k.startswith("aux.")}
+    assert base.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base.items())
+    actor = Actor(env, net, 6, torch.device("cpu"))
+    actor.start(0)
+    opt = torch.optim.RMSprop(net.parameters(), lr=1e-4)
+    replay = unreal.make_replay(cfg, env.spec, net, 6, 0)
+    learner = Learner(unreal, cfg, net, opt, torch.device("cpu"), 40.0, 3, replay=replay)
+    metrics = [learner.step(actor.unroll()) for _ in range(3)]
+    for task in ("depth_lstm", "pixel_control", "value_replay", "reward_prediction"):
+        assert np.isfinite(metrics[-1][f"aux/{task}/loss"]), task
+
+
 def test_nav_composes_with_the_dni_core():
     env = FakeNavEnv(num_envs=2)
     cfg = NavConfig(hidden_sizes=(32,), lstm_size=16, lstm1_size=8, core="dni_lstm")
@@ -285,7 +312,9 @@ def test_nav_composes_with_the_dni_core():
         ("impala/pong.yaml", ["agent.aux.depth_conv.cost=1"], "agent.aux.depth_conv needs the env's depth"),
         ("impala/catch.yaml", ["agent.aux.loop_closure.cost=1"], "agent.aux.loop_closure needs the env's position"),
         ("impala/catch.yaml", ["agent.name=nav", "agent.core=lstm", "agent.aux={}"], "velocity"),
-        ("unreal/catch.yaml", ["agent.aux.depth_conv.cost=1"], "takes no agent.aux"),
+        ("unreal/catch.yaml", ["agent.aux.depth_conv.cost=1"], "agent.aux.depth_conv needs the env's depth"),
+        ("unreal/catch.yaml", ["agent.aux.pixel_control.cost=1"], "sets UNREAL's own tasks with agent.<task>_cost"),
+        ("distill/catch.yaml", ["agent.aux.depth_conv.cost=1"], "takes no agent.aux"),
         ("impala/cartpole.yaml", ["agent.aux.pixel_control.cost=1"], "pixel_control needs image observations"),
         ("impala/catch.yaml", ["agent.aux.feature_control.cost=1"], "feature_control needs a conv torso"),
         ("nav/nav_maze_small_static.yaml", ["agent.torso=mlp", "agent.aux.feature_control.cost=1"], "conv torso"),
