@@ -190,6 +190,8 @@ def test_bench_unknown_names_are_exit_2_before_any_measurement(tmp_path, capsys)
     assert "unknown Atari game 'pong'; did you mean Pong?" in err if atari else "decoupled[atari]" in err
     assert not out.exists()
     assert "invalid choice: 'nope'" in usage_error(capsys, "bench", "peer", "--algo", "nope", "--out", out)
+    err = usage_error(capsys, "bench", "peer", "--game", "CartPole-v0", "--seconds", "1", "--out", out)
+    assert "unknown game 'CartPole-v0'" in err and "CartPole-v1" in err and not out.exists()
 
 
 def test_bench_unreal_with_a_missing_config_names_it_before_starting_workers(tmp_path, capsys):

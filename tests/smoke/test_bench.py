@@ -118,6 +118,29 @@ def test_bench_throughput_rejects_an_unknown_measurement():
     assert proc.returncode != 0 and "warp_drive" in proc.stderr
 
 
+def test_bench_peer_trains_a_classic_control_teacher_a_student_can_distil_from(tmp_path):
+    """`bench peer` on CartPole-v1: the zoo's PPO hyperparameters, one frame per step, whole-episode evaluation in
+    scores.json; its model.zip loads as an SB3 teacher with the student env's spaces (agents/distill.py)."""
+    pytest.importorskip("stable_baselines3")
+    out = tmp_path / "peer"
+    cmd = [sys.executable, "-m", "decoupled", "bench", "peer", "--algo", "ppo", "--game", "CartPole-v1"]
+    cmd += ["--max-env-frames", "512", "--log-every-env-frames", "256", "--eval-episodes", "2", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["env_frames"] == 512 and info["hyperparameters"]["n_steps"] == 32 and info["planned_env_frames"] == 512
+    frames = [json.loads(line)["env_frames"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert frames == [256, 512]  # 8 envs x 32 steps per rollout: a frame per step, no frame skip
+    doc = json.loads((out / "eval" / "scores.json").read_text())
+    episodes = doc["games"]["CartPole-v1"]
+    assert doc["protocol"]["protocol"] == "gym" and len(episodes["episode_scores"]) == 2
+    assert all(1 <= s <= 500 and s == f for s, f in zip(episodes["episode_scores"], episodes["episode_frames"]))
+    from decoupled.agents.distill import load_sb3
+
+    _, shape, actions, kind = load_sb3(str(out / "model.zip"), temperature=0.01)
+    assert (shape, actions, kind) == ((4,), 2, "ppo")
+
+
 @pytest.mark.slow
 def test_bench_peer_trains_sb3_for_a_budget_writes_a_run_dir_and_plots_next_to_ours(tmp_path):
     pytest.importorskip("stable_baselines3")
