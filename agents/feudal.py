@@ -193,12 +193,7 @@ class FeudalNet(nn.Module):
         from the Worker's stored state; the Manager is not run) and V^D ("baseline")."""
         obs = inputs["obs"]
         S, B = obs.shape[:2]
-        flat = obs.reshape(S * B, *obs.shape[2:])
-        maps = None
-        if self.unreal.feature_control_cost > 0:
-            z, maps = self.torso.forward_maps(flat)
-        else:
-            z = self.torso(flat)
+        z, maps = unreal.torso_features(self.torso, obs, self.unreal.feature_control_cost > 0)
         worker_state, _, _ = self._split(state)
         worker_out, _ = self.worker(
             z.view(S, B, -1), inputs["prev_action"], inputs["prev_reward"], inputs["first"], worker_state

@@ -80,12 +80,7 @@ class UnrealNet(ImpalaNet):
         """The base outputs on replayed sequences [T+1, n] plus the PC / FC Q maps and FC's feature means."""
         obs = inputs["obs"]
         T, B = obs.shape[:2]
-        flat = obs.reshape(T * B, *obs.shape[2:])
-        maps = None
-        if self.cfg.feature_control_cost > 0:
-            features, maps = self.torso.forward_maps(flat)
-        else:
-            features = self.torso(flat)
+        features, maps = torso_features(self.torso, obs, self.cfg.feature_control_cost > 0)
         core_out, _ = self.core(
             features.view(T, B, -1), inputs["prev_action"], inputs["prev_reward"], inputs["first"], state
         )
@@ -98,6 +93,15 @@ class UnrealNet(ImpalaNet):
         k, n = obs.shape[:2]
         features = self.torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1)
         return self.reward_prediction(features)
+
+
+def torso_features(torso: nn.Module, obs: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The torso on replayed observations [T, B, ...] -> features [T*B, F] and, when `maps` (feature control), its
+    last conv layer's maps [T*B, C, h, w]."""
+    flat = obs.reshape(obs.shape[0] * obs.shape[1], *obs.shape[2:])
+    if maps:
+        return torso.forward_maps(flat)
+    return torso(flat), None
 
 
 # ------------------------------------------------------------------------------------------------ the tasks

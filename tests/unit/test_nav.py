@@ -249,20 +249,27 @@ def test_actor_records_the_extras_and_the_learner_trains_nav():
         assert np.isfinite(m["loss/total"]) and "aux/depth_lstm/loss" in m and "aux/loop_closure/accuracy" in m
 
 
+def _net_with_the_plain_base(agent, spec, plain_cfg, cfg, seed, heads=("aux.",)):
+    """agent's net for `cfg`, checked to start with the parameters of its net for `plain_cfg` (no aux tasks) for
+    the same seed, the task heads (names starting with `heads`) aside; returns (plain net, net)."""
+    torch.manual_seed(seed)
+    plain = agent.make_net(spec, plain_cfg)
+    torch.manual_seed(seed)
+    net = agent.make_net(spec, cfg)
+    base = {k: v for k, v in net.state_dict().items() if not k.startswith(heads)}
+    assert base.keys() == plain.state_dict().keys()
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base.items())
+    return plain, net
+
+
 def test_impala_takes_a_depth_task_and_keeps_its_base_init():
     """Aux tasks compose with another agent: impala + depth_lstm; the base net starts from the plain agent's
     parameters for the same seed (the heads come from a forked RNG)."""
     impala = get_agent("impala")
     env = FakeNavEnv(num_envs=2)
     kw = dict(torso="nature_cnn", hidden_sizes=(32,), core="lstm", lstm_size=16)
-    torch.manual_seed(3)
-    plain = impala.make_net(env.spec, ImpalaConfig(**kw))
-    torch.manual_seed(3)
     cfg = ImpalaConfig(**kw, aux={"depth_lstm": {"cost": 1.0}})
-    net = impala.make_net(env.spec, cfg)
-    base = {k: v for k, v in net.state_dict().items() if not k.startswith("aux.")}
-    assert base.keys() == plain.state_dict().keys()
-    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base.items())
+    plain, net = _net_with_the_plain_base(impala, env.spec, ImpalaConfig(**kw), cfg, seed=3)
     assert plain.env_targets(2) is None and net.env_targets(2).fields.keys() == {DEPTH_KEY}
     rollouts, metrics = _train_steps(net, impala, cfg, env)
     assert LOOP_KEY not in rollouts[0]["data"] and "aux/depth_lstm/loss" in metrics[-1]
@@ -277,14 +284,8 @@ def test_unreal_takes_a_depth_task_beside_its_own():
     env = FakeNavEnv(num_envs=2)
     kw = dict(torso="nature_cnn", hidden_sizes=(32,), lstm_size=16, pixel_control_crop=1, pixel_control_cell=2)
     kw |= dict(reward_prediction_frames=2, reward_prediction_batch=2, replay_start_steps=0)
-    torch.manual_seed(4)
-    plain = unreal.make_net(env.spec, UnrealConfig(**kw))
-    torch.manual_seed(4)
     cfg = UnrealConfig(**kw, aux={"depth_lstm": {"cost": 1.0}})
-    net = unreal.make_net(env.spec, cfg)
-    base = {k: v for k, v in net.state_dict().items() if not k.startswith("aux.")}
-    assert base.keys() == plain.state_dict().keys()
-    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base.items())
+    _, net = _net_with_the_plain_base(unreal, env.spec, UnrealConfig(**kw), cfg, seed=4)
     actor = Actor(env, net, 6, torch.device("cpu"))
     actor.start(0)
     opt = torch.optim.RMSprop(net.parameters(), lr=1e-4)
@@ -407,15 +408,9 @@ def test_feudal_takes_online_and_replay_tasks_on_its_worker_only():
     aux = {"depth_lstm": {"cost": 1.0}, "loop_closure": {"cost": 1.0},
            "pixel_control": {"cost": 0.01, "crop": 1, "cell": 2}, "reward_prediction": {"cost": 1.0, "frames": 2,
            "batch": 2}}  # fmt: skip
-    torch.manual_seed(5)
-    plain = feudal.make_net(env.spec, _feudal_cfg())
-    torch.manual_seed(5)
     cfg = _feudal_cfg(**aux)
-    net = feudal.make_net(env.spec, cfg)
     heads = ("aux.", "pixel_control.", "reward_prediction.")
-    base = {k: v for k, v in net.state_dict().items() if not k.startswith(heads)}
-    assert base.keys() == plain.state_dict().keys()
-    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in base.items())
+    plain, net = _net_with_the_plain_base(feudal, env.spec, _feudal_cfg(), cfg, seed=5, heads=heads)
     assert plain.env_targets(2) is None and feudal.make_replay(plain.cfg, env.spec, plain, 6, 0) is None
     assert net.feudal_cfg is cfg and net.pixel_control.grid == (20, 20)
 
