@@ -147,6 +147,11 @@ class AuxConfig(ConfigSection):
     def replay_tasks(self) -> dict[str, Any]:
         return {k: v for k, v in self.tasks().items() if k in REPLAY_TASKS}
 
+    def check_torso(self, torso: str) -> None:
+        """Feature control reads a conv layer's maps: refuse it on an MLP torso."""
+        if self.feature_control is not None and torso == "mlp":
+            raise ValueError("agent.aux.feature_control needs a conv torso (feature maps); torso is mlp")
+
 
 def check_aux_feeds(aux: AuxConfig, run: Any) -> None:
     """Refuse, at load, auxiliary tasks whose targets the run's env cannot give (depth on Atari, loop closure
@@ -242,8 +247,7 @@ class ImpalaConfig(AgentConfigBase):
             )
         if self.aux.tasks() and self.replay_ratio > 0:
             raise ValueError("agent.aux with agent.replay_ratio > 0: replayed sequences carry no aux targets yet")
-        if self.aux.feature_control is not None and self.torso == "mlp":
-            raise ValueError("agent.aux.feature_control needs a conv torso (feature maps); torso is mlp")
+        self.aux.check_torso(self.torso)
         return self
 
     def check_run(self, run: Any) -> None:
@@ -401,8 +405,7 @@ class FeudalConfig(AgentConfigBase):
                 "intrinsic reward, which replayed sequences do not carry (pixel_control, reward_prediction, "
                 "feature_control and the depth / loop-closure tasks are taken)"
             )
-        if self.aux.feature_control is not None and self.torso == "mlp":
-            raise ValueError("agent.aux.feature_control needs a conv torso (feature maps); torso is mlp")
+        self.aux.check_torso(self.torso)
         return self
 
     def check_run(self, run: Any) -> None:

@@ -203,10 +203,7 @@ class FeudalNet(nn.Module):
         return out
 
     def reward_prediction_logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs [k, n, *obs] -> logits [n, 3] (the shared torso only: UNREAL's reward prediction)."""
-        k, n = obs.shape[:2]
-        features = self.torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1)
-        return self.reward_prediction(features)
+        return unreal.torso_reward_prediction(self.torso, self.reward_prediction, obs)  # the shared torso only
 
 
 def make_net(spec: EnvSpec, cfg: FeudalConfig) -> FeudalNet:

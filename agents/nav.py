@@ -98,10 +98,7 @@ class NavNet(nn.Module):
         return out
 
     def reward_prediction_logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs [k, n, *obs] -> logits [n, 3] (torso only, no LSTM: UNREAL's reward prediction)."""
-        k, n = obs.shape[:2]
-        features = self.torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1)
-        return self.reward_prediction(features)
+        return unreal.torso_reward_prediction(self.torso, self.reward_prediction, obs)
 
     def _run(self, inputs: dict[str, torch.Tensor], state: CoreState, maps: bool = False):
         cfg = self.nav_cfg

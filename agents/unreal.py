@@ -89,10 +89,14 @@ class UnrealNet(ImpalaNet):
         return out
 
     def reward_prediction_logits(self, obs: torch.Tensor) -> torch.Tensor:
-        """obs [k, n, *obs] -> logits [n, 3] (torso only, no core: RP must not train the LSTM, pitfall 8)."""
-        k, n = obs.shape[:2]
-        features = self.torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1)
-        return self.reward_prediction(features)
+        return torso_reward_prediction(self.torso, self.reward_prediction, obs)
+
+
+def torso_reward_prediction(torso: nn.Module, head: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+    """Reward prediction's logits: obs [k, n, *obs] -> [n, 3], from the torso's features of the k frames only (no
+    core: the task must not train the LSTM, as in the paper), through `head` (the net's `reward_prediction`)."""
+    k, n = obs.shape[:2]
+    return head(torso(obs.reshape(k * n, *obs.shape[2:])).view(k, n, -1))
 
 
 def torso_features(torso: nn.Module, obs: torch.Tensor, maps: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

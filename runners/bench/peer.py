@@ -5,9 +5,11 @@ policy distillation (`agent.teachers: [OUT/model.zip]`, agents/distill.py).
     decoupled bench peer --algo ppo --game Pong --seconds 3600 --out runs/sb3_ppo_pong [--eval-episodes 20]
     decoupled bench peer --algo ppo --game CartPole-v1 --max-env-frames 100000 --out runs/sb3_ppo_cartpole
 
-A classic-control id the zoo tunes (`CLASSIC_HYPERPARAMETERS`: CartPole-v1, Acrobot-v1) trains SB3's MlpPolicy with
-the zoo's hyperparameters for it on gymnasium's env (`make_vec_env`, a Monitor per env), no frame skip (one step is
-one frame, as our `gym` backend counts), and evaluates it on whole episodes of the same env (gymnasium's time limit).
+A classic-control id the zoo tunes without observation normalisation (`CLASSIC_HYPERPARAMETERS`: CartPole-v1; the
+zoo's Acrobot and MountainCar settings add VecNormalize, whose statistics a distillation teacher would lose) trains
+SB3's MlpPolicy with the zoo's hyperparameters for it on gymnasium's env (`make_vec_env`, a Monitor per env), no
+frame skip (one step is one frame, as our `gym` backend counts), and evaluates it on whole episodes of the same env
+(gymnasium's time limit).
 
 The peer uses rl-baselines3-zoo's Atari hyperparameters (hyperparams/ppo.yml and a2c.yml, `atari`) on the game's
 NoFrameskip-v4 env with SB3's own Atari wrappers (`make_atari_env`: 30 no-ops, frame skip 4 with max-pooling, life
@@ -55,10 +57,6 @@ CLASSIC_HYPERPARAMETERS: dict[str, dict[str, dict[str, Any]]] = {
         "ppo": {"n_envs": 8, "n_steps": 32, "batch_size": 256, "gae_lambda": 0.8, "gamma": 0.98, "n_epochs": 20,
                 "ent_coef": 0.0, "learning_rate": "lin_0.001", "clip_range": "lin_0.2"},
         "a2c": {"n_envs": 8, "ent_coef": 0.0},
-    },
-    "Acrobot-v1": {
-        "ppo": {"n_envs": 16, "n_steps": 256, "gae_lambda": 0.94, "gamma": 0.99, "n_epochs": 4, "ent_coef": 0.0},
-        "a2c": {"n_envs": 16, "ent_coef": 0.0},
     },
 }  # fmt: skip
 

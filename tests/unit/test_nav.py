@@ -394,6 +394,12 @@ def _feudal_cfg(**aux):
     return FeudalConfig(**kw, worker_size=16, replay_start_steps=0, aux=aux)
 
 
+def _rollout_batch(rollout):
+    from decoupled.runners.training.actor_learner import HostStaging, rollout_to_batch
+
+    return rollout_to_batch(rollout, torch.device("cpu"), HostStaging())
+
+
 def test_feudal_takes_online_and_replay_tasks_on_its_worker_only():
     """Feudal + agent.aux: the depth / loop-closure heads on the Worker's core output and the shared torso, UNREAL's
     pixel control and reward prediction from a replay of the overlapped rollouts. The base net starts as the plain
@@ -428,7 +434,7 @@ def test_feudal_takes_online_and_replay_tasks_on_its_worker_only():
     assert "feudal/goal_cosine" in metrics[-1] and np.isfinite(metrics[-1]["loss/total"])
 
     # the online terms: weighted like the base loss, on the T new observations of the overlapped batch
-    batch, state = rollout_batch(rollouts[-1])
+    batch, state = _rollout_batch(rollouts[-1])
     outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), state)
     with_aux, m = feudal.loss_fn(cfg, batch, outputs)
     without, _ = feudal.loss_fn(_feudal_cfg(), batch, outputs)
@@ -452,12 +458,6 @@ def test_feudal_takes_online_and_replay_tasks_on_its_worker_only():
     for part in ("torso", "worker.", "pixel_control.", "reward_prediction."):
         assert any(v for k, v in g.items() if k.startswith(part)), part
     assert not any(v for k, v in g.items() if k.startswith(manager))
-
-
-def rollout_batch(rollout):
-    from decoupled.runners.training.actor_learner import HostStaging, rollout_to_batch
-
-    return rollout_to_batch(rollout, torch.device("cpu"), HostStaging())
 
 
 @pytest.mark.parametrize(
