@@ -51,6 +51,36 @@ class DNIConfig(ConfigSection):
         False, description="M predicts the gradient in units of a running RMS of its targets (scale-free; see below)"
     )
     normalize_decay: float = Field(0.99, ge=0.0, lt=1.0, description="decay of that running RMS")
+    module: Literal["gradient", "critic"] = Field(
+        "gradient", description="gradient: M regresses the gradient (the DNI paper); critic: a critic predicts the "
+        "loss and its gradient is the synthetic gradient, trained Sobolev-style on the loss value and its gradient "
+        "(Czarnecki et al. 2017, arXiv:1706.04859, Sec. 4.3)",
+    )  # fmt: skip
+    critic_value_cost: float = Field(
+        0.1, ge=0.0, description="critic: weight of matching the loss value (0: its gradient alone; 1 kept the "
+        "critic at chance on `bench dni --task recall`, 0.1 did not)",
+    )  # fmt: skip
+    critic_gradient_cost: float = Field(1.0, ge=0.0, description="critic: weight of matching the loss's gradient")
+
+    @model_validator(mode="after")
+    def _critic(self) -> DNIConfig:
+        if self.module == "critic":
+            if self.normalize:
+                raise ValueError("agent.dni.normalize applies to module=gradient; the critic predicts the loss as is")
+            if self.critic_value_cost == 0 and self.critic_gradient_cost == 0:
+                raise ValueError("agent.dni.critic_value_cost and critic_gradient_cost are both 0: the critic learns "
+                                 "nothing; give one of them a positive weight")  # fmt: skip
+        return self
+
+
+def _critic_value_needs_impala_loss(dni: DNIConfig, agent: str) -> None:
+    """The critic's value target is the agent's loss per batch column, which IMPALA's loss (impala, unreal, nav)
+    leaves and `agent`'s does not."""
+    if dni.module == "critic" and dni.critic_value_cost > 0:
+        raise ValueError(
+            f"agent.dni.critic_value_cost: the {agent} agent's loss does not give the per-column loss values a "
+            "critic's value term regresses; set agent.dni.critic_value_cost=0 (the critic matches the gradient alone)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- auxiliary tasks
@@ -395,6 +425,7 @@ class FeudalConfig(AgentConfigBase):
     def _dni_needs_its_core(self) -> FeudalConfig:
         if self.worker_core != "dni_lstm" and self.dni != DNIConfig():
             raise ValueError(f"agent.dni settings apply to agent.worker_core=dni_lstm, not {self.worker_core}")
+        _critic_value_needs_impala_loss(self.dni, "feudal")
         return self
 
     @model_validator(mode="after")
@@ -568,6 +599,7 @@ class DistillConfig(ImpalaConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> DistillConfig:
+        _critic_value_needs_impala_loss(self.dni, "distill")
         if self.replay_ratio > 0:
             raise ValueError("agent.replay_ratio: the distill agent learns from the control policy's rollouts only")
         if self.plus_reward and self.variant == "teacher_v_reward":

@@ -130,6 +130,8 @@ def impala_loss(
     bl = baseline_loss(vt.vs, values_t) * scale
     ent = entropy_loss(logits_t) * scale
     loss = pg + cfg.baseline_cost * bl + cfg.entropy_cost * ent
+    if outputs.get("dni/wants_column_loss"):  # a dni_lstm core's critic regresses this loss per batch column
+        outputs["dni/column_loss"] = column_loss(cfg, logits_t, actions_t, values_t, vt) * scale / (T * B)
     aux, aux_metrics = aux_losses(getattr(cfg, "aux", None), batch, outputs, scale)
     if aux is not None:
         loss = loss + aux
@@ -145,6 +147,17 @@ def impala_loss(
         "train/vs_mean": vt.vs.mean(),
     }
     return loss, metrics
+
+
+def column_loss(cfg: ImpalaConfig, logits_t: torch.Tensor, actions_t: torch.Tensor, values_t: torch.Tensor, vt: Any):
+    """The policy, baseline and entropy terms summed over time per batch column, [B], detached: their sum over the
+    columns divided by T * B is the loss above (before its auxiliary terms)."""
+    with torch.no_grad():
+        log_probs = torch.log_softmax(logits_t, -1)
+        pg = -(log_probs.gather(-1, actions_t.unsqueeze(-1)).squeeze(-1) * vt.pg_advantages)
+        bl = 0.5 * (vt.vs - values_t) ** 2
+        neg_entropy = (log_probs.exp() * log_probs).sum(-1)
+        return (pg + cfg.baseline_cost * bl + cfg.entropy_cost * neg_entropy).sum(0)
 
 
 def make_replay(cfg: ImpalaConfig, spec: EnvSpec, net: nn.Module, unroll_length: int, seed: int):

@@ -37,6 +37,19 @@ Options: `dni.context` conditions M on more than the state (cDNI): the clipped r
 the agent's (detached) value there. `dni.aux_cost` > 0 adds DNI+Aux: a head on the state after the window's first
 step predicts the synthetic gradient injected at the window's end, an MSE loss whose gradient trains the core.
 
+Sobolev-trained critic (`dni.module: critic`; Sobolev Training, Czarnecki et al. 2017, arXiv:1706.04859,
+Sec. 4.3): instead of regressing the gradient, a critic L^(s) predicts the loss still to come and the synthetic
+gradient is its gradient dL^/ds. It is trained on both, value and derivative:
+
+    inject:  loss += < lambda * sg(dL^/ds (s_T)), s_T >
+    train:   value_cost * (L^(s_0) - sg(l_window + lambda * L^(s_T)))^2
+             + gradient_cost * || dL^/ds (s_0) - sg(delta_0) ||^2
+
+l_window is the agent's loss of each batch column in this window (the agent leaves it as outputs["dni/column_loss"]:
+impala, unreal and nav do; an agent whose loss does not is refused unless `critic_value_cost` is 0) and delta_0 the
+same target as above, the gradient of exactly that value target in s_0. A synthetic gradient that is the gradient
+of a scalar is a conservative field, which a free M need not be.
+
 `SyntheticGradients` does the learner's part (leaf state, injection, M's update, checkpoint state) as a
 `LearnerHook` (decoupled/agents/base.py) that the core hands out (`DNILSTMCore.learner_hook`), so an agent that
 uses the `dni_lstm` core needs no code for it and the runner knows nothing of synthetic gradients.
@@ -72,6 +85,51 @@ class SyntheticGradientModule(nn.Module):
         return self.out(self.hidden(x))
 
 
+class SyntheticGradientCritic(nn.Module):
+    """A critic L^(s, context) of the loss still to come, whose gradient dL^/ds is the synthetic gradient (Sobolev
+    Training, Czarnecki et al. 2017, arXiv:1706.04859, Sec. 4.3). With `hidden_size` 0 a quadratic form in
+    x = [s; context], x^T A x / 2 + b^T x + c: its gradient in s is linear in x, the symmetric case of a linear M
+    (Czarnecki et al. 2017, arXiv:1703.00522), and one Adam step changes it about as much as it changes a linear M's
+    output (scaling the form by 1 / n, n = len(x), slowed the gradient n-fold and the critic stayed at chance on
+    `bench dni --task recall`); with a hidden size, that plus one tanh layer. Everything starts at zero, so training
+    starts as exact truncated BPTT."""
+
+    def __init__(self, state_size: int, context_size: int = 0, hidden_size: int = 0):
+        super().__init__()
+        inp = state_size + context_size
+        self.quadratic = nn.Parameter(torch.zeros(inp, inp))
+        self.linear = nn.Linear(inp, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        self.hidden = nn.Sequential(nn.Linear(inp, hidden_size), nn.Tanh()) if hidden_size else None
+        if hidden_size:
+            self.out = nn.Linear(hidden_size, 1)
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+
+    def value(self, state: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """The predicted loss per sample, [B]."""
+        x = state if context is None or context.shape[-1] == 0 else torch.cat([state, context], -1)
+        v = 0.5 * ((x @ self.quadratic) * x).sum(-1) + self.linear(x).squeeze(-1)
+        if self.hidden is not None:
+            v = v + self.out(self.hidden(x)).squeeze(-1)
+        return v
+
+    def value_and_gradient(
+        self, state: torch.Tensor, context: torch.Tensor | None = None, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L^ [B], dL^/ds [B, S]); `create_graph` keeps the gradient differentiable in the critic's parameters
+        (its Sobolev loss), otherwise both come back detached."""
+        with torch.enable_grad():
+            s = state.detach().requires_grad_(True)
+            v = self.value(s, context)
+            (g,) = torch.autograd.grad(v.sum(), s, create_graph=create_graph)
+        return (v, g) if create_graph else (v.detach(), g.detach())
+
+    def forward(self, state: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.value_and_gradient(state, context)[1]
+
+
 class DNILSTMCore(LSTMCore):
     """The LSTM core plus the synthetic-gradient module M (and the DNI+Aux head). Acting is the LSTM's; in the
     learner's forward (`extras` given) it also hands out the window's boundary state and its first-step state."""
@@ -82,7 +140,8 @@ class DNILSTMCore(LSTMCore):
         if cfg.enabled:
             with torch.random.fork_rng(devices=[]):  # M's init leaves the global RNG, so the rest of the net is
                 torch.manual_seed(torch.initial_seed() + 1)  # initialised as it would be with the plain LSTM core
-                self.sg = SyntheticGradientModule(2 * hidden_size, len(cfg.context), cfg.hidden_size)
+                module = SyntheticGradientCritic if cfg.module == "critic" else SyntheticGradientModule
+                self.sg = module(2 * hidden_size, len(cfg.context), cfg.hidden_size)
                 if cfg.aux_cost > 0:
                     self.aux = nn.Linear(2 * hidden_size, 2 * hidden_size)
 
@@ -98,6 +157,10 @@ class DNILSTMCore(LSTMCore):
         extras["dni/first_step_state"] = kept[0]
         extras["dni/boundary_state"] = kept[nxt - 1]  # before that slot: the state the next window starts from
         extras["dni/next_window_slot"] = nxt
+        if self.cfg.module == "critic" and self.cfg.critic_value_cost > 0:
+            extras["dni/wants_column_loss"] = (
+                True  # the agent's loss then leaves "dni/column_loss": its value per column
+            )
         return outputs, final
 
     def learner_hook(self) -> SyntheticGradients | None:
@@ -122,6 +185,7 @@ class SyntheticGradients(LearnerHook):
         self.updates = 0
         self.sigma = 1.0  # the running RMS of the target entries (dni.normalize); 1 until the first target
         self.sigma_seen = False
+        self.bootstrap: torch.Tensor | float = 0.0  # critic: lambda * L^(s_T) of the last injection, per column
 
     # ------------------------------------------------------------------------------------------------ the hook
     def own_parameters(self) -> Iterable[nn.Parameter]:
@@ -160,9 +224,15 @@ class SyntheticGradients(LearnerHook):
         window starts an episode), plus the DNI+Aux loss."""
         s_T = _cat(outputs["dni/boundary_state"])
         nxt = int(outputs.get("dni/next_window_slot", -1))
-        with torch.no_grad():
-            g = self.cfg.scale * self.sigma * self.core.sg(s_T.detach(), self.context(batch, outputs, nxt))
-            g = g * (~batch["first"][nxt]).unsqueeze(-1).float()
+        keep = (~batch["first"][nxt]).float()
+        if self.cfg.module == "critic":  # the critic's gradient; its value (scaled alike) bootstraps the value target
+            v_T, g = self.core.sg.value_and_gradient(s_T.detach(), self.context(batch, outputs, nxt))
+            self.bootstrap = self.cfg.scale * v_T * keep
+            g = self.cfg.scale * g * keep.unsqueeze(-1)
+        else:
+            with torch.no_grad():
+                g = self.cfg.scale * self.sigma * self.core.sg(s_T.detach(), self.context(batch, outputs, nxt))
+                g = g * keep.unsqueeze(-1)
         term = (g * s_T).sum()
         metrics = {"dni/injected_norm": g.norm(dim=-1).mean()}
         if self.cfg.aux_cost > 0:
@@ -191,9 +261,29 @@ class SyntheticGradients(LearnerHook):
                 d = self.cfg.normalize_decay
                 self.sigma = rms if not self.sigma_seen else d * self.sigma + (1.0 - d) * rms
                 self.sigma_seen = True
-        pred = self.core.sg(s0, self.context(batch, outputs, 0))
-        err = ((pred - target / self.sigma) ** 2).sum(-1)[valid]
-        loss = err.mean()
+        metrics = {}
+        if self.cfg.module == "critic":
+            value, pred = self.core.sg.value_and_gradient(s0, self.context(batch, outputs, 0), create_graph=True)
+            grad_loss = ((pred - target) ** 2).sum(-1)[valid].mean()
+            loss = self.cfg.critic_gradient_cost * grad_loss
+            metrics["dni/critic_gradient_loss"] = float(grad_loss.detach())
+            if self.cfg.critic_value_cost > 0:
+                if "dni/column_loss" not in outputs:
+                    raise RuntimeError(
+                        "agent.dni.module=critic with critic_value_cost > 0 needs the agent's loss per batch column "
+                        "(outputs['dni/column_loss']), which this agent's loss does not leave; set "
+                        "agent.dni.critic_value_cost=0 to train the critic on the gradient alone"
+                    )
+                # the loss still to come from s_0: this window's loss of each column plus the (scaled) critic's
+                # value at the window's end, the value whose gradient in s_0 is `target`
+                value_target = outputs["dni/column_loss"].detach() + self.bootstrap
+                value_loss = ((value - value_target) ** 2)[valid].mean()
+                loss = loss + self.cfg.critic_value_cost * value_loss
+                metrics["dni/critic_value_loss"] = float(value_loss.detach())
+                metrics["dni/critic_value"] = float(value.detach()[valid].mean())
+        else:
+            pred = self.core.sg(s0, self.context(batch, outputs, 0))
+            loss = ((pred - target / self.sigma) ** 2).sum(-1)[valid].mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.core.sg.parameters())
@@ -206,6 +296,7 @@ class SyntheticGradients(LearnerHook):
             p, t = pred.detach()[valid] * self.sigma, target[valid]  # both in gradient units
             cos = torch.nn.functional.cosine_similarity(p, t, dim=-1, eps=1e-12)
             return {
+                **metrics,
                 "dni/sg_loss": float(loss),
                 "dni/target_scale": self.sigma,
                 "dni/cosine": float(cos.mean()),

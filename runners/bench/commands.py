@@ -588,6 +588,9 @@ def add_parser(sub: Any) -> None:
     di = bsub.add_parser("distill", help="policy distillation methods from one teacher at equal frames, seeds")
     bench_learning.add_arguments(di, "distill")
     di.set_defaults(func=lambda a: (bench_learning.bench_distill(a), 0)[1])
+    dm = bsub.add_parser("distill-multi", help="one student for several MinAtar games, each with its own teacher")
+    bench_learning.add_arguments(dm, "distill-multi")
+    dm.set_defaults(func=lambda a: (bench_learning.bench_distill_multi(a), 0)[1])
     dp = bsub.add_parser("dpd", help="Distilling Policy Distillation's tabular check through the distill agent's loss")
     from decoupled.runners.bench import dpd as bench_dpd
 

@@ -1,7 +1,7 @@
 """`decoupled bench dni`: the supervised tasks of the DNI paper (Jaderberg et al. 2016, Sec. 3.2), truncated BPTT
 against synthetic gradients at the same truncation, with the agents' own `dni_lstm` core and learner code.
 
-    decoupled bench dni --task recall --truncation 3 --seeds 3 [--methods bptt,dni,dni_aux]
+    decoupled bench dni --task recall --truncation 3 --seeds 3 [--methods bptt,dni,dni_aux,dni_critic]
     decoupled bench dni --task delayed_cue --truncation 4 --delay 8 --seeds 3 [--frames 3000000]
 
 An LSTM reads an endless stream in windows of `--truncation` steps, carrying its state from window to window
@@ -52,9 +52,9 @@ from torch.nn import functional as F
 from decoupled.agents.nets.cores import core_inputs
 from decoupled.agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradients
 
-METHODS = ("bptt", "dni", "dni_aux")
+METHODS = ("bptt", "dni", "dni_aux", "dni_critic", "dni_critic_grad")
 TASKS = ("recall", "copy", "repeat_copy", "delayed_cue")
-RL_METHODS = ("bptt", "dni", "dni_aux", "bptt_long")
+RL_METHODS = ("bptt", "dni", "dni_aux", "dni_critic", "bptt_long")
 BITS = 8
 MAX_REPEATS = 3
 
@@ -160,7 +160,9 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
         scale=args.scale,
         lr=args.sg_lr,
         aux_cost=args.aux_cost if method == "dni_aux" else 0,
-        normalize=args.sg_normalize,
+        normalize=args.sg_normalize and not method.startswith("dni_critic"),
+        module="critic" if method.startswith("dni_critic") else "gradient",
+        critic_value_cost=0.0 if method == "dni_critic_grad" else args.critic_value_cost,
     )
     curriculum = args.curriculum == "yes" or (args.curriculum == "auto" and args.task != "recall")
 
@@ -200,6 +202,7 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
             bce = F.binary_cross_entropy_with_logits(logits, y[:-1], reduction="none").sum(-1)
             loss = (bce * mask[:-1]).sum() / B
             outputs = {"dni/first_step_state": kept[0], "dni/boundary_state": kept[-2]}
+            outputs["dni/column_loss"] = (bce * mask[:-1]).sum(0).detach() / B  # per column: they sum to `loss`
             batch = {"first": first, "reward": zeros_r}
             if sg is not None:
                 loss = loss + sg.inject(batch, outputs)[0]
@@ -268,7 +271,7 @@ def bench_dni(args: argparse.Namespace) -> list[dict[str, Any]]:
                 summary[f"{m}_beats_bptt_on_every_seed"] = all(
                     d > b for d, b in zip(results[m], results["bptt"], strict=True)
                 )
-    keys = ("hidden", "batch", "lr", "sg_lr", "scale", "aux_cost", "sg_normalize")
+    keys = ("hidden", "batch", "lr", "sg_lr", "scale", "aux_cost", "sg_normalize", "critic_value_cost")
     summary["settings"] = {k: getattr(args, k) for k in keys}
     print(json.dumps(summary), flush=True)
     out.append(summary)
@@ -296,6 +299,9 @@ def _rl_overrides(args: argparse.Namespace, method: str, seed: int) -> list[str]
         o.append(f"agent.dni.normalize={str(args.sg_normalize).lower()}")
         if method == "dni_aux":
             o.append(f"agent.dni.aux_cost={args.aux_cost}")
+    if method == "dni_critic":
+        o += ["agent.core=dni_lstm", f"agent.dni.scale={args.scale}", f"agent.dni.lr={args.sg_lr}"]
+        o += ["agent.dni.module=critic", f"agent.dni.critic_value_cost={args.critic_value_cost}"]
     return o
 
 
@@ -410,6 +416,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=0.1, help="lambda: SG scale / bootstrap discount")
     p.add_argument("--aux-cost", type=float, default=0.1, help="dni_aux: weight of the future-SG prediction")
     p.add_argument("--sg-normalize", action="store_true", help="M predicts in units of its targets' running RMS")
+    p.add_argument(
+        "--critic-value-cost", type=float, default=0.1,
+        help="dni_critic: weight of the critic's loss-value term (dni_critic_grad: 0, the gradient term alone)",
+    )  # fmt: skip
     rl = p.add_argument_group("delayed_cue (RL: impala, configs/impala/delayed_cue.yaml)")
     rl.add_argument("--delay", type=int, default=8, help="steps between the cue and the answer")
     rl.add_argument("--frames", type=int, default=3_000_000, help="env frames per run")

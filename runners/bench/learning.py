@@ -4,6 +4,7 @@
     decoupled bench unreal --configs configs/unreal/minatar_breakout.yaml[,...] [--seeds 3] [--frames N] [--methods M]
     decoupled bench feudal --tasks minigrid_doorkey[,...] [--seeds 3] [--frames N] [--eval-episodes 100]
     decoupled bench nav --configs nav/nav_maze_small_static[,...] [--methods lstm,d2,d1d2l] [--eval-episodes 20]
+    decoupled bench distill-multi [--games breakout,asterix,...] [--teacher-frames N] [--frames N] [--seeds 3]
 
 `bench minatar` trains `configs/impala/minatar_<game>.yaml` on each game and seed, evaluates the final policy for
 `--eval-episodes` (sampled actions, MinAtar's sticky actions) and prints, per game, the final training return (the
@@ -41,6 +42,11 @@ the second, against the majority cell). `--out/<config>_aux.png` draws the auxil
 `bench distill` trains students of a distill config from one teacher with several methods (on-policy, on-policy +
 Sobolev, teacher-driven, expected entropy regularised) for the same frames, seeds, and reports the return curves, the
 evaluation return and the final agreement with the teacher and KL from the logs.
+
+`bench distill-multi` is multi-task policy distillation (Rusu et al. 2015, arXiv:1511.06295) on MinAtar: an IMPALA
+teacher per game in the union input layout (`--teacher-frames`, reused when trained), then `--seeds` students of one
+net for every game (configs/distill/minatar_multi.yaml), each scored per game on the same env seeds as its teacher,
+as a fraction of the teacher's score and of its margin over a random policy.
 
 `bench transfer` is Progressive Nets' transfer experiment (Rusu et al. 2016, Sec. 5): it trains a source column
 (`--source`, an IMPALA config, for its own frames) per seed, then on each target (`--targets`: env transforms such as
@@ -777,6 +783,129 @@ def bench_distill(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [*records, summary]
 
 
+def bench_distill_multi(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Multi-task policy distillation (Rusu et al. 2015, arXiv:1511.06295) on MinAtar: one IMPALA teacher per game
+    trained in the union input layout (`--teacher-frames`, seed 0; reused when already trained), then `--seeds`
+    students of `--config` (one net, every game, each env copy taught by its game's teacher) for `--frames`; each
+    student and each teacher evaluated per game on the same env seeds, and the student's score as a fraction of its
+    teacher's, raw (the paper's measure) and above a random policy: (student - random) / (teacher - random)."""
+    from dataclasses import replace
+
+    from decoupled.runners.evaluation.evaluate import checkpoint_task, evaluate_task
+    from decoupled.runners.evaluation.plot import read_metrics
+    from decoupled.runners.training.config import load_config
+
+    games = [g.strip() for g in args.games.split(",")]
+    bad = [g for g in games if g not in MINATAR_GAMES]
+    if bad or len(games) < 2 or len(set(games)) != len(games):
+        raise SystemExit(f"bench distill-multi: --games takes two or more of {', '.join(MINATAR_GAMES)}, once each")
+    out = Path(args.out)
+    t0 = time.time()
+    layout = [
+        "env.channels=union",
+        "env.full_action_set=true",
+        "wandb.mode=disabled",
+        "runner.progress_every_seconds=60",
+    ]
+    teacher_jobs = {
+        (g, "teacher", 0): (str(_repo_path(f"configs/impala/minatar_{g}.yaml")),
+                            [*layout, f"runner.total_env_frames={args.teacher_frames}"], str(out / "teachers" / g))
+        for g in games
+    }  # fmt: skip
+    teacher_args = argparse.Namespace(**{**vars(args), "frames": args.teacher_frames, "eval_episodes": 0})
+    teachers = run_all(teacher_jobs, teacher_args)
+    config = str(_repo_path(args.config))
+    teacher_list = "[" + ",".join(str(out / "teachers" / g) for g in games) + "]"
+    jobs = {}
+    for s in range(args.seeds):
+        overrides = [f"runner.seed={s}", f"runner.total_env_frames={args.frames}", "wandb.mode=disabled",
+                     "runner.progress_every_seconds=60", f"agent.teachers={teacher_list}",
+                     f"env.games=[{','.join(games)}]", *args.override]  # fmt: skip
+        jobs[("students", "student", s)] = (config, overrides, str(out / "students" / f"student_s{s}"))
+    load_config(config, jobs[("students", "student", 0)][1])
+    students = run_all(jobs, argparse.Namespace(**{**vars(args), "eval_episodes": 0}))
+
+    def per_game(run_dir: Path, only: str | None = None, policy: bool = True) -> dict[str, float]:
+        """Evaluation mean per game of a run: a student on each game (MinAtar `eval_game`), a teacher on its `only`
+        game; without `policy` a uniform random policy on the same env build and env seeds."""
+        task = checkpoint_task(run_dir)
+        if not policy:
+            task = replace(task, state=None)
+        if only is not None:
+            tasks = {only: task}
+        else:
+            tasks = {g: replace(task, options={**task.options, "eval_game": g}) for g in games}
+        return {
+            g: round(statistics.fmean(evaluate_task(t, args.eval_episodes, [0])["episode_scores"]), 3)
+            for g, t in tasks.items()
+        }
+
+    teacher_scores, random_scores = {}, {}
+    for g in games:
+        teacher_scores.update(per_game(out / "teachers" / g, g))
+        random_scores.update(per_game(out / "teachers" / g, g, policy=False))
+    records = []
+    for g in games:
+        rec = {"bench": "distill-multi", "what": "teacher", "game": g, "frames": args.teacher_frames,
+               "eval_mean": teacher_scores[g], "random_eval_mean": random_scores[g],
+               **_summarise(teachers[(g, "teacher", 0)]["curve"], args.teacher_frames),
+               "train_seconds": teachers[(g, "teacher", 0)]["train_seconds"]}  # fmt: skip
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    fractions: dict[str, list[float]] = {g: [] for g in games}
+    above_random: dict[str, list[float]] = {g: [] for g in games}
+    for s in range(args.seeds):
+        run_dir = out / "students" / f"student_s{s}"
+        scores = per_game(run_dir)
+        recs = [r for r in read_metrics(run_dir) if "distill/agreement" in r]
+        tail = recs[-max(1, len(recs) // 10) :]
+        rec = {"bench": "distill-multi", "what": "student", "seed": s, "frames": args.frames, "eval_mean": scores,
+               "fraction_of_teacher": {}, "fraction_above_random": {},
+               "final_logs": {k: round(statistics.fmean(r[k] for r in tail), 4) for k in ("distill/agreement",
+                                                                                         "distill/kl")} if tail else {},
+               "train_seconds": students[("students", "student", s)]["train_seconds"]}  # fmt: skip
+        for g in games:
+            t, r0 = teacher_scores[g], random_scores[g]
+            rec["fraction_of_teacher"][g] = round(scores[g] / t, 3) if t else None
+            rec["fraction_above_random"][g] = round((scores[g] - r0) / (t - r0), 3) if t != r0 else None
+            if t:
+                fractions[g].append(scores[g] / t)
+            if t != r0:
+                above_random[g].append((scores[g] - r0) / (t - r0))
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    plot_curves(students, "students", ["student"], out / "students.png",
+                f"one student for {len(games)} MinAtar games, {args.frames:,} frames")  # fmt: skip
+    plot_game_fractions(fractions, above_random, out / "fractions.png",
+                        f"multi-game student / teacher per game, {args.seeds} seeds")  # fmt: skip
+    summary = {
+        "bench": "distill-multi", "what": "summary", "games": games,
+        "median_fraction_of_teacher": {g: round(statistics.median(v), 3) if v else None for g, v in fractions.items()},
+        "median_fraction_above_random": {g: round(statistics.median(v), 3) if v else None
+                                         for g, v in above_random.items()},
+        "seconds": round(time.time() - t0, 1), "out": str(out),
+    }  # fmt: skip
+    print(json.dumps(summary), flush=True)
+    return [*records, summary]
+
+
+def plot_game_fractions(fractions: dict[str, list[float]], above_random: dict[str, list[float]], path: Path,
+                        title: str) -> None:  # fmt: skip
+    """Per game, each seed's student score as a fraction of the teacher's (raw and above random), 1 = the teacher."""
+    fig, axes = _subplots(2, (10, 3.6), sharey=True)
+    for ax, values, label in ((axes[0], fractions, "student / teacher"),
+                              (axes[1], above_random, "(student - random) / (teacher - random)")):  # fmt: skip
+        for i, v in enumerate(values.values()):
+            ax.scatter([i] * len(v), v, color="C0", s=18, zorder=3)
+            if v:
+                ax.hlines(statistics.median(v), i - 0.3, i + 0.3, color="C1", lw=2, zorder=2)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.set_xticks(range(len(values)), list(values), rotation=20)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    _save(fig, title, path)
+
+
 def plot_transfer_matrix(matrix: dict, targets: list[str], methods: list[str], path: Path, title: str) -> None:
     """Targets x methods, each cell the transfer score (ratio of mean AUCs over seeds) with its per-seed range."""
     import numpy as np
@@ -804,6 +933,14 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
         p.add_argument("--eval-episodes", type=int, default=30)
         p.add_argument("--override", action="append", default=[], help="a dotted override for every run (repeatable)")
         p.add_argument("--out", default="runs/bench_distill")
+    elif which == "distill-multi":
+        p.add_argument("--config", default="configs/distill/minatar_multi.yaml", help="the student's config")
+        p.add_argument("--games", default=",".join(MINATAR_GAMES), help="MinAtar games, one teacher each")
+        p.add_argument("--teacher-frames", type=int, default=5_000_000, help="env frames per teacher (seed 0)")
+        p.add_argument("--frames", type=int, default=5_000_000, help="env frames per student, all games together")
+        p.add_argument("--eval-episodes", type=int, default=30, help="per game, for students and teachers alike")
+        p.add_argument("--override", action="append", default=[], help="a dotted override for every student")
+        p.add_argument("--out", default="runs/bench_distill_multi")
     elif which == "transfer":
         p.add_argument("--source", default="configs/impala/minatar_breakout.yaml", help="the source column's config")
         p.add_argument("--source-frames", type=int, default=None, help="source frames (default: its config's)")

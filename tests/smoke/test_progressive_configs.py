@@ -1,6 +1,7 @@
 """The shipped progressive configs as a user runs them: `decoupled train configs/progressive/<pair>.yaml` trains a
 second and a third column from earlier runs (a small source through the same CLI), checkpoints, resumes and
-evaluates; the baselines' configs train; `decoupled bench transfer` prints and draws its transfer matrix."""
+evaluates; the baselines' configs train; `decoupled bench transfer` prints and draws its transfer matrix; `decoupled
+bench distill` compares methods from one teacher and `bench distill-multi` scores a multi-game student per game."""
 
 from __future__ import annotations
 
@@ -104,3 +105,29 @@ def test_bench_distill_compares_methods_from_one_teacher(tmp_path: Path):
     assert {x["method"] for x in lines} == {"on_policy", "on_policy_sobolev"}
     assert all(0 <= x["final_logs"][0]["distill/agreement"] <= 1 for x in lines)
     assert (tmp_path / "b" / "catch.png").is_file()
+
+
+@pytest.mark.slow
+def test_bench_distill_multi_trains_teachers_then_one_student_and_scores_it_per_game(tmp_path: Path):
+    out = tmp_path / "b"
+    args = ["bench", "distill-multi", "--games", "breakout,freeway", "--teacher-frames", "3000", "--frames", "3000",
+            "--seeds", "1", "--jobs", "1", "--eval-episodes", "2", "--out", str(out),
+            "--override", "env.num_envs=4"]  # fmt: skip
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith('{"bench": "distill-multi", "what"')]
+    teachers = {x["game"]: x for x in lines if x["what"] == "teacher"}
+    (student,) = [x for x in lines if x["what"] == "student"]
+    assert set(teachers) == set(student["eval_mean"]) == {"breakout", "freeway"}
+    for g, t in teachers.items():  # the fractions are the student's per-game score over its teacher's
+        if t["eval_mean"]:
+            assert student["fraction_of_teacher"][g] == round(student["eval_mean"][g] / t["eval_mean"], 3)
+        if t["eval_mean"] != t["random_eval_mean"]:
+            expected = (student["eval_mean"][g] - t["random_eval_mean"]) / (t["eval_mean"] - t["random_eval_mean"])
+            assert student["fraction_above_random"][g] == round(expected, 3)
+    assert 0 <= student["final_logs"]["distill/agreement"] <= 1
+    assert (out / "students.png").is_file() and (out / "fractions.png").is_file()
+    config = (out / "students" / "student_s0" / "config.yaml").read_text()
+    assert str(out / "teachers" / "breakout") in config and str(out / "teachers" / "freeway") in config
+    r = _cli(*args[:-2], "--games", "breakout")  # one game is no multi-game student
+    assert r.returncode == 2 and "two or more" in r.stderr

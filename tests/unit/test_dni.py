@@ -1,5 +1,7 @@
 """The synthetic-gradient core: exact equivalences with the LSTM core, M's regression target on a linear RNN,
-no leak of M's loss into the core, episode starts at the window's edges, config errors."""
+no leak of M's loss into the core, episode starts at the window's edges, config errors; the Sobolev-trained critic
+(`agent.dni.module: critic`): its gradient is the synthetic gradient, it starts as exact truncated BPTT, its value
+and gradient targets are the window's loss and that loss's gradient, IMPALA's per-column loss sums to its loss."""
 
 import types
 
@@ -10,10 +12,16 @@ import yaml
 
 from decoupled.agents import get_agent
 from decoupled.agents.base import module_learner_hooks, trainable_parameters
-from decoupled.agents.impala import ImpalaConfig, ImpalaNet
-from decoupled.agents.nets.dni import DNIConfig, DNILSTMCore, SyntheticGradientModule, SyntheticGradients
+from decoupled.agents.impala import ImpalaConfig, ImpalaNet, impala_loss
+from decoupled.agents.nets.dni import (
+    DNIConfig,
+    DNILSTMCore,
+    SyntheticGradientCritic,
+    SyntheticGradientModule,
+    SyntheticGradients,
+)
 from decoupled.envs.base import EnvSpec
-from decoupled.runners.training.actor_learner import Learner
+from decoupled.runners.training.actor_learner import Learner, net_inputs, rollout_to_batch
 from decoupled.runners.training.config import ConfigError, load_config
 
 SPEC = EnvSpec("vec", (6,), np.dtype(np.float32), 3)
@@ -252,3 +260,148 @@ def test_config_errors_name_the_fix(tmp_path):
     saved = tmp_path / "config.yaml"
     saved.write_text(yaml.safe_dump(plain.model_dump(mode="json")))
     assert load_config(saved).agent.dni == DNIConfig() and load_config(saved).agent.core == plain.agent.core
+
+
+# ----------------------------------------------------------------------------------------------- the critic
+@pytest.mark.parametrize("hidden", [0, 5])
+def test_the_critics_gradient_is_the_gradient_of_its_value(hidden):
+    torch.manual_seed(0)
+    critic = SyntheticGradientCritic(4, context_size=2, hidden_size=hidden)
+    for p in critic.parameters():
+        torch.nn.init.normal_(p)
+    s, ctx = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    critic = critic.double()
+    v, g = critic.value_and_gradient(s, ctx)
+    assert v.shape == (3,) and g.shape == (3, 4) and not v.requires_grad and not g.requires_grad
+    eps = 1e-6
+    for i in range(4):  # central differences of the value in each state coordinate
+        d = torch.zeros(4, dtype=torch.float64)
+        d[i] = eps
+        fd = (critic.value(s + d, ctx) - critic.value(s - d, ctx)) / (2 * eps)
+        torch.testing.assert_close(g[:, i], fd.detach(), rtol=1e-6, atol=1e-7)
+    if hidden == 0:  # a quadratic form: the gradient is linear in x = [s; context], (A + A^T) x / 2 + b, s's part
+        x = torch.cat([s, ctx], -1)
+        A, b = critic.quadratic.detach(), critic.linear.weight.detach()[0]
+        torch.testing.assert_close(g, (x @ (A + A.T) / 2 + b)[:, :4])
+
+
+def test_a_zero_critic_is_exactly_truncated_bptt():
+    plain, plain_net = _learner("lstm")
+    critic, critic_net = _learner("dni_lstm", module="critic")
+    plain.step(_rollout(0))
+    m = critic.step(_rollout(0))  # the critic is zero during this update: nothing is injected
+    a, b = _core_params(plain_net), _core_params(critic_net)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert m["dni/critic_value_loss"] > 0 and m["dni/critic_gradient_loss"] > 0  # it has targets to learn
+    plain.step(_rollout(1))
+    m = critic.step(_rollout(1))  # now it has moved: a synthetic gradient reaches the core
+    assert m["dni/injected_norm"] > 0
+    a, b = _core_params(plain_net), _core_params(critic_net)
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_critic_targets_are_the_window_loss_and_its_gradient():
+    learner, net = _learner("dni_lstm", module="critic", scale=0.5)
+    hook = learner.hooks[0]
+    for s in range(3):  # move the critic off zero, so the bootstrap term is not trivially 0
+        learner.step(_rollout(s))
+    batch, state = rollout_to_batch(_rollout(7), torch.device("cpu"))
+    leaf = hook.leaf(state)
+    outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), leaf)
+    loss, _ = learner.agent.loss_fn(learner.cfg, batch, outputs)
+    term, _ = hook.inject(batch, outputs)
+    s_T = torch.cat(list(outputs["dni/boundary_state"]), -1)
+    v_T = net.core.sg.value(s_T)
+    # the injected term has the gradient of lambda * L^(s_T) at s_T; the value target is the column loss plus it
+    torch.testing.assert_close(hook.bootstrap, 0.5 * v_T.detach())
+    torch.testing.assert_close(outputs["dni/column_loss"].sum(), loss.detach())
+    total_per_column = outputs["dni/column_loss"] + hook.bootstrap
+    objective = loss + 0.5 * v_T.sum()  # the same value, differentiable in s_0
+    (g_obj,) = torch.autograd.grad(objective, leaf[:2], retain_graph=True)[:1]
+    (loss + term).backward()
+    torch.testing.assert_close(leaf[0].grad, g_obj)  # the target the critic's gradient regresses
+    assert total_per_column.shape == (B,)
+    before = [p.detach().clone() for p in net.core.sg.parameters()]
+    metrics = hook.update(leaf, batch, outputs)
+    assert any(not torch.equal(a, p) for a, p in zip(before, net.core.sg.parameters(), strict=True))
+    assert {"dni/critic_value_loss", "dni/critic_gradient_loss", "dni/critic_value"} <= set(metrics)
+
+
+def test_the_critic_fits_a_loss_and_its_gradient():
+    """Sobolev regression through the hook's own update: value and gradient targets of a fixed quadratic loss
+    (standing in for the window's loss) are fitted, both errors falling by orders of magnitude."""
+    torch.manual_seed(0)
+    learner, net = _learner("dni_lstm", module="critic", lr=3e-2)
+    hook = learner.hooks[0]
+    Q = torch.randn(16, 16) / 4
+    Q = Q @ Q.T
+    errors = []
+    for _ in range(300):
+        s0 = torch.randn(B, 16)
+        h, c = s0[:, :8].requires_grad_(True), s0[:, 8:].requires_grad_(True)
+        x = torch.cat([h, c], -1)
+        per_column = 0.5 * ((x @ Q) * x).sum(-1) + x[:, 0]
+        per_column.sum().backward()
+        batch = {"first": torch.zeros(T + 1, B, dtype=torch.bool), "reward": torch.zeros(T + 1, B)}
+        hook.bootstrap = 0.0
+        m = hook.update((h, c), batch, {"dni/column_loss": per_column.detach()})
+        errors.append((m["dni/critic_value_loss"], m["dni/critic_gradient_loss"]))
+    first, last = np.mean(errors[:10], 0), np.mean(errors[-10:], 0)
+    assert last[0] < 0.01 * first[0] and last[1] < 0.01 * first[1], (first, last)
+
+
+def test_impala_column_loss_sums_to_the_loss():
+    cfg = ImpalaConfig(torso="mlp", hidden_sizes=(16,), baseline_cost=0.7, entropy_cost=0.03)
+    torch.manual_seed(0)
+    Tn, Bn, A = 4, 3, 5
+    batch = {
+        "action": torch.randint(0, A, (Tn + 1, Bn)),
+        "reward": torch.randn(Tn + 1, Bn),
+        "behaviour_logits": torch.randn(Tn + 1, Bn, A),
+        "first": torch.zeros(Tn + 1, Bn, dtype=torch.bool),
+        "terminated": torch.zeros(Tn + 1, Bn, dtype=torch.bool),
+        "truncated": torch.zeros(Tn + 1, Bn, dtype=torch.bool),
+        "truncation_value": torch.zeros(Tn + 1, Bn),
+    }
+    outputs = {"policy_logits": torch.randn(Tn + 1, Bn, A), "baseline": torch.randn(Tn + 1, Bn)}
+    for reduction in ("mean", "sum"):
+        c = cfg.model_copy(update={"loss_reduction": reduction})
+        out = {**outputs, "dni/wants_column_loss": True}
+        loss, _ = impala_loss(c, batch, out)
+        assert out["dni/column_loss"].shape == (Bn,)
+        torch.testing.assert_close(out["dni/column_loss"].sum(), loss)
+        plain = dict(outputs)
+        impala_loss(c, batch, plain)
+        assert "dni/column_loss" not in plain  # only computed when a critic asks for it
+
+
+def test_critic_configs_that_cannot_work_are_refused():
+    catch = "configs/impala/catch.yaml"
+    dni = ["agent.core=dni_lstm", "agent.dni.module=critic"]
+    cfg = load_config(catch, dni)
+    assert cfg.agent.dni.module == "critic" and cfg.agent.dni.critic_value_cost == 0.1
+    with pytest.raises(ConfigError, match="normalize"):
+        load_config(catch, [*dni, "agent.dni.normalize=true"])
+    with pytest.raises(ConfigError, match="critic_gradient_cost are both 0"):
+        load_config(catch, [*dni, "agent.dni.critic_value_cost=0", "agent.dni.critic_gradient_cost=0"])
+    with pytest.raises(ConfigError, match="module"):
+        load_config(catch, ["agent.core=dni_lstm", "agent.dni.module=value"])
+    feudal = "configs/feudal/minigrid_doorkey.yaml"
+    fun = ["agent.worker_core=dni_lstm", "agent.dni.module=critic"]
+    with pytest.raises(ConfigError, match="critic_value_cost=0"):
+        load_config(feudal, fun)
+    assert load_config(feudal, [*fun, "agent.dni.critic_value_cost=0"]).agent.dni.critic_value_cost == 0
+    assert DNIConfig(module="critic", critic_value_cost=0).critic_gradient_cost == 1.0
+
+
+def test_a_critic_without_the_column_loss_says_what_to_set():
+    learner, net = _learner("dni_lstm", module="critic")
+    hook = learner.hooks[0]
+    batch, state = rollout_to_batch(_rollout(0), torch.device("cpu"))
+    leaf = hook.leaf(state)
+    outputs, _ = net(net_inputs(batch["obs"], batch["first"], batch["action"], batch["reward"], "cpu"), leaf)
+    loss, _ = learner.agent.loss_fn(learner.cfg, batch, outputs)
+    (loss + hook.inject(batch, outputs)[0]).backward()
+    del outputs["dni/column_loss"]
+    with pytest.raises(RuntimeError, match="critic_value_cost=0"):
+        hook.update(leaf, batch, outputs)
