@@ -244,7 +244,7 @@ def run_method(args: argparse.Namespace, method: str, seed: int) -> dict[str, An
 def bench_dni(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.task == "delayed_cue":
         return bench_delayed_cue(args)
-    methods = [m.strip() for m in (args.methods or ",".join(METHODS)).split(",")]
+    methods = [m.strip() for m in (args.methods or "bptt,dni,dni_aux").split(",")]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"bench dni: unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
@@ -398,7 +398,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncation", type=int, default=3, help="BPTT window T (steps per update)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument(
-        "--methods", default=None, help=f"comma-separated: {', '.join(METHODS)} (supervised tasks; default all), "
+        "--methods", default=None, help=f"comma-separated: {', '.join(METHODS)} (supervised tasks; default "
+        "bptt,dni,dni_aux), "
         f"{', '.join(RL_METHODS)} (delayed_cue; default bptt,dni,bptt_long)",
     )  # fmt: skip
     p.add_argument("--updates-per-level", type=int, default=4000, help="budget to solve one level before stopping")

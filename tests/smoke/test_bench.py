@@ -216,6 +216,13 @@ def test_bench_dni_recall_solves_delays_inside_the_window_with_every_method():
     summary = lines[-1]
     assert summary["what"] == "summary" and summary["dni_median_max_solved"] == 2
     assert summary["dni_beats_bptt_on_every_seed"] is False  # equal, not better, inside the window
+    cmd = [*cmd[:-6], "--seeds", "1", "--max-level", "1", "--updates-per-level", "2500"]
+    proc = subprocess.run([*cmd, "--methods", "dni_critic,dni_critic_grad"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_method = {r["method"]: r for r in _json_lines(proc.stdout) if "method" in r}
+    assert set(by_method) == {"dni_critic", "dni_critic_grad"}
+    assert all(r["max_solved_per_seed"] == [1] for r in by_method.values()), by_method
 
 
 @pytest.mark.slow
