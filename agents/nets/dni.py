@@ -48,7 +48,9 @@ gradient is its gradient dL^/ds. It is trained on both, value and derivative:
 l_window is the agent's loss of each batch column in this window (the agent leaves it as outputs["dni/column_loss"]:
 impala, unreal and nav do; an agent whose loss does not is refused unless `critic_value_cost` is 0) and delta_0 the
 same target as above, the gradient of exactly that value target in s_0. A synthetic gradient that is the gradient
-of a scalar is a conservative field, which a free M need not be.
+of a scalar is a conservative field, which a free M need not be. Where an episode starts inside the window, the
+value target still counts the new episode's losses, which s_0 cannot change: noise in the value term, not a bias
+in the gradient term.
 
 `SyntheticGradients` does the learner's part (leaf state, injection, M's update, checkpoint state) as a
 `LearnerHook` (decoupled/agents/base.py) that the core hands out (`DNILSTMCore.learner_hook`), so an agent that
@@ -158,9 +160,8 @@ class DNILSTMCore(LSTMCore):
         extras["dni/boundary_state"] = kept[nxt - 1]  # before that slot: the state the next window starts from
         extras["dni/next_window_slot"] = nxt
         if self.cfg.module == "critic" and self.cfg.critic_value_cost > 0:
-            extras["dni/wants_column_loss"] = (
-                True  # the agent's loss then leaves "dni/column_loss": its value per column
-            )
+            # the agent's loss then leaves "dni/column_loss": its value per batch column
+            extras["dni/wants_column_loss"] = True
         return outputs, final
 
     def learner_hook(self) -> SyntheticGradients | None:
