@@ -812,8 +812,6 @@ def bench_distill_multi(args: argparse.Namespace) -> list[dict[str, Any]]:
                             [*layout, f"runner.total_env_frames={args.teacher_frames}"], str(out / "teachers" / g))
         for g in games
     }  # fmt: skip
-    teacher_args = argparse.Namespace(**{**vars(args), "frames": args.teacher_frames, "eval_episodes": 0})
-    teachers = run_all(teacher_jobs, teacher_args)
     config = str(_repo_path(args.config))
     teacher_list = "[" + ",".join(str(out / "teachers" / g) for g in games) + "]"
     jobs = {}
@@ -822,7 +820,9 @@ def bench_distill_multi(args: argparse.Namespace) -> list[dict[str, Any]]:
                      "runner.progress_every_seconds=60", f"agent.teachers={teacher_list}",
                      f"env.games=[{','.join(games)}]", *args.override]  # fmt: skip
         jobs[("students", "student", s)] = (config, overrides, str(out / "students" / f"student_s{s}"))
-    load_config(config, jobs[("students", "student", 0)][1])
+    load_config(config, jobs[("students", "student", 0)][1])  # a bad --override: now, not after the teachers
+    teacher_args = argparse.Namespace(**{**vars(args), "frames": args.teacher_frames, "eval_episodes": 0})
+    teachers = run_all(teacher_jobs, teacher_args)
     students = run_all(jobs, argparse.Namespace(**{**vars(args), "eval_episodes": 0}))
 
     def per_game(run_dir: Path, only: str | None = None, policy: bool = True) -> dict[str, float]:

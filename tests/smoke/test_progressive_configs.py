@@ -131,3 +131,6 @@ def test_bench_distill_multi_trains_teachers_then_one_student_and_scores_it_per_
     assert str(out / "teachers" / "breakout") in config and str(out / "teachers" / "freeway") in config
     r = _cli(*args[:-2], "--games", "breakout")  # one game is no multi-game student
     assert r.returncode == 2 and "two or more" in r.stderr
+    bad = tmp_path / "bad"  # a student override that cannot load stops before any teacher trains
+    r = _cli(*args[:-4], "--out", str(bad), "--override", "agent.no_such_key=1")
+    assert r.returncode == 2 and "no_such_key" in r.stderr and not (bad / "teachers").exists()
