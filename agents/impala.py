@@ -28,7 +28,7 @@ from decoupled.agents.nets import make_core
 from decoupled.agents.nets.cores import CoreState
 from decoupled.agents.nets.heads import PolicyBaselineHead
 from decoupled.agents.nets.torsos import make_torso
-from decoupled.agents.ops.losses import baseline_loss, entropy_loss, policy_gradient_loss
+from decoupled.agents.ops.losses import action_log_probs, baseline_loss, entropy_loss, policy_gradient_loss
 from decoupled.agents.ops.vtrace import vtrace_from_logits
 from decoupled.envs.base import EnvSpec
 
@@ -154,7 +154,7 @@ def column_loss(cfg: ImpalaConfig, logits_t: torch.Tensor, actions_t: torch.Tens
     columns divided by T * B is the loss above (before its auxiliary terms)."""
     with torch.no_grad():
         log_probs = torch.log_softmax(logits_t, -1)
-        pg = -(log_probs.gather(-1, actions_t.unsqueeze(-1)).squeeze(-1) * vt.pg_advantages)
+        pg = -(action_log_probs(logits_t, actions_t) * vt.pg_advantages)
         bl = 0.5 * (vt.vs - values_t) ** 2
         neg_entropy = (log_probs.exp() * log_probs).sum(-1)
         return (pg + cfg.baseline_cost * bl + cfg.entropy_cost * neg_entropy).sum(0)

@@ -294,13 +294,13 @@ def _rl_overrides(args: argparse.Namespace, method: str, seed: int) -> list[str]
         f"runner.total_env_frames={args.frames}", f"optim.lr={args.agent_lr}", "wandb.mode=disabled",
         f"runner.log_every_env_frames={max(1000, args.frames // 100)}", "runner.torch_threads=1",
     ]  # fmt: skip
-    if method in ("dni", "dni_aux"):
+    if method in ("dni", "dni_aux", "dni_critic"):
         o += ["agent.core=dni_lstm", f"agent.dni.scale={args.scale}", f"agent.dni.lr={args.sg_lr}"]
+    if method in ("dni", "dni_aux"):
         o.append(f"agent.dni.normalize={str(args.sg_normalize).lower()}")
         if method == "dni_aux":
             o.append(f"agent.dni.aux_cost={args.aux_cost}")
     if method == "dni_critic":
-        o += ["agent.core=dni_lstm", f"agent.dni.scale={args.scale}", f"agent.dni.lr={args.sg_lr}"]
         o += ["agent.dni.module=critic", f"agent.dni.critic_value_cost={args.critic_value_cost}"]
     return o
 

@@ -825,25 +825,14 @@ def bench_distill_multi(args: argparse.Namespace) -> list[dict[str, Any]]:
     teachers = run_all(teacher_jobs, teacher_args)
     students = run_all(jobs, argparse.Namespace(**{**vars(args), "eval_episodes": 0}))
 
-    def per_game(run_dir: Path, only: str | None = None, policy: bool = True) -> dict[str, float]:
-        """Evaluation mean per game of a run: a student on each game (MinAtar `eval_game`), a teacher on its `only`
-        game; without `policy` a uniform random policy on the same env build and env seeds."""
-        task = checkpoint_task(run_dir)
-        if not policy:
-            task = replace(task, state=None)
-        if only is not None:
-            tasks = {only: task}
-        else:
-            tasks = {g: replace(task, options={**task.options, "eval_game": g}) for g in games}
-        return {
-            g: round(statistics.fmean(evaluate_task(t, args.eval_episodes, [0])["episode_scores"]), 3)
-            for g, t in tasks.items()
-        }
+    def score(task: Any) -> float:  # the mean of --eval-episodes on the same env seeds for every policy
+        return round(statistics.fmean(evaluate_task(task, args.eval_episodes, [0])["episode_scores"]), 3)
 
     teacher_scores, random_scores = {}, {}
     for g in games:
-        teacher_scores.update(per_game(out / "teachers" / g, g))
-        random_scores.update(per_game(out / "teachers" / g, g, policy=False))
+        task = checkpoint_task(out / "teachers" / g)
+        teacher_scores[g] = score(task)
+        random_scores[g] = score(replace(task, state=None))  # uniform random actions, same env build and seeds
     records = []
     for g in games:
         rec = {"bench": "distill-multi", "what": "teacher", "game": g, "frames": args.teacher_frames,
@@ -856,7 +845,8 @@ def bench_distill_multi(args: argparse.Namespace) -> list[dict[str, Any]]:
     above_random: dict[str, list[float]] = {g: [] for g in games}
     for s in range(args.seeds):
         run_dir = out / "students" / f"student_s{s}"
-        scores = per_game(run_dir)
+        task = checkpoint_task(run_dir)
+        scores = {g: score(replace(task, options={**task.options, "eval_game": g})) for g in games}
         recs = [r for r in read_metrics(run_dir) if "distill/agreement" in r]
         tail = recs[-max(1, len(recs) // 10) :]
         rec = {"bench": "distill-multi", "what": "student", "seed": s, "frames": args.frames, "eval_mean": scores,
@@ -866,12 +856,12 @@ def bench_distill_multi(args: argparse.Namespace) -> list[dict[str, Any]]:
                "train_seconds": students[("students", "student", s)]["train_seconds"]}  # fmt: skip
         for g in games:
             t, r0 = teacher_scores[g], random_scores[g]
-            rec["fraction_of_teacher"][g] = round(scores[g] / t, 3) if t else None
-            rec["fraction_above_random"][g] = round((scores[g] - r0) / (t - r0), 3) if t != r0 else None
-            if t:
-                fractions[g].append(scores[g] / t)
-            if t != r0:
-                above_random[g].append((scores[g] - r0) / (t - r0))
+            frac = scores[g] / t if t else None
+            above = (scores[g] - r0) / (t - r0) if t != r0 else None
+            rec["fraction_of_teacher"][g] = None if frac is None else round(frac, 3)
+            rec["fraction_above_random"][g] = None if above is None else round(above, 3)
+            fractions[g] += [] if frac is None else [frac]
+            above_random[g] += [] if above is None else [above]
         records.append(rec)
         print(json.dumps(rec), flush=True)
     plot_curves(students, "students", ["student"], out / "students.png",
