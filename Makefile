@@ -7,7 +7,7 @@ EXTRAS ?= atari,minatar,minigrid,labyrinth,bench,report,dev,ray
 DEMO_CONFIG ?= configs/impala/minatar_breakout.yaml
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,21 @@ test: install
 test-fast: install
 	$(BIN)/pytest -q -m "not learning and not slow"
 
+# The throughput peers of `decoupled bench throughput` (Sample Factory, CleanRL), each in a virtual environment of
+# its own built from its pinned list in runners/bench/peers/ (their pins clash with ours); not needed by the tests.
+PEER_VENVS ?= .venv-peers
+PEERS := sample_factory cleanrl
+
+$(PEER_VENVS)/%/.installed-stamp: runners/bench/peers/%.txt
+	rm -rf $(PEER_VENVS)/$*
+	$(PYTHON) -m venv $(PEER_VENVS)/$*
+	$(PEER_VENVS)/$*/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+peers: $(foreach p,$(PEERS),$(PEER_VENVS)/$(p)/.installed-stamp)
+
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(PEER_VENVS) .pytest_cache .ruff_cache *.egg-info

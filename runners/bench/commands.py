@@ -40,6 +40,11 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
   its depth and loop-closure tasks) and its peer `configs/impala/nav_maze_static_01.yaml` (the LSTM IMPALA agent);
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
+- `sf_appo`, `sf_appo_1w`, `cleanrl_ppo`: Sample Factory 2.1.1's APPO (its envpool Atari example with impala_ff's
+  16 envs x unroll 20 per batch, V-trace, Nature CNN; 2 worker processes x 8 envs, or 1 x 16) and CleanRL's
+  ppo_atari_envpool.py (its defaults), each run by the interpreter of its own virtual environment (`make peers`;
+  without it they are skipped, or refused when named in --only); their settings and every deviation from ours are in
+  runners/bench/foreign.py and in each record, and their peak memory is their whole process tree's;
 
 then a line of ratios. Every process imports `runners` first, so every one of them (SB3's too) runs torch with
 passive OpenMP waiting (see decoupled/__init__.py).
@@ -59,6 +64,7 @@ from typing import Any
 import numpy as np
 
 from decoupled.runners.bench import BenchUsageError, emit
+from decoupled.runners.bench.foreign import FOREIGN_PEERS
 
 
 def _steps_per_second(step_fn, batch: int, seconds: float, warmup: int = 20) -> float:
@@ -183,7 +189,8 @@ OWN_ENV: dict[str, str] = {
 for _name, _config in OWN_ENV.items():
     VARIANT_CONFIGS[_name] = _config
     TRAIN_VARIANTS[_name] = ["env.num_envs=4"]
-THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown")
+# other projects' trainers, each in a virtual environment of its own (runners/bench/foreign.py; `make peers`)
+THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown", *FOREIGN_PEERS)
 
 
 def _peak_rss_mb() -> float:
@@ -428,9 +435,13 @@ def _throughput_worker(a: dict[str, Any]) -> dict[str, Any]:
         out = _measure_sb3(a)
     elif what == "breakdown":
         out = _measure_breakdown(a)
+    elif what in FOREIGN_PEERS:
+        from decoupled.runners.bench import foreign
+
+        out = foreign.measure(a)  # its peak memory is the peer's process tree's, not this process's
     else:
         raise ValueError(f"unknown measurement {what!r}; choose from {', '.join(THROUGHPUT_MEASUREMENTS)}")
-    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    out.setdefault("peak_rss_mb", round(_peak_rss_mb(), 1))
     return out
 
 
@@ -460,6 +471,16 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
             f"unknown measurement(s) {', '.join(unknown) or repr(args.only)}; --only takes a comma-separated subset of "
             f"{', '.join(THROUGHPUT_MEASUREMENTS)}"
         )
+    from decoupled.runners.bench.foreign import PeerUnavailable, peer_python
+
+    for what in [w for w in whats if w in FOREIGN_PEERS]:  # other projects' peers need their own venvs
+        try:
+            peer_python(what)
+        except PeerUnavailable as e:
+            if args.only:  # asked for by name: a usage error that says how to build it
+                raise BenchUsageError(str(e)) from None
+            whats.remove(what)
+            print(f"bench throughput: skipping {e}", file=sys.stderr)
     check_game(args.game)  # before any measurement starts (each runs in a process of its own)
     load_config(_config_path(args.config), [f"env.id={args.game}", f"env.num_envs={args.num_envs}"])  # ConfigError
     runs: dict[str, list[dict[str, Any]]] = {w: [] for w in whats}
@@ -504,8 +525,12 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
         *((name, "impala_ff") for name in RAY_ACTORS),  # Ray actors against the async actor thread
+        *(("impala_ff", name) for name in FOREIGN_PEERS),  # ours against other projects' trainers
     ]
     ratios = {f"{a}/{b}": round(medians[a] / medians[b], 3) for a, b in pairs if a in medians and b in medians}
+    sf = [w for w in ("sf_appo", "sf_appo_1w") if w in medians]
+    if "impala_ff" in medians and sf:  # against Sample Factory's faster setting in this run
+        ratios["impala_ff/sf_best"] = round(medians["impala_ff"] / max(medians[w] for w in sf), 3)
     game = "nav_maze_static_01" if all(w in OWN_ENV for w in whats) else args.game
     summary = {"bench": "throughput", "what": "ratios", "game": game, **ratios}
     summary["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus"
@@ -547,7 +572,9 @@ def add_parser(sub: Any) -> None:
     lab.add_argument("--repeats", type=positive_int, default=3)
     lab.set_defaults(func=lambda a: (bench_labyrinth(a), 0)[1])
     tp = bsub.add_parser(
-        "throughput", help="Atari agent steps/s: env alone, our agents (impala, unreal, feudal, distill), SB3; ratios"
+        "throughput",
+        help="Atari agent steps/s: env alone, our agents (impala, unreal, feudal, distill), SB3, Sample Factory, "
+        "CleanRL; ratios",
     )
     tp.add_argument("--game", default="Breakout")
     tp.add_argument(

@@ -364,3 +364,25 @@ def test_bench_feudal_runs_both_methods_with_goal_ablation(tmp_path):
     assert 0 <= fun["success_per_seed"][0] <= 1 and "eval_mean_ablate_zero_per_seed" not in methods["lstm"]
     proc = subprocess.run([*cmd[:5], "--tasks", "nope"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "configs/feudal/nope.yaml" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_throughput_measures_sample_factory_and_cleanrl_in_their_own_venvs(tmp_path):
+    from decoupled.runners.bench.foreign import PeerUnavailable, peer_python
+
+    try:
+        peer_python("sf_appo"), peer_python("cleanrl_ppo")
+    except PeerUnavailable as e:
+        pytest.skip(f"the peers' venvs are not built (`make peers`): {e}")
+    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "20", "--warmup", "40"]
+    proc = subprocess.run([*cmd, "--repeats", "1", "--only", "impala_ff,sf_appo,cleanrl_ppo"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    for peer in ("sf_appo", "cleanrl_ppo"):
+        assert by_what[peer]["median_steps_per_s"] > 0 and by_what[peer]["deviations"]
+        assert by_what["ratios"][f"impala_ff/{peer}"] == pytest.approx(
+            by_what["impala_ff"]["median_steps_per_s"] / by_what[peer]["median_steps_per_s"], rel=1e-2
+        )
+    assert by_what["ratios"]["impala_ff/sf_best"] == by_what["ratios"]["impala_ff/sf_appo"]  # the only SF setting
+    assert by_what["sf_appo"]["peak_rss_mb_max"] > by_what["cleanrl_ppo"]["peak_rss_mb_max"] > 0  # SF: 4+ processes
