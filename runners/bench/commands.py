@@ -190,6 +190,11 @@ for _name, _config in OWN_ENV.items():
     VARIANT_CONFIGS[_name] = _config
     TRAIN_VARIANTS[_name] = ["env.num_envs=4"]
 # other projects' trainers, each in a virtual environment of its own (runners/bench/foreign.py; `make peers`)
+# the actor-side perf/ metrics of async_actors.RolloutPerf whose medians a training measurement reports
+ACTOR_PERF_METRICS = (
+    "perf/actor_env_wait_ms", "perf/actor_act_ms", "perf/actor_param_pull_ms", "perf/actor_queue_put_ms",
+    "perf/process_cpu_share", "perf/machine_load_1min",
+)  # fmt: skip
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown", *FOREIGN_PEERS)
 
 
@@ -265,6 +270,10 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     waits = [r["perf/learner_wait_fraction"] for r in recs if "perf/learner_wait_fraction" in r]
     if waits:
         out["learner_wait_fraction"] = round(float(np.mean(waits)), 3)
+    for key in ACTOR_PERF_METRICS:  # where the actors' time went, and the CPU the process got (RolloutPerf)
+        values = [r[key] for r in recs if key in r]
+        if values:
+            out[key.removeprefix("perf/")] = round(float(np.median(values)), 3)
     if cfg.runner.mode == "ray":  # a record per update, one rollout each: medians per rollout (per version: put)
         out["num_actors"] = cfg.runner.num_actors
         out["num_cpus_per_actor"] = cfg.runner.ray.num_cpus_per_actor

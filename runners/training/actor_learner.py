@@ -138,6 +138,9 @@ class Actor:
         self.started = False
         # the env call in progress: (group, method, time.monotonic() at its start, thread id), for the watchdog
         self.busy: tuple[int, str, float, int] | None = None
+        # running totals for the perf/actor_* metrics (async_actors.RolloutPerf): seconds in unroll() and, of them,
+        # waiting for the envs' steps; steps acted (one per slot of the batch)
+        self.timing = {"unroll_s": 0.0, "env_wait_s": 0.0, "steps": 0}
 
     # -------------------------------------------------------------------------------------------- state
     def start(self, seed: int) -> None:
@@ -222,7 +225,9 @@ class Actor:
         """Collect group g's step and store it at slot t+1."""
         action_np, logits_np, new_state = self._pending[g]
         self._pending[g] = None
+        t_wait = time.perf_counter()
         obs, reward, terminated, truncated, info = self._call_env(g, "step_wait")
+        self.timing["env_wait_s"] += time.perf_counter() - t_wait
         self.stats.add(info)
         b, cols, nxt = self.buf, self.cols[g], t + 1
         b["obs"][nxt, cols] = obs
@@ -262,6 +267,7 @@ class Actor:
         """Act for T steps. Returns the rollout message: numpy arrays [T+1, B, ...], the core state at slot 0, the
         policy version that acted and the games that finished meanwhile."""
         assert self.started, "call start() or set_state() first"
+        t_start = time.perf_counter()
         b, o = self.buf, self.overlap
         initial_state = _to_numpy_state(_cat_states(self.lead_states if o else self.states))
         groups = range(len(self.envs))
@@ -276,6 +282,8 @@ class Actor:
         for v in b.values():  # the last slot becomes slot 0 of the next unroll (with the overlap slots before it)
             v[: o + 1] = v[self.T : self.T + o + 1]
         returns, frames = self.stats.drain()
+        self.timing["unroll_s"] += time.perf_counter() - t_start
+        self.timing["steps"] += self.T
         return {
             "data": rollout,
             "initial_state": initial_state,

@@ -17,6 +17,7 @@ builds new ones (from a new seed) and starts new episodes; the learner goes on w
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -55,6 +56,50 @@ class ParamSnapshot:
         return version
 
 
+class RolloutPerf:
+    """Where the actors' time went since the last metrics record, per agent step of an actor's batch (every env of
+    the batch stepping once), for the perf/ metrics of each record:
+
+    - `perf/actor_env_wait_ms`: waiting for the envs' steps (what the pipelining of env groups does not hide);
+    - `perf/actor_act_ms`: the rest of an unroll: the net's forward pass, sampling, buffer writes, the rollout copy;
+    - async only: `perf/actor_param_pull_ms` (loading the learner's newest parameters) and `perf/actor_queue_put_ms`
+      (blocked on a full queue: the learner is the bottleneck);
+    - `perf/process_cpu_share`: CPU seconds this process got per wall-clock second (up to the core count), and
+      `perf/machine_load_1min`: the machine's 1-minute load average, ours included. A speed that falls while the
+      load rises beyond our own threads while our CPU share falls is the machine being shared, not our code.
+
+    With several actor threads the times are summed over them and divided by their summed steps."""
+
+    KEYS = ("unroll_s", "env_wait_s", "pull_s", "put_s", "steps")
+
+    def __init__(self) -> None:
+        self._last = self._now({k: 0.0 for k in self.KEYS})
+
+    @staticmethod
+    def _now(totals: dict[str, float]) -> dict[str, float]:
+        return {"wall": time.perf_counter(), "cpu": time.process_time(), **totals}
+
+    def metrics(self, totals: dict[str, float], with_queue: bool) -> dict[str, float]:
+        now = self._now(totals)
+        d = {k: now[k] - self._last[k] for k in now}
+        self._last = now
+        out: dict[str, float] = {}
+        if d["steps"] > 0:
+            ms = 1000.0 / d["steps"]
+            out["perf/actor_env_wait_ms"] = d["env_wait_s"] * ms
+            out["perf/actor_act_ms"] = (d["unroll_s"] - d["env_wait_s"]) * ms
+            if with_queue:
+                out["perf/actor_param_pull_ms"] = d["pull_s"] * ms
+                out["perf/actor_queue_put_ms"] = d["put_s"] * ms
+        if d["wall"] > 0:
+            out["perf/process_cpu_share"] = d["cpu"] / d["wall"]
+        try:
+            out["perf/machine_load_1min"] = os.getloadavg()[0]
+        except OSError:  # not on this platform
+            pass
+        return out
+
+
 class SerialRollouts:
     """The actor acts when the learner asks, with the learner's own net: deterministic, for tests and debugging."""
 
@@ -63,6 +108,13 @@ class SerialRollouts:
     def __init__(self, actor: Actor, version: Callable[[], int], seed: int):
         self.actor, self._version, self.seed = actor, version, seed
         self.env_restarts = 0
+        self._perf = RolloutPerf()
+
+    def perf_metrics(self) -> dict[str, float]:
+        """The perf/ metrics of RolloutPerf since the last call."""
+        t = self.actor.timing
+        return self._perf.metrics({"unroll_s": t["unroll_s"], "env_wait_s": t["env_wait_s"], "pull_s": 0.0,
+                                   "put_s": 0.0, "steps": t["steps"]}, with_queue=False)  # fmt: skip
 
     def start(self, seed_offset: int = 0) -> None:
         """New episodes in every env (the alternative to restoring an actor snapshot)."""
@@ -105,6 +157,7 @@ class ActorThread(threading.Thread):
         self.env_restarts = 0
         self.error: BaseException | None = None
         self.stop_event = threading.Event()
+        self.pull_s = self.put_s = 0.0  # seconds loading parameters and blocked on a full queue (RolloutPerf)
 
     def run(self) -> None:
         try:
@@ -114,19 +167,23 @@ class ActorThread(threading.Thread):
                 except EnvCrashedError as exc:
                     self._restart_envs(exc)
             while not self.stop_event.is_set():
+                t0 = time.perf_counter()
                 self.version = self.params.pull(self.actor.net, self.version)
+                self.pull_s += time.perf_counter() - t0
                 try:
                     rollout = self.actor.unroll(self.version)
                 except EnvCrashedError as exc:
                     self._restart_envs(exc)
                     continue
                 rollout["actor_id"] = self.actor_id
+                t0 = time.perf_counter()
                 while not self.stop_event.is_set():
                     try:
                         self.out.put(rollout, timeout=0.1)
                         break
                     except queue.Full:
                         continue
+                self.put_s += time.perf_counter() - t0
         except BaseException as exc:  # noqa: BLE001 - handed to the learner thread, which raises it
             self.error = exc
 
@@ -189,6 +246,19 @@ class AsyncRollouts:
             for i, actor in enumerate(actors)
         ]
         self.started = False
+        self._perf = RolloutPerf()
+
+    def perf_metrics(self) -> dict[str, float]:
+        """The perf/ metrics of RolloutPerf since the last call, over every actor thread."""
+        totals = {k: 0.0 for k in RolloutPerf.KEYS}
+        for t in self.threads:
+            timing = t.actor.timing
+            totals["unroll_s"] += timing["unroll_s"]
+            totals["env_wait_s"] += timing["env_wait_s"]
+            totals["steps"] += timing["steps"]
+            totals["pull_s"] += t.pull_s
+            totals["put_s"] += t.put_s
+        return self._perf.metrics(totals, with_queue=True)
 
     def start(self, seed_offset: int = 0) -> None:
         """The actors start new episodes (each in its own thread, once the first parameters are published)."""

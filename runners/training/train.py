@@ -645,7 +645,7 @@ class _LogWindow:
         record["actor/env_restarts"] = source.env_restarts
         if hasattr(source, "actor_restarts"):  # ray: actor processes that died and were restarted
             record["actor/restarts"] = source.actor_restarts
-        if hasattr(source, "perf_metrics"):  # ray: the per-rollout costs of moving rollouts and parameters
+        if hasattr(source, "perf_metrics"):  # the actors' time (async_actors.RolloutPerf; ray: moving rollouts, params)
             record.update(source.perf_metrics())
         record["perf/wall_time_s"] = counters["wall_time"]
         return record

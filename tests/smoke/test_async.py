@@ -1,6 +1,7 @@
 """The async actor-learner (actor threads + bounded queue) and env groups, small and real."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,12 @@ def test_async_mode_trains_with_bounded_policy_lag(tmp_path):
     # rollout acted with parameters picked up just before the learner's next publish)
     assert all(0 <= lag <= 3 for lag in lags), lags
     assert "perf/learner_wait_fraction" in recs[-1] and recs[-1]["actor/env_restarts"] == 0
+    # where the actors' time went, per agent step: env waits, acting, parameter pulls, a full queue; the CPU share
+    for rec in recs:
+        parts = [rec[f"perf/actor_{k}_ms"] for k in ("env_wait", "act", "param_pull", "queue_put")]
+        assert all(p >= 0 for p in parts) and rec["perf/actor_act_ms"] > 0, parts
+        assert 0 < rec["perf/process_cpu_share"] <= (os.cpu_count() or 1) + 0.5
+        assert rec["perf/machine_load_1min"] >= 0
     state, _ = CheckpointManager(tmp_path / "checkpoints").load_latest()
     assert state["actor"] is None  # async rollouts in flight are not snapshotted
 

@@ -25,6 +25,8 @@ def test_bench_throughput_prints_one_line_per_measurement_and_the_ratios(tmp_pat
     for what in ("env", "impala_ff", "sb3_a2c"):
         assert by_what[what]["median_steps_per_s"] > 0 and by_what[what]["peak_rss_mb_max"] > 0
     assert by_what["impala_ff"]["mode"] == "async"
+    ours = by_what["impala_ff"]  # where its actor's time went, and the CPU its process got (medians of its records)
+    assert ours["actor_act_ms"] > 0 and ours["actor_env_wait_ms"] >= 0 and ours["process_cpu_share"] > 0
     parts = by_what["breakdown"]
     assert parts["sum_ms_per_step"] == pytest.approx(
         sum(parts[f"{k}_ms_per_step"] for k in ("env_step", "act_forward_sample", "learn_update", "rollout_copies"))
