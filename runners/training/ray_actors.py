@@ -298,6 +298,9 @@ class RayRollouts:
         self.actors: list[Any] = []
         self.inflight: dict[Any, tuple[int, int]] = {}  # rollout ref -> (actor, its deaths counted when sent)
         self.deaths = [0] * self.num_actors
+        # an actor whose death was counted and whose new process has sent nothing yet: calls sent to it meanwhile can
+        # fail too (ActorUnavailableError while Ray restarts it, more often on a loaded machine), and are no new death
+        self.restarting = [False] * self.num_actors
         self.heard_from = [time.monotonic()] * self.num_actors  # the last rollout (or start, or death) of each actor
         self.pids: list[int | None] = [None] * self.num_actors
         self._env_restarts_done = [0] * self.num_actors  # of processes that died
@@ -420,8 +423,11 @@ class RayRollouts:
             except ActorUnavailableError as exc:
                 # its process died (Ray restarts it) and every call it had fails so: count the death once, drop
                 # the rollouts, ask the new process (calls sent from now on wait until it is up)
-                if deaths_when_sent == self.deaths[i]:
+                if self.restarting[i]:  # its new process is not up yet: ask again shortly, no new death
+                    time.sleep(0.05)
+                elif deaths_when_sent == self.deaths[i]:
                     self._actor_died(i, exc, restarting=True)
+                    self.restarting[i] = True
                 self._send(i)
                 continue
             except RayActorError as exc:  # ActorDiedError: dead for good (Ray's max_restarts are spent)
@@ -432,6 +438,7 @@ class RayRollouts:
                 raise RuntimeError(f"ray actor {i} failed: {exc}") from exc
             self._send(i)
             self.heard_from[i] = time.monotonic()
+            self.restarting[i] = False
             if out["actor_pid"] != self.pids[i]:  # a new process: its own env restart count starts at 0
                 self._env_restarts_done[i] += self._env_restarts_now[i]
                 self.pids[i] = out["actor_pid"]
