@@ -41,10 +41,11 @@ round-robin order over the repeats (so that a noisy spell hits every measurement
 - `sb3_a2c`, `sb3_ppo`: Stable-Baselines3's A2C (CnnPolicy, 16 envs) and PPO (CnnPolicy, its Atari defaults: 8 envs,
   n_steps 128, 4 epochs, batch 256) on the same game's NoFrameskip-v4 env with SB3's Atari wrappers;
 - `sf_appo`, `sf_appo_1w`, `cleanrl_ppo`: Sample Factory 2.1.1's APPO (its envpool Atari example with impala_ff's
-  16 envs x unroll 20 per batch, V-trace, Nature CNN; 2 worker processes x 8 envs, or 1 x 16) and CleanRL's
-  ppo_atari_envpool.py (its defaults), each run by the interpreter of its own virtual environment (`make peers`;
-  without it they are skipped, or refused when named in --only); their settings and every deviation from ours are in
-  runners/bench/foreign.py and in each record, and their peak memory is their whole process tree's;
+  16 envs x unroll 20 per batch, GAE (its V-trace path crashes in 2.1.1), Nature CNN; 2 worker processes x 8
+  envs, or 1 x 16) and CleanRL's ppo_atari_envpool.py (its defaults), each run by the interpreter of its own
+  virtual environment (`make peers`; without it they are skipped, or refused when named in --only); their settings
+  and every deviation from ours are in runners/bench/foreign.py and in each record, and their peak memory is their
+  whole process tree's;
 
 then a line of ratios. Every process imports `runners` first, so every one of them (SB3's too) runs torch with
 passive OpenMP waiting (see decoupled/__init__.py).
@@ -189,12 +190,12 @@ OWN_ENV: dict[str, str] = {
 for _name, _config in OWN_ENV.items():
     VARIANT_CONFIGS[_name] = _config
     TRAIN_VARIANTS[_name] = ["env.num_envs=4"]
-# other projects' trainers, each in a virtual environment of its own (runners/bench/foreign.py; `make peers`)
 # the actor-side perf/ metrics of async_actors.RolloutPerf whose medians a training measurement reports
 ACTOR_PERF_METRICS = (
     "perf/actor_env_wait_ms", "perf/actor_act_ms", "perf/actor_param_pull_ms", "perf/actor_queue_put_ms",
     "perf/process_cpu_share", "perf/machine_load_1min",
 )  # fmt: skip
+# last, other projects' trainers, each in a virtual environment of its own (runners/bench/foreign.py; `make peers`)
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown", *FOREIGN_PEERS)
 
 

@@ -79,8 +79,9 @@ class RolloutPerf:
     def _now(totals: dict[str, float]) -> dict[str, float]:
         return {"wall": time.perf_counter(), "cpu": time.process_time(), **totals}
 
-    def metrics(self, totals: dict[str, float], with_queue: bool) -> dict[str, float]:
-        now = self._now(totals)
+    def metrics(self, timings: list[dict[str, float]], with_queue: bool) -> dict[str, float]:
+        """`timings`: each actor's running totals of KEYS (a key it does not keep counts 0)."""
+        now = self._now({k: sum(t.get(k, 0.0) for t in timings) for k in self.KEYS})
         d = {k: now[k] - self._last[k] for k in now}
         self._last = now
         out: dict[str, float] = {}
@@ -112,9 +113,7 @@ class SerialRollouts:
 
     def perf_metrics(self) -> dict[str, float]:
         """The perf/ metrics of RolloutPerf since the last call."""
-        t = self.actor.timing
-        return self._perf.metrics({"unroll_s": t["unroll_s"], "env_wait_s": t["env_wait_s"], "pull_s": 0.0,
-                                   "put_s": 0.0, "steps": t["steps"]}, with_queue=False)  # fmt: skip
+        return self._perf.metrics([self.actor.timing], with_queue=False)
 
     def start(self, seed_offset: int = 0) -> None:
         """New episodes in every env (the alternative to restoring an actor snapshot)."""
@@ -250,15 +249,8 @@ class AsyncRollouts:
 
     def perf_metrics(self) -> dict[str, float]:
         """The perf/ metrics of RolloutPerf since the last call, over every actor thread."""
-        totals = {k: 0.0 for k in RolloutPerf.KEYS}
-        for t in self.threads:
-            timing = t.actor.timing
-            totals["unroll_s"] += timing["unroll_s"]
-            totals["env_wait_s"] += timing["env_wait_s"]
-            totals["steps"] += timing["steps"]
-            totals["pull_s"] += t.pull_s
-            totals["put_s"] += t.put_s
-        return self._perf.metrics(totals, with_queue=True)
+        timings = [{**t.actor.timing, "pull_s": t.pull_s, "put_s": t.put_s} for t in self.threads]
+        return self._perf.metrics(timings, with_queue=True)
 
     def start(self, seed_offset: int = 0) -> None:
         """The actors start new episodes (each in its own thread, once the first parameters are published)."""
