@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from decoupled.runners.bench import BenchUsageError, emit
-from decoupled.runners.bench.foreign import FOREIGN_PEERS
+from decoupled.runners.bench.foreign import FOREIGN_PEERS, rate_after
 
 
 def _steps_per_second(step_fn, batch: int, seconds: float, warmup: int = 20) -> float:
@@ -180,6 +180,13 @@ TRAIN_VARIANTS["distill_sobolev"] = [*TRAIN_VARIANTS["distill"], "agent.sobolev_
 RAY_ACTORS = {"ray_1": 1, "ray_2": 2, "ray_4": 4}
 for _name, _n in RAY_ACTORS.items():
     TRAIN_VARIANTS[_name] = ["runner.mode=ray", f"runner.num_actors={_n}"]
+# impala_ff with its actors as processes on this machine (rollouts and parameters in shared memory), as many as
+# `runner.num_actors: auto` gives for the cores (one per core beyond the learner's); `_1t`: the learner's torch also
+# single-threaded, as every process of Sample Factory's is
+TRAIN_VARIANTS["impala_ff_proc"] = ["runner.mode=processes"]
+TRAIN_VARIANTS["impala_ff_proc_1t"] = ["runner.mode=processes", "runner.torch_threads=1"]
+TRAIN_VARIANTS["impala_ff_1t"] = ["runner.torch_threads=1"]  # the async actor thread, single-threaded torch
+OURS_FF = ("impala_ff", "impala_ff_proc", "impala_ff_proc_1t", "impala_ff_1t")  # each compared with the peers
 # measurements on a 3D labyrinth instead of the game: their configs keep their own env (nav_maze_static_01, 4 envs in
 # worker processes); `nav` (the navigation agent with its depth and loop-closure tasks) against `impala_lstm_maze`
 # (the LSTM IMPALA agent on the same maze, configs/impala/nav_maze_static_01.yaml)
@@ -203,6 +210,31 @@ def _peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+class _TreeMemory:
+    """The peak resident memory of this process and its children (actor processes, env workers), sampled every
+    half second in a thread while the block runs: how the foreign peers' memory is measured too."""
+
+    def __enter__(self) -> _TreeMemory:
+        import threading
+
+        from decoupled.runners.bench.foreign import _tree_rss_mb
+
+        self.peak_mb, self._stop = 0.0, threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak_mb = max(self.peak_mb, _tree_rss_mb(os.getpid()))
+                self._stop.wait(0.5)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
 
 
 def _config_path(name: str) -> str:
@@ -250,7 +282,7 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     if a["what"] in RAY_ACTORS:
         cpus = os.cpu_count() or 1
         overrides.append(f"runner.ray.num_cpus_per_actor={min(1.0, cpus / RAY_ACTORS[a['what']]):g}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _TreeMemory() as memory:
         if a["what"].startswith("distill"):
             overrides.append(f"agent.teachers=[{_teacher_run(a, f'{tmp}/teacher')}]")
         cfg = load_config(_config_path(VARIANT_CONFIGS.get(a["what"], a["config"])), overrides)
@@ -261,10 +293,10 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
     recs = after if len(after) >= 2 else recs[-2:]  # a slow machine: the last window
     if len(recs) < 2:
         raise RuntimeError(f"{a['what']}: fewer than two metrics records; raise --seconds")
-    first, last = recs[0], recs[-1]
-    frames = last["env_frames"] - first["env_frames"]
-    seconds = last["perf/wall_time_s"] - first["perf/wall_time_s"]
-    out = {"steps_per_s": frames / frame_skip / seconds, "mode": cfg.runner.mode, "env_groups": cfg.runner.env_groups}
+    # the rate and its steadiness (last third of the window against the first) as the foreign peers' are computed
+    points = [(r["perf/wall_time_s"], r["env_frames"] // frame_skip) for r in recs]
+    out = {**rate_after(points, points[0][0]), "mode": cfg.runner.mode, "env_groups": cfg.runner.env_groups}
+    out["peak_rss_mb"] = round(max(memory.peak_mb, _peak_rss_mb()), 1)  # the actor processes' memory included
     lags = [r["train/policy_lag"] for r in recs if "train/policy_lag" in r]
     if lags:
         out["policy_lag_mean"] = round(float(np.mean(lags)), 2)
@@ -275,6 +307,8 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
         values = [r[key] for r in recs if key in r]
         if values:
             out[key.removeprefix("perf/")] = round(float(np.median(values)), 3)
+    if cfg.runner.mode == "processes":
+        out["num_actors"] = cfg.runner.num_actors
     if cfg.runner.mode == "ray":  # a record per update, one rollout each: medians per rollout (per version: put)
         out["num_actors"] = cfg.runner.num_actors
         out["num_cpus_per_actor"] = cfg.runner.ray.num_cpus_per_actor
@@ -455,6 +489,26 @@ def _throughput_worker(a: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Neighbours:
+    """`n` processes that each keep one CPU core busy (a Python loop) for as long as the block runs: a machine shared
+    with other work, the same for every measurement of the round robin."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self) -> _Neighbours:
+        import subprocess
+
+        cmd = [sys.executable, "-c", "while True: pass"]
+        self.procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 def _run_worker(a: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """One measurement in a fresh interpreter; its last stdout line is the JSON result."""
     import subprocess
@@ -496,11 +550,12 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {w: [] for w in whats}
     base = {"game": args.game, "num_envs": args.num_envs, "seconds": args.seconds, "warmup": args.warmup}
     base["config"] = args.config
-    for r in range(args.repeats):
-        for what in whats:
-            result = _run_worker({**base, "what": what}, timeout_s=args.warmup + args.seconds + 300)
-            runs[what].append(result)
-            print(json.dumps({"bench": "throughput", "what": what, "repeat": r, **result}), file=sys.stderr)
+    with _Neighbours(args.neighbours):
+        for r in range(args.repeats):
+            for what in whats:
+                result = _run_worker({**base, "what": what}, timeout_s=args.warmup + args.seconds + 300)
+                runs[what].append(result)
+                print(json.dumps({"bench": "throughput", "what": what, "repeat": r, **result}), file=sys.stderr)
     out = []
     medians: dict[str, float] = {}
     for what in whats:
@@ -535,14 +590,15 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ("impala_ff", "env"),
         ("impala_ff", "breakdown"),
         *((name, "impala_ff") for name in RAY_ACTORS),  # Ray actors against the async actor thread
-        *(("impala_ff", name) for name in FOREIGN_PEERS),  # ours against other projects' trainers
+        *((name, "impala_ff") for name in OURS_FF[1:]),  # actor processes, single-threaded torch
+        *((ours, name) for ours in OURS_FF for name in FOREIGN_PEERS),  # ours against other projects' trainers
     ]
     ratios = {f"{a}/{b}": round(medians[a] / medians[b], 3) for a, b in pairs if a in medians and b in medians}
     sf = [w for w in ("sf_appo", "sf_appo_1w") if w in medians]
-    if "impala_ff" in medians and sf:  # against Sample Factory's faster setting in this run
-        ratios["impala_ff/sf_best"] = round(medians["impala_ff"] / max(medians[w] for w in sf), 3)
+    for ours in [w for w in OURS_FF if w in medians and sf]:  # against Sample Factory's faster setting in this run
+        ratios[f"{ours}/sf_best"] = round(medians[ours] / max(medians[w] for w in sf), 3)
     game = "nav_maze_static_01" if all(w in OWN_ENV for w in whats) else args.game
-    summary = {"bench": "throughput", "what": "ratios", "game": game, **ratios}
+    summary = {"bench": "throughput", "what": "ratios", "game": game, **ratios, "neighbours": args.neighbours}
     summary["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus"
     summary["repeats"], summary["seconds"], summary["warmup"] = args.repeats, args.seconds, args.warmup
     out.append(emit(summary))
@@ -571,7 +627,7 @@ def _usage_errors(run: Any) -> Any:
 
 
 def add_parser(sub: Any) -> None:
-    from decoupled.runners.evaluation import positive_float, positive_int
+    from decoupled.runners.evaluation import non_negative_int, positive_float, positive_int
 
     b = sub.add_parser("bench", help="speed benchmarks (JSON lines; record them in BENCHMARKS.md)")
     bsub = b.add_subparsers(dest="bench", required=True)
@@ -595,6 +651,12 @@ def add_parser(sub: Any) -> None:
     tp.add_argument("--repeats", type=positive_int, default=3)
     tp.add_argument("--config", default=THROUGHPUT_CONFIG, help="the training config of the impala_* measurements")
     tp.add_argument("--only", help=f"comma-separated subset of: {', '.join(THROUGHPUT_MEASUREMENTS)}")
+    tp.add_argument(
+        "--neighbours",
+        type=non_negative_int,
+        default=0,
+        help="keep this many CPU cores busy with other processes during every measurement (a shared machine)",
+    )
     tp.set_defaults(func=lambda a: (bench_throughput(a), 0)[1])
     from decoupled.runners.bench import peer
 

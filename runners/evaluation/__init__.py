@@ -33,6 +33,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse `type=` of a count that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (give one >= 0)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative (give a whole number >= 0)")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse `type=` of a number of seconds that must be above 0."""
     try:

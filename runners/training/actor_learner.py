@@ -73,6 +73,26 @@ class EpisodeStats:
         return out
 
 
+def rollout_layout(spec: Any, net: torch.nn.Module, num_envs: int, slots: int) -> dict[str, tuple[tuple, Any]]:
+    """Shape and dtype of each array of a rollout's `data` ([slots, num_envs, ...]) for envs of `spec` acted by
+    `net`: the ROLLOUT_KEYS, and the per-slot arrays the net asks the env for (`net.env_targets(B).fields`)."""
+    S, B = slots, num_envs
+    layout: dict[str, tuple[tuple, Any]] = {
+        "obs": ((S, B, *spec.obs_shape), np.dtype(spec.obs_dtype)),
+        "action": ((S, B), np.dtype(np.int64)),
+        "reward": ((S, B), np.dtype(np.float32)),
+        "terminated": ((S, B), np.dtype(bool)),
+        "truncated": ((S, B), np.dtype(bool)),
+        "behaviour_logits": ((S, B, spec.num_actions), np.dtype(np.float32)),
+        "truncation_value": ((S, B), np.dtype(np.float32)),
+    }
+    make_targets = getattr(net, "env_targets", None)
+    targets = make_targets(B) if callable(make_targets) else None
+    for key, (shape, dtype) in (targets.fields if targets is not None else {}).items():
+        layout[key] = ((S, B, *shape), np.dtype(dtype))
+    return layout
+
+
 class Actor:
     """Steps env groups with `net` and returns rollouts of `unroll_length` transitions.
 
@@ -113,23 +133,10 @@ class Actor:
         spec = self.envs[0].spec
         if any(e.spec.obs_shape != spec.obs_shape or e.spec.num_actions != spec.num_actions for e in self.envs):
             raise ValueError("the env groups of one actor must share observation shape and action count")
-        A = spec.num_actions
-        S = self.slots
-        self.buf = {
-            "obs": np.zeros((S, B, *spec.obs_shape), spec.obs_dtype),
-            "action": np.zeros((S, B), np.int64),
-            "reward": np.zeros((S, B), np.float32),
-            "terminated": np.zeros((S, B), bool),
-            "truncated": np.zeros((S, B), bool),
-            "behaviour_logits": np.zeros((S, B, A), np.float32),
-            "truncation_value": np.zeros((S, B), np.float32),
-        }
         # per-slot arrays the net needs from the env's extras (aux targets, the nav agent's velocity input)
         make_targets = getattr(net, "env_targets", None)
         self.targets = make_targets(B) if callable(make_targets) else None
-        if self.targets is not None:
-            for key, (shape, dtype) in self.targets.fields.items():
-                self.buf[key] = np.zeros((S, B, *shape), dtype)
+        self.buf = {k: np.zeros(shape, dtype) for k, (shape, dtype) in rollout_layout(spec, net, B, self.slots).items()}
         self.input_keys = tuple(getattr(net, "extra_inputs", {}))
         self.stats = EpisodeStats()
         self.states: list[tuple[torch.Tensor, ...]] = []  # per group: the core state before the next slot to act on
@@ -263,9 +270,10 @@ class Actor:
             self.busy = None
 
     @torch.inference_mode()
-    def unroll(self, policy_version: int = 0) -> dict[str, Any]:
+    def unroll(self, policy_version: int = 0, into: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Act for T steps. Returns the rollout message: numpy arrays [T+1, B, ...], the core state at slot 0, the
-        policy version that acted and the games that finished meanwhile."""
+        policy version that acted and the games that finished meanwhile. `into`: arrays of `rollout_layout` that
+        receive the rollout's data (e.g. a slot in shared memory) instead of new copies."""
         assert self.started, "call start() or set_state() first"
         t_start = time.perf_counter()
         b, o = self.buf, self.overlap
@@ -278,7 +286,12 @@ class Actor:
                 self._receive(g, t)
                 if t + 1 < o + self.T:
                     self._send(g, t + 1)
-        rollout = {k: v.copy() for k, v in b.items()}
+        if into is None:
+            rollout = {k: v.copy() for k, v in b.items()}
+        else:
+            for k, v in b.items():
+                np.copyto(into[k], v)
+            rollout = into
         for v in b.values():  # the last slot becomes slot 0 of the next unroll (with the overlap slots before it)
             v[: o + 1] = v[self.T : self.T + o + 1]
         returns, frames = self.stats.drain()

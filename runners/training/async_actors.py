@@ -64,20 +64,21 @@ class RolloutPerf:
     - `perf/actor_act_ms`: the rest of an unroll: the net's forward pass, sampling, buffer writes, the rollout copy;
     - async only: `perf/actor_param_pull_ms` (loading the learner's newest parameters) and `perf/actor_queue_put_ms`
       (blocked on a full queue: the learner is the bottleneck);
-    - `perf/process_cpu_share`: CPU seconds this process got per wall-clock second (up to the core count), and
+    - `perf/process_cpu_share`: CPU seconds this process (and its actor processes) got per wall-clock second (up to
+      the core count), and
       `perf/machine_load_1min`: the machine's 1-minute load average, ours included. A speed that falls while the
       load rises beyond our own threads while our CPU share falls is the machine being shared, not our code.
 
     With several actor threads the times are summed over them and divided by their summed steps."""
 
-    KEYS = ("unroll_s", "env_wait_s", "pull_s", "put_s", "steps")
+    KEYS = ("unroll_s", "env_wait_s", "pull_s", "put_s", "steps", "cpu_s")  # cpu_s: of actors in other processes
 
     def __init__(self) -> None:
         self._last = self._now({k: 0.0 for k in self.KEYS})
 
     @staticmethod
     def _now(totals: dict[str, float]) -> dict[str, float]:
-        return {"wall": time.perf_counter(), "cpu": time.process_time(), **totals}
+        return {"wall": time.perf_counter(), "cpu": time.process_time() + totals["cpu_s"], **totals}
 
     def metrics(self, timings: list[dict[str, float]], with_queue: bool) -> dict[str, float]:
         """`timings`: each actor's running totals of KEYS (a key it does not keep counts 0)."""

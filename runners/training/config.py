@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from decoupled.agents import agent_names, get_agent_config
 from decoupled.agents.config import AgentConfigBase
@@ -85,14 +86,22 @@ class RayConfig(_Section):
 
 
 class RunnerConfig(_Section):
-    mode: Literal["serial", "async", "ray"] = Field(
+    mode: Literal["serial", "async", "processes", "ray"] = Field(
         "serial",
         description="serial: actor and learner alternate in one thread (deterministic); async: actor threads fill a "
-        "bounded queue of rollouts while the learner trains on them (V-trace corrects the lag); ray: the actors are "
-        "Ray actors (other processes or machines, see runner.ray), restarted by Ray when one dies",
+        "bounded queue of rollouts while the learner trains on them (V-trace corrects the lag); processes: the "
+        "actors are processes on this machine handing rollouts and parameters over in shared memory, replaced when "
+        "one dies; ray: the actors are Ray actors (other processes or machines, see runner.ray), restarted by Ray "
+        "when one dies",
     )
-    num_actors: int = Field(
-        1, ge=1, le=64, description="async: actor threads; ray: Ray actors (env.num_envs split between them)"
+    num_actors: int | Literal["auto"] = Field(
+        "auto",
+        description="async: actor threads; processes: actor processes; ray: Ray actors (env.num_envs split between "
+        "them); auto: in processes mode one per CPU core beyond the learner's (the largest such count that splits "
+        "the envs evenly), 1 in the other modes",
+    )
+    actor_threads: int = Field(
+        1, ge=1, le=256, description="processes: torch intra-op threads of each actor process (Sample Factory: 1)"
     )
     ray: RayConfig = RayConfig()
     env_groups: int = Field(
@@ -159,10 +168,27 @@ class RunnerConfig(_Section):
         10, ge=1, description="consecutive updates with a non-finite loss or gradient (skipped) before the run stops"
     )
 
+    @field_validator("num_actors", mode="before")
+    @classmethod
+    def _num_actors_word(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"must be 'auto' or a whole number in [1, 64], got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _num_actors_in_range(self) -> RunnerConfig:
+        if self.num_actors != "auto" and not 1 <= self.num_actors <= 64:
+            why = "must be 'auto' or a whole number in [1, 64]"
+            raise ValueError(f"{KEY_MARK}num_actors: {why}, got {self.num_actors}")
+        return self
+
     @property
     def actor_count(self) -> int:
-        """Actors that step envs: num_actors in async and ray mode, the one serial actor otherwise."""
-        return self.num_actors if self.mode in ("async", "ray") else 1
+        """Actors that step envs: num_actors in async, processes and ray mode, the one serial actor otherwise
+        (`auto` is resolved when the whole config is validated, where the env count is known)."""
+        if self.mode == "serial" or self.num_actors == "auto":
+            return 1
+        return self.num_actors
 
 
 class WandbConfig(_Section):
@@ -213,9 +239,17 @@ class ConfigBase(_Section):
     @model_validator(mode="after")
     def _envs_split_evenly(self) -> ConfigBase:
         r = self.runner
+        if r.num_actors == "auto":  # resolved here, where the env count is known; the run's config.yaml keeps the count
+            if r.mode == "processes" and self.env.num_envs % r.env_groups == 0:
+                from decoupled.runners.training.process_actors import default_actor_processes
+
+                count = default_actor_processes(os.cpu_count() or 1, self.env.num_envs // r.env_groups)
+            else:
+                count = 1
+            object.__setattr__(r, "num_actors", count)  # sections are frozen once built; this one is being built
         actors = r.actor_count
         if r.mode == "serial" and r.num_actors != 1:
-            raise ValueError("runner.num_actors > 1 needs runner.mode=async or ray")
+            raise ValueError("runner.num_actors > 1 needs runner.mode=async, processes or ray")
         if self.env.num_envs % (actors * r.env_groups):
             raise ValueError(
                 f"env.num_envs={self.env.num_envs} must split evenly into runner.num_actors={actors} x "

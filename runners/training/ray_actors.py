@@ -137,10 +137,13 @@ class RolloutWorker:
             self.net.load_state_dict({k: torch.tensor(v) for k, v in params.items()})
             self.version = version
 
-    def rollout(self, params: dict[str, np.ndarray] | None, version: int) -> dict[str, Any]:
+    def rollout(
+        self, params: dict[str, np.ndarray] | None, version: int, into: dict[str, np.ndarray] | None = None
+    ) -> dict[str, Any]:
         """One rollout, acted by the newest parameters it was given; an env crash rebuilds the envs (counted, up to
         `runner.max_env_restarts`) and acts the rollout again with new episodes. `out["perf"]` holds the seconds this
-        call spent loading parameters (`load_s`, 0 when they were not newer) and acting the rollout (`unroll_s`)."""
+        call spent loading parameters (`load_s`, 0 when they were not newer) and acting the rollout (`unroll_s`).
+        `into`: arrays that receive the rollout's data (`Actor.unroll`), e.g. a slot in shared memory."""
         t0 = time.perf_counter()
         self.load_params(params, version)
         t1 = time.perf_counter()
@@ -148,7 +151,7 @@ class RolloutWorker:
             try:
                 if not self.actor.started:
                     self.actor.start(self.seed)
-                out = self.actor.unroll(self.version)
+                out = self.actor.unroll(self.version, into)
                 break
             except EnvCrashedError as exc:
                 self._restart_envs(exc)

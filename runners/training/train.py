@@ -29,7 +29,12 @@ import torch
 from decoupled.agents import AgentDef, get_agent
 from decoupled.agents.base import trainable_parameters
 from decoupled.envs import VecEnv, make_vec_env
-from decoupled.runners.training.actor_learner import Actor, Learner, NonFiniteError  # noqa: F401 - re-exported
+from decoupled.runners.training.actor_learner import (  # noqa: F401 - Learner, NonFiniteError: re-exported
+    Actor,
+    Learner,
+    NonFiniteError,
+    rollout_layout,
+)
 from decoupled.runners.training.async_actors import AsyncRollouts, SerialRollouts
 from decoupled.runners.training.checkpoint import (  # load_run_checkpoint: re-exported
     CheckpointError,
@@ -222,7 +227,8 @@ def train(
     actor_envs: list[list[VecEnv]] = []
     periodic = None
     try:  # whatever fails from here on, every env (and its worker processes) is closed
-        for seed in seeds[:1] if r.mode == "ray" else seeds:  # ray: the actors build theirs; one for the env's spec
+        elsewhere = r.mode in ("ray", "processes")  # the actors build their envs in their processes
+        for seed in seeds[:1] if elsewhere else seeds:  # one actor's envs here, for the env's spec
             actor_envs.append(make_envs(seed))
         if r.eval_every_env_frames and evaluator is not None:
             periodic = evaluator(cfg)
@@ -255,7 +261,7 @@ def _train_with_env(
     settings = {"protocol": getattr(cfg.env, "protocol", None), **env.settings()}
     settings["num_envs"] = cfg.env.num_envs  # over all actors and groups (the settings above are one group's)
     # where each side runs: Ray actors always act on their process's CPU, actor threads share the learner's device
-    settings["devices"] = {"learner": str(device), "actors": "cpu" if r.mode == "ray" else str(device)}
+    settings["devices"] = {"learner": str(device), "actors": "cpu" if r.mode in ("ray", "processes") else str(device)}
 
     def write_run_files() -> None:
         """The run's config and env settings; on a resume only once the checkpoint is restored under them, so that
@@ -295,6 +301,15 @@ def _train_with_env(
             for e in envs:
                 e.close()
         source = RayRollouts(cfg, run_dir, seeds, resume=restored is not None)  # type: ignore[assignment]
+    elif r.mode == "processes":  # actor processes on this machine; rollouts and parameters in shared memory
+        from decoupled.runners.training.process_actors import ProcessRollouts
+
+        per_actor = cfg.env.num_envs // r.actor_count
+        layout = rollout_layout(env.spec, net, per_actor, overlap + r.unroll_length + 1)
+        for envs in actor_envs:
+            for e in envs:
+                e.close()
+        source = ProcessRollouts(cfg, seeds, layout, resume=restored is not None)  # type: ignore[assignment]
     else:
         actors = []
         for envs in actor_envs:
@@ -696,7 +711,10 @@ def _save_after_crash(
 def _restore_actor(source: SerialRollouts | AsyncRollouts, snapshot: dict[str, Any] | None) -> bool:
     """Put a serial actor back where the checkpoint left it; False when there is nothing to restore into."""
     if snapshot is None or not isinstance(source, SerialRollouts):
-        why = "the actors run in threads (async mode)" if snapshot is not None else "the env cannot be snapshotted"
+        if not isinstance(source, SerialRollouts):
+            why = f"the actors run apart from the learner ({source.mode} mode)"
+        else:
+            why = "the env cannot be snapshotted"
         print(
             f"resuming with new episodes: {why}, so the episodes in flight at the checkpoint are not restored",
             file=sys.stderr,

@@ -61,6 +61,29 @@ def test_bench_throughput_measures_distillation_with_and_without_the_sobolev_ter
     assert by_what["distill"]["game"] == "Breakout"
 
 
+def test_bench_throughput_measures_actor_processes_on_a_shared_machine(tmp_path):
+    """`impala_ff_proc` (actor processes, shared memory) next to `impala_ff` with one busy neighbour process: its
+    mode and actor count, its peak memory over its process tree, the steadiness of both, the neighbour noted."""
+    pytest.importorskip("envpool")
+    # a warm-up long enough for the actor process to start (torch's import) on a loaded machine
+    cmd = [sys.executable, "-m", "decoupled", "bench", "throughput", "--seconds", "6", "--warmup", "8"]
+    cmd += ["--repeats", "1", "--only", "impala_ff_proc,impala_ff", "--neighbours", "1"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_what = {line["what"]: line for line in map(json.loads, proc.stdout.splitlines())}
+    ours = by_what["impala_ff_proc"]
+    assert ours["mode"] == "processes" and ours["num_actors"] >= 1 and ours["median_steps_per_s"] > 0
+    assert ours["peak_rss_mb_max"] > 300  # the learner's process and its actor process(es): a net and 16 envs each
+    assert ours["actor_act_ms"] > 0 and ours["process_cpu_share"] > 0
+    for what in ("impala_ff_proc", "impala_ff"):
+        assert by_what[what]["last_third_over_first"] > 0
+    assert by_what["ratios"]["neighbours"] == 1
+    assert by_what["ratios"]["impala_ff_proc/impala_ff"] == pytest.approx(
+        ours["median_steps_per_s"] / by_what["impala_ff"]["median_steps_per_s"], rel=1e-2
+    )
+    assert subprocess.run(["pgrep", "-f", "while True: pass"], capture_output=True).returncode != 0  # neighbour gone
+
+
 @pytest.mark.slow
 def test_bench_throughput_measures_the_nav_agent_on_the_labyrinth(tmp_path):
     pytest.importorskip("vizdoom")

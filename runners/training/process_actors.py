@@ -1,0 +1,383 @@
+"""Rollouts from actor processes on this machine (`runner.mode: processes`), handed over in shared memory.
+
+Sample Factory's layout (Petrenko et al. 2020, "Sample Factory: Egocentric 3D Control from Pixels at 100000 FPS with
+Asynchronous Reinforcement Learning"): each actor is a process of its own, with its envs, a CPU copy of the net and
+its own Python interpreter, so acting (env stepping, inference and the Python between them) never waits for the
+learner's interpreter lock, and each process can run single-threaded torch: no OpenMP team whose one descheduled
+thread stalls the others when the machine is shared.
+
+What crosses the process boundary, and how:
+
+- **rollouts**: each actor owns `runner.queue_size + 2` rollout slots in shared memory (`multiprocessing.
+  shared_memory`, allocated by the learner from `actor_learner.rollout_layout`): one being acted into, up to
+  `queue_size` waiting for the learner, one the learner trains on. The actor acts a rollout straight into a free
+  slot (`Actor.unroll(into=...)`) and sends only the slot's index and the small rest of the message (policy
+  version, core state at slot 0, finished episodes, timings) through its pipe. The learner's batch is the slot's
+  memory itself (no copy); the slot goes back to the actor when the learner asks for the next rollout.
+- **parameters**: one shared tensor per state-dict entry and the policy version, written by the learner after every
+  update and read by an actor before each rollout when a newer version is there, under one lock (never half of two
+  versions). A rollout is acted by one version, so V-trace corrects the lag as in async mode.
+
+Each actor is a `ray_actors.RolloutWorker` (built in its process from the run's config, as a Ray actor is), with
+`runner.actor_threads` torch threads. Faults: an env that raises is rebuilt inside the actor (`actor/env_restarts`);
+an actor process that dies (killed, out of memory, a segfault in an env) or sends nothing for ROLLOUT_TIMEOUT_S is
+replaced by a new process with new episodes (`actor/restarts`); after `runner.max_env_restarts` deaths of one actor
+the run stops with an error, which the training loop turns into a checkpoint to resume from. A Python error inside
+an actor stops the run with that actor's traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import numpy as np
+import torch
+
+from decoupled.runners.training.async_actors import RolloutPerf
+from decoupled.runners.training.ray_actors import ROLLOUT_TIMEOUT_S, _derived_seed
+
+
+def default_actor_processes(cpus: int, envs_per_group_split: int) -> int:
+    """`runner.num_actors: auto` in processes mode: one actor process per core beyond the learner's (at least one),
+    the largest such count that splits the envs evenly (`envs_per_group_split` = env.num_envs / env_groups)."""
+    want = max(1, cpus - 1)
+    return max(n for n in range(1, min(want, envs_per_group_split) + 1) if envs_per_group_split % n == 0)
+
+
+class SharedParams:
+    """The learner's newest parameters in shared memory: a tensor per state-dict entry, the policy version, a lock."""
+
+    def __init__(self, net: torch.nn.Module, ctx: Any):
+        self.tensors = {k: v.detach().to("cpu", copy=True).share_memory_() for k, v in net.state_dict().items()}
+        self.version = ctx.Value("q", -1, lock=False)
+        self.lock = ctx.Lock()
+
+    def publish(self, net: torch.nn.Module, version: int) -> None:
+        with self.lock, torch.no_grad():
+            for k, v in net.state_dict().items():
+                self.tensors[k].copy_(v)
+            self.version.value = version
+
+    def pull(self, net: torch.nn.Module, have_version: int) -> int:
+        """Load the newest parameters into `net` when they are newer than `have_version`; return its version."""
+        if self.version.value <= have_version:
+            return have_version
+        with self.lock:
+            net.load_state_dict(self.tensors)
+            return int(self.version.value)
+
+
+class RolloutSlots:
+    """`count` rollout slots of `layout` (key -> (shape, dtype)) in one shared-memory block: created by the learner,
+    attached by name in the actor process."""
+
+    def __init__(self, layout: dict[str, tuple[tuple, Any]], count: int, name: str | None = None):
+        self.layout, self.count = layout, count
+        offsets, size = {}, 0
+        for key, (shape, dtype) in layout.items():
+            size = (size + 63) // 64 * 64  # each array 64-byte aligned
+            offsets[key] = size
+            size += int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self.slot_bytes = (size + 63) // 64 * 64
+        self.owner = name is None
+        if self.owner:
+            self.shm = shared_memory.SharedMemory(create=True, size=max(1, self.slot_bytes * count))
+        else:
+            self.shm = _attach(name)
+        self.slots = [
+            {
+                key: np.ndarray(shape, np.dtype(dtype), self.shm.buf, i * self.slot_bytes + offsets[key])
+                for key, (shape, dtype) in layout.items()
+            }
+            for i in range(count)
+        ]
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def close(self) -> None:
+        self.slots = []
+        with contextlib.suppress(Exception):
+            self.shm.close()
+        if self.owner:
+            with contextlib.suppress(FileNotFoundError):
+                self.shm.unlink()
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Attach to the learner's block without registering it with a resource tracker a second time (Python < 3.13
+    registers every attach; the learner, which created it, unlinks it)."""
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name=name, track=False)  # type: ignore[call-arg]
+    from multiprocessing import resource_tracker
+
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None  # type: ignore[assignment]
+    try:
+        return shared_memory.SharedMemory(name=name)
+    finally:
+        resource_tracker.register = register  # type: ignore[assignment]
+
+
+def _actor_main(
+    config: dict[str, Any],
+    actor_id: int,
+    seed: int,
+    resume: bool,
+    num_threads: int,
+    params: SharedParams,
+    slots_name: str,
+    layout: dict[str, tuple[tuple, Any]],
+    num_slots: int,
+    conn: Connection,
+) -> None:
+    """An actor process: act rollouts into free slots until told to stop (None) or the learner's pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle: it stops the actors
+    slots = None
+    worker = None
+    try:
+        from decoupled.runners.training.ray_actors import RolloutWorker
+
+        worker = RolloutWorker(config, actor_id, seed, resume, num_threads)
+        slots = RolloutSlots(layout, num_slots, name=slots_name)
+        free = list(range(num_slots))
+        totals = {"pull_s": 0.0, "put_s": 0.0}
+        cpu_at_start = time.process_time()  # its start-up (imports, envs) is not part of the training's CPU share
+        conn.send(("ready", os.getpid()))
+        while True:
+            while conn.poll() or not free:  # slots the learner gave back; wait for one when none is free
+                blocked, t0 = not free, time.perf_counter()
+                msg = conn.recv()
+                if blocked:  # every slot full: the learner is the bottleneck
+                    totals["put_s"] += time.perf_counter() - t0
+                if msg is None:
+                    return
+                free.append(msg)
+            t0 = time.perf_counter()
+            worker.version = params.pull(worker.net, worker.version)
+            totals["pull_s"] += time.perf_counter() - t0
+            slot = free.pop(0)
+            out = worker.rollout(None, worker.version, into=slots.slots[slot])
+            del out["data"]  # in the slot
+            out["perf"] = {**worker.actor.timing, **totals, "cpu_s": time.process_time() - cpu_at_start}
+            conn.send(("rollout", slot, out))
+    except (EOFError, BrokenPipeError):  # the learner is gone
+        return
+    except BaseException:  # noqa: BLE001 - the learner raises it with this traceback
+        with contextlib.suppress(Exception):
+            conn.send(("error", traceback.format_exc()))
+    finally:
+        if slots is not None:
+            slots.close()
+        if worker is not None:
+            with contextlib.suppress(Exception):
+                worker.close()
+
+
+class ProcessRollouts:
+    """Actor processes feeding the learner through shared memory: the interface of `AsyncRollouts` (start, publish,
+    next, check, actor_state, env_restarts, close). The processes start with the learner's first parameters.
+    `layout`: one actor's rollout arrays (`actor_learner.rollout_layout` for its share of the envs)."""
+
+    mode = "processes"
+    threads: list = []  # no actor runs in this process: the env-step watchdog has nothing to watch here
+
+    def __init__(self, cfg: Any, seeds: list[int], layout: dict[str, tuple[tuple, Any]], resume: bool = False):
+        r = cfg.runner
+        self.cfg, self.config, self.seeds, self.resume = cfg, cfg.to_dict(), list(seeds), resume
+        self.num_actors, self.max_restarts = r.actor_count, r.max_env_restarts
+        self.num_threads = r.actor_threads
+        self.num_slots = r.queue_size + 2  # acting, waiting (queue_size), held by the learner
+        self.layout = layout
+        self.ctx = torch.multiprocessing.get_context("spawn")
+        self.params: SharedParams | None = None
+        self.slots = [RolloutSlots(layout, self.num_slots) for _ in range(self.num_actors)]
+        self.procs: list[Any] = [None] * self.num_actors
+        self.conns: list[Connection | None] = [None] * self.num_actors
+        self.deaths = [0] * self.num_actors
+        self.heard_from = [time.monotonic()] * self.num_actors
+        self.seed_offset = 0
+        self.started = False
+        self._held: tuple[int, int] | None = None  # (actor, slot) the learner's current rollout lives in
+        self._next_actor = 0  # round robin over actors with a message ready
+        self._env_restarts_done = [0] * self.num_actors  # of processes that died
+        self._env_restarts_now = [0] * self.num_actors
+        self._timing_done = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
+        self._timing_now = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
+        self._perf = RolloutPerf()
+
+    # -------------------------------------------------------------------------------------------- the interface
+    def start(self, seed_offset: int = 0) -> None:
+        """The actors start new episodes (seeded with this offset) when their processes start, at the first publish."""
+        self.seed_offset = seed_offset
+
+    @property
+    def env_restarts(self) -> int:
+        return sum(self._env_restarts_done) + sum(self._env_restarts_now)
+
+    @property
+    def actor_restarts(self) -> int:
+        """Actor processes that died (or hung) and were replaced during this run's session."""
+        return sum(self.deaths)
+
+    def publish(self, net: torch.nn.Module, version: int) -> None:
+        if self.params is None:
+            self.params = SharedParams(net, self.ctx)
+        self.params.publish(net, version)
+        if not self.started:
+            self.started = True
+            for i in range(self.num_actors):
+                self._spawn(i, self.seeds[i] + self.seed_offset)
+
+    def _spawn(self, i: int, seed: int) -> None:
+        ours, theirs = self.ctx.Pipe(duplex=True)
+        args = (self.config, i, seed, self.resume, self.num_threads, self.params)
+        args += (self.slots[i].name, self.layout, self.num_slots, theirs)
+        # not a daemon: an actor may start env worker processes of its own (the 3D labyrinth); it ends when the learner
+        # tells it to or its pipe to the learner closes
+        proc = self.ctx.Process(target=_actor_main, args=args, name=f"decoupled-actor-{i}", daemon=False)
+        proc.start()
+        theirs.close()
+        self.procs[i], self.conns[i] = proc, ours
+        self.heard_from[i] = time.monotonic()
+
+    def check(self) -> None:
+        pass  # a failed actor's error surfaces in next(), from its pipe
+
+    def next(self) -> dict[str, Any]:
+        if not self.started:
+            raise RuntimeError("publish the learner's parameters before asking for rollouts")
+        self._release()
+        while True:
+            ready = wait([c for c in self.conns if c is not None], timeout=0.25)
+            order = [(self._next_actor + k) % self.num_actors for k in range(self.num_actors)]
+            for i in order:
+                conn = self.conns[i]
+                if conn is None or conn not in ready:
+                    continue
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError) as exc:
+                    self._replace(i, f"its process ended ({self._exit_reason(i)}): {exc!r}")
+                    continue
+                self.heard_from[i] = time.monotonic()
+                if msg[0] == "error":
+                    raise RuntimeError(f"actor process {i} failed:\n{msg[1]}")
+                if msg[0] == "ready":
+                    continue
+                _, slot, out = msg
+                self._account(i, out)
+                out["data"] = self.slots[i].slots[slot]
+                self._held = (i, slot)
+                self._next_actor = (i + 1) % self.num_actors
+                return out
+            now = time.monotonic()
+            for i, proc in enumerate(self.procs):
+                if proc is not None and not proc.is_alive() and self.conns[i] not in ready:
+                    self._replace(i, f"its process ended ({self._exit_reason(i)})")
+                elif now - self.heard_from[i] > ROLLOUT_TIMEOUT_S:
+                    self._replace(i, f"it sent nothing for {ROLLOUT_TIMEOUT_S:.0f} s (a hung env?)")
+
+    def _release(self) -> None:
+        """Give the slot of the learner's previous rollout back to its actor."""
+        if self._held is None:
+            return
+        i, slot = self._held
+        self._held = None
+        conn = self.conns[i]
+        if conn is not None:
+            with contextlib.suppress(OSError):  # a dead actor: its replacement starts with every slot free
+                conn.send(slot)
+
+    def _account(self, i: int, out: dict[str, Any]) -> None:
+        perf = out.pop("perf", {})
+        self._timing_now[i] = {k: perf.get(k, 0.0) for k in RolloutPerf.KEYS}
+        self._env_restarts_now[i] = out.pop("env_restarts", 0)
+        out.pop("actor_pid", None)
+
+    def _exit_reason(self, i: int) -> str:
+        proc = self.procs[i]
+        code = None if proc is None else proc.exitcode
+        if code is not None and code < 0:
+            return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _replace(self, i: int, why: str) -> None:
+        """Actor i is dead or hung: a new process with new episodes, or the run's end after too many deaths."""
+        self.deaths[i] += 1  # (called from next() after its _release: the learner holds no slot of it)
+        self._stop_process(i, timeout_s=0.0)
+        self._env_restarts_done[i] += self._env_restarts_now[i]
+        self._env_restarts_now[i] = 0
+        self._timing_done[i] = {k: self._timing_done[i][k] + self._timing_now[i][k] for k in RolloutPerf.KEYS}
+        self._timing_now[i] = dict.fromkeys(RolloutPerf.KEYS, 0.0)
+        if self.deaths[i] > self.max_restarts:
+            raise RuntimeError(
+                f"actor process {i} died {self.deaths[i]} times (runner.max_env_restarts={self.max_restarts}); "
+                f"last: {why}"
+            )
+        seed = _derived_seed(self.seeds[i] + self.seed_offset, 1_000_003 * self.deaths[i])
+        print(
+            f"actor process {i}: {why}; starting a new one with new episodes (seed {seed}; death "
+            f"{self.deaths[i]}/{self.max_restarts})",
+            file=sys.stderr,
+            flush=True,
+        )
+        self._spawn(i, seed)
+
+    def perf_metrics(self) -> dict[str, float]:
+        """The perf/ metrics of RolloutPerf since the last call, over every actor process (their CPU time
+        included in `perf/process_cpu_share`)."""
+        timings = [
+            {k: done[k] + now[k] for k in RolloutPerf.KEYS}
+            for done, now in zip(self._timing_done, self._timing_now, strict=True)
+        ]
+        return self._perf.metrics(timings, with_queue=True)
+
+    def actor_state(self) -> None:
+        return None  # episodes in other processes are not snapshotted: a resume starts new episodes
+
+    def actor_pids(self) -> list[int | None]:
+        """The process id of each actor (for tests and diagnostics)."""
+        return [None if p is None else p.pid for p in self.procs]
+
+    def _stop_process(self, i: int, timeout_s: float) -> None:
+        proc, conn = self.procs[i], self.conns[i]
+        self.procs[i] = self.conns[i] = None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        if proc is not None:
+            proc.join(timeout=timeout_s)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5.0)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5.0)
+        if conn is not None:
+            conn.close()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop the actor processes (each closes its envs), then free the shared memory."""
+        for i in range(self.num_actors):
+            conn = self.conns[i]
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.send(None)
+        deadline = time.monotonic() + timeout_s
+        for i in range(self.num_actors):
+            self._stop_process(i, timeout_s=max(0.0, deadline - time.monotonic()))
+        self._held = None
+        for s in self.slots:
+            s.close()
+        self.slots = []
+        self.params = None

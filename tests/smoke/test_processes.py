@@ -1,0 +1,144 @@
+"""Processes mode: actor processes handing rollouts and parameters to the learner in shared memory, small and real."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from decoupled.runners.training import train as train_mod
+from decoupled.runners.training.checkpoint import CheckpointManager
+from decoupled.runners.training.config import ConfigError, load_config
+from decoupled.runners.training.process_actors import (
+    ProcessRollouts,
+    RolloutSlots,
+    SharedParams,
+    default_actor_processes,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CATCH = ROOT / "configs" / "impala" / "catch.yaml"
+SMALL = [
+    "runner.mode=processes",
+    "runner.num_actors=2",
+    "runner.total_env_frames=9600",
+    "runner.log_every_env_frames=960",
+    "runner.checkpoint_every_env_frames=3200",
+    "wandb.mode=disabled",
+]
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _our_blocks():
+    return {p.name for p in Path("/dev/shm").glob("psm_*")} if Path("/dev/shm").is_dir() else set()
+
+
+def test_catch_trains_with_actor_processes_and_resumes(tmp_path):
+    before = _our_blocks()
+    cfg = load_config(CATCH, SMALL)
+    out = train_mod.train(cfg, tmp_path)
+    assert out["status"] == "finished" and out["env_frames"] == 9600
+    recs = _records(tmp_path)
+    assert recs[-1]["train/updates"] == 60 and recs[-1]["actor/restarts"] == 0  # half the envs per rollout
+    assert all(0 <= r["train/policy_lag"] <= 6 for r in recs)  # 2 actors x (queue 1 + acting + held)
+    for rec in recs:  # the actors' timings come back from their processes; their CPU time counts in the share
+        assert rec["perf/actor_act_ms"] > 0 and rec["perf/actor_env_wait_ms"] >= 0
+        assert rec["perf/actor_param_pull_ms"] >= 0 and rec["perf/actor_queue_put_ms"] >= 0
+        assert 0 < rec["perf/process_cpu_share"] <= (os.cpu_count() or 1) + 0.5
+    settings = json.loads((tmp_path / "env_settings.json").read_text())
+    assert settings["devices"]["actors"] == "cpu"
+    assert _our_blocks() <= before  # the shared memory of the rollout slots is freed at the end
+    longer = load_config(CATCH, [*SMALL, "runner.total_env_frames=12800"])
+    resumed = train_mod.train(longer, tmp_path, resume=True, resume_overrides=["runner.total_env_frames=12800"])
+    assert resumed["status"] == "finished" and resumed["env_frames"] == 12800
+
+
+def _kill_after(monkeypatch, nth):
+    """SIGKILL the process of the actor that sent the `nth` rollout, once, and wait until it is gone."""
+    real, seen = ProcessRollouts.next, {"n": 0, "killed": None}
+
+    def next_(self):
+        out = real(self)
+        seen["n"] += 1
+        if seen["n"] == nth:
+            proc = self.procs[out["actor_id"]]
+            seen["killed"] = proc.pid
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(30)
+        return out
+
+    monkeypatch.setattr(ProcessRollouts, "next", next_)
+    return seen
+
+
+def test_a_killed_actor_process_is_replaced_and_the_run_finishes(tmp_path, monkeypatch, capfd):
+    seen = _kill_after(monkeypatch, 3)
+    out = train_mod.train(load_config(CATCH, SMALL), tmp_path)
+    assert seen["killed"] is not None
+    assert out["status"] == "finished" and out["env_frames"] == 9600
+    assert _records(tmp_path)[-1]["actor/restarts"] == 1
+    err = capfd.readouterr().err
+    assert "killed by signal 9" in err and "death 1/10" in err
+
+
+def test_too_many_actor_deaths_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch):
+    _kill_after(monkeypatch, 2)
+    cfg = load_config(CATCH, [*SMALL, "runner.max_env_restarts=0"])
+    with pytest.raises(RuntimeError, match=r"died 1 times \(runner.max_env_restarts=0\)"):
+        train_mod.train(cfg, tmp_path)
+    _, manifest = CheckpointManager(tmp_path / "checkpoints").load_latest()
+    assert manifest["env_frames"] > 0  # the crash path saved the learner
+
+
+def test_auto_actor_count_follows_the_cores_and_splits_the_envs():
+    assert default_actor_processes(2, 16) == 1  # one core for the learner, one actor
+    assert default_actor_processes(4, 16) == 2  # 3 cores left: 3 does not split 16
+    assert default_actor_processes(16, 16) == 8
+    assert default_actor_processes(64, 16) == 16
+    assert default_actor_processes(1, 16) == 1
+    cfg = load_config(CATCH, ["runner.mode=processes"])
+    want = default_actor_processes(os.cpu_count() or 1, cfg.env.num_envs)
+    assert cfg.runner.num_actors == want and cfg.to_dict()["runner"]["num_actors"] == want  # config.yaml keeps it
+    assert load_config(CATCH, ["runner.mode=async"]).runner.num_actors == 1
+    with pytest.raises(ConfigError, match="runner.num_actors"):
+        load_config(CATCH, ["runner.num_actors=0", "runner.mode=processes"])
+    with pytest.raises(ConfigError, match="needs runner.mode=async, processes or ray"):
+        load_config(CATCH, ["runner.num_actors=2"])
+
+
+def test_rollout_slots_and_parameters_cross_processes_intact():
+    """What one process writes into a slot or publishes as parameters, another reads bit for bit."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    layout = {"obs": ((3, 2, 4, 4), np.dtype(np.uint8)), "reward": ((3, 2), np.dtype(np.float32))}
+    slots = RolloutSlots(layout, 2)
+    net = torch.nn.Linear(3, 2)
+    params = SharedParams(net, ctx)
+    try:
+        params.publish(net, 5)
+        other = torch.nn.Linear(3, 2)
+        assert params.pull(other, 5) == 5  # not newer: nothing loaded
+        assert not torch.equal(other.weight, net.weight)
+        assert params.pull(other, 4) == 5 and torch.equal(other.weight, net.weight)
+        proc = ctx.Process(target=_fill_slot, args=(slots.name, layout, 2, params))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+        assert (slots.slots[1]["obs"] == 7).all() and (slots.slots[1]["reward"] == 0.5).all()
+        assert (slots.slots[0]["obs"] == 0).all()  # the other slot untouched
+    finally:
+        slots.close()
+
+
+def _fill_slot(name, layout, count, params):
+    slots = RolloutSlots(layout, count, name=name)
+    net = torch.nn.Linear(3, 2)
+    assert params.pull(net, -1) == 5 and torch.equal(net.weight, params.tensors["weight"])
+    slots.slots[1]["obs"][:] = 7
+    slots.slots[1]["reward"][:] = 0.5
+    slots.close()
