@@ -54,6 +54,7 @@ passive OpenMP waiting (see decoupled/__init__.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -181,12 +182,11 @@ RAY_ACTORS = {"ray_1": 1, "ray_2": 2, "ray_4": 4}
 for _name, _n in RAY_ACTORS.items():
     TRAIN_VARIANTS[_name] = ["runner.mode=ray", f"runner.num_actors={_n}"]
 # impala_ff with its actors as processes on this machine (rollouts and parameters in shared memory), as many as
-# `runner.num_actors: auto` gives for the cores (one per core beyond the learner's); `_1t`: the learner's torch also
-# single-threaded, as every process of Sample Factory's is
+# `runner.num_actors: auto` gives for the cores (one per core beyond the learner's), single-threaded torch in each,
+# the learner's torch on the cores they leave (1 of 2 here)
 TRAIN_VARIANTS["impala_ff_proc"] = ["runner.mode=processes"]
-TRAIN_VARIANTS["impala_ff_proc_1t"] = ["runner.mode=processes", "runner.torch_threads=1"]
 TRAIN_VARIANTS["impala_ff_1t"] = ["runner.torch_threads=1"]  # the async actor thread, single-threaded torch
-OURS_FF = ("impala_ff", "impala_ff_proc", "impala_ff_proc_1t", "impala_ff_1t")  # each compared with the peers
+OURS_FF = ("impala_ff", "impala_ff_proc", "impala_ff_1t")  # each compared with the peers
 # measurements on a 3D labyrinth instead of the game: their configs keep their own env (nav_maze_static_01, 4 envs in
 # worker processes); `nav` (the navigation agent with its depth and loop-closure tasks) against `impala_lstm_maze`
 # (the LSTM IMPALA agent on the same maze, configs/impala/nav_maze_static_01.yaml)
@@ -489,6 +489,18 @@ def _throughput_worker(a: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+NEIGHBOUR_CODE = "# decoupled bench neighbour\nwhile True: pass"
+
+
+def _die_with_parent() -> None:
+    """In a child before it runs: SIGKILL it when its parent dies (Linux), so no neighbour outlives a killed bench."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class _Neighbours:
     """`n` processes that each keep one CPU core busy (a Python loop) for as long as the block runs: a machine shared
     with other work, the same for every measurement of the round robin."""
@@ -499,8 +511,9 @@ class _Neighbours:
     def __enter__(self) -> _Neighbours:
         import subprocess
 
-        cmd = [sys.executable, "-c", "while True: pass"]
-        self.procs = [subprocess.Popen(cmd, stdin=subprocess.DEVNULL) for _ in range(self.n)]
+        cmd = [sys.executable, "-c", NEIGHBOUR_CODE]
+        start = [cmd] * self.n
+        self.procs = [subprocess.Popen(c, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent) for c in start]
         return self
 
     def __exit__(self, *exc: object) -> None:

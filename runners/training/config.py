@@ -115,13 +115,14 @@ class RunnerConfig(_Section):
         1,
         ge=1,
         le=64,
-        description="async: rollouts waiting for the learner (bounds policy lag); ray: rollouts in flight per actor",
+        description="async: rollouts waiting for the learner (bounds policy lag); processes: rollouts each actor may "
+        "have waiting (its shared-memory slots: this + 2); ray: rollouts in flight per actor",
     )
     max_env_restarts: int = Field(
         10,
         ge=0,
-        description="async: times an actor rebuilds its envs after an env crash before the run stops; ray: also the "
-        "times each actor process may die (Ray restarts it) before the run stops",
+        description="async: times an actor rebuilds its envs after an env crash before the run stops; processes and "
+        "ray: also the times each actor process may die (and be replaced) before the run stops",
     )
     seed: int = Field(
         0,
@@ -162,7 +163,12 @@ class RunnerConfig(_Section):
     checkpoint_every_seconds: float | None = Field(600.0, gt=0.0)
     keep_checkpoints: int = Field(3, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; null: torch's default")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="the learner's torch intra-op threads; null: torch's default (processes mode on a CPU: the cores "
+        "the actor processes leave, at least 1)",
+    )
     deterministic: bool = Field(True, description="serial mode on CPU: bit-identical runs and resumes")
     max_nonfinite_updates: int = Field(
         10, ge=1, description="consecutive updates with a non-finite loss or gradient (skipped) before the run stops"
@@ -215,6 +221,21 @@ class LoggerConfig(_Section):
     )
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on: its affinity mask (a container's or `taskset`'s limit), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_actor_processes(cpus: int, envs_to_split: int) -> int:
+    """`runner.num_actors: auto` in processes mode: one actor process per core beyond the learner's (at least one, at
+    most 64), the largest such count that splits the envs evenly (`envs_to_split` = env.num_envs / env_groups)."""
+    want = min(64, max(1, cpus - 1), envs_to_split)
+    return max(n for n in range(1, want + 1) if envs_to_split % n == 0)
+
+
 class ConfigBase(_Section):
     env: EnvConfigBase  # each run's model replaces it with the union of the registered backends' sections
     optim: OptimConfig = OptimConfig()
@@ -232,21 +253,15 @@ class ConfigBase(_Section):
         return self
 
     @model_validator(mode="after")
-    def _agent_fits_run(self) -> ConfigBase:
-        self.agent.check_run(self)  # type: ignore[attr-defined]
-        return self
-
-    @model_validator(mode="after")
     def _envs_split_evenly(self) -> ConfigBase:
         r = self.runner
         if r.num_actors == "auto":  # resolved here, where the env count is known; the run's config.yaml keeps the count
+            count = 1
             if r.mode == "processes" and self.env.num_envs % r.env_groups == 0:
-                from decoupled.runners.training.process_actors import default_actor_processes
-
-                count = default_actor_processes(os.cpu_count() or 1, self.env.num_envs // r.env_groups)
-            else:
-                count = 1
-            object.__setattr__(r, "num_actors", count)  # sections are frozen once built; this one is being built
+                count = default_actor_processes(usable_cpus(), self.env.num_envs // r.env_groups)
+            # sections are frozen: this config gets a runner section of its own with the count
+            object.__setattr__(self, "runner", r.model_copy(update={"num_actors": count}))
+            r = self.runner
         actors = r.actor_count
         if r.mode == "serial" and r.num_actors != 1:
             raise ValueError("runner.num_actors > 1 needs runner.mode=async, processes or ray")
@@ -255,6 +270,11 @@ class ConfigBase(_Section):
                 f"env.num_envs={self.env.num_envs} must split evenly into runner.num_actors={actors} x "
                 f"runner.env_groups={r.env_groups} groups"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _agent_fits_run(self) -> ConfigBase:
+        self.agent.check_run(self)  # type: ignore[attr-defined]
         return self
 
     @property

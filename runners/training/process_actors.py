@@ -10,20 +10,30 @@ What crosses the process boundary, and how:
 
 - **rollouts**: each actor owns `runner.queue_size + 2` rollout slots in shared memory (`multiprocessing.
   shared_memory`, allocated by the learner from `actor_learner.rollout_layout`): one being acted into, up to
-  `queue_size` waiting for the learner, one the learner trains on. The actor acts a rollout straight into a free
-  slot (`Actor.unroll(into=...)`) and sends only the slot's index and the small rest of the message (policy
-  version, core state at slot 0, finished episodes, timings) through its pipe. The learner's batch is the slot's
-  memory itself (no copy); the slot goes back to the actor when the learner asks for the next rollout.
+  `queue_size` waiting for the learner, one the learner trains on. At the end of an unroll the actor copies its
+  buffer into a free slot (`Actor.unroll(into=...)`, the one copy an actor thread makes too) and sends only the
+  slot's index and the small rest of the message (policy version, core state at slot 0, finished episodes,
+  timings) through its pipe: no pickling of arrays. A learner batch is `runner.num_actors` rollouts side by side
+  (env.num_envs columns whatever the actor count, as IMPALA batches several actors' unrolls); with one actor it is
+  the slot's memory itself, no copy. The slots go back to their actors when the learner asks for the next batch.
 - **parameters**: one shared tensor per state-dict entry and the policy version, written by the learner after every
-  update and read by an actor before each rollout when a newer version is there, under one lock (never half of two
-  versions). A rollout is acted by one version, so V-trace corrects the lag as in async mode.
+  update and read by an actor before each rollout when a newer version is there, under a sequence lock (never half
+  of two versions, and no lock an actor could die holding). A rollout is acted by one version, so V-trace corrects
+  the lag as in async mode.
 
 Each actor is a `ray_actors.RolloutWorker` (built in its process from the run's config, as a Ray actor is), with
-`runner.actor_threads` torch threads. Faults: an env that raises is rebuilt inside the actor (`actor/env_restarts`);
-an actor process that dies (killed, out of memory, a segfault in an env) or sends nothing for ROLLOUT_TIMEOUT_S is
-replaced by a new process with new episodes (`actor/restarts`); after `runner.max_env_restarts` deaths of one actor
-the run stops with an error, which the training loop turns into a checkpoint to resume from. A Python error inside
-an actor stops the run with that actor's traceback.
+`runner.actor_threads` torch threads, in a session of its own (a terminal's Ctrl-C or a SIGTERM to the run's process
+group reaches the learner, which stops the actors). The layout is TorchBeast's (monobeast: actor processes with a
+CPU copy of the net each, shared rollout buffers) with Sample Factory's single-threaded processes; Sample Factory's
+separate policy workers (batched inference for many env workers) are not copied.
+
+Faults: an env that raises is rebuilt inside the actor (`actor/env_restarts`); an actor process that dies (killed,
+out of memory, a segfault in an env) or sends nothing for ROLLOUT_TIMEOUT_S is replaced by a new process with new
+episodes (`actor/restarts`); after `runner.max_env_restarts` deaths of one actor the run stops with an error, which
+the training loop turns into a checkpoint to resume from. A Python error inside an actor stops the run with that
+actor's traceback. An actor whose learner is gone (killed with SIGKILL) ends at its next rollout, when its pipe is
+found closed; its envs' step timeout is its own (`env_step_timeout_s` for envs in worker processes), the learner's
+env-step watchdog does not see it.
 """
 
 from __future__ import annotations
@@ -45,34 +55,36 @@ from decoupled.runners.training.async_actors import RolloutPerf
 from decoupled.runners.training.ray_actors import ROLLOUT_TIMEOUT_S, _derived_seed
 
 
-def default_actor_processes(cpus: int, envs_per_group_split: int) -> int:
-    """`runner.num_actors: auto` in processes mode: one actor process per core beyond the learner's (at least one),
-    the largest such count that splits the envs evenly (`envs_per_group_split` = env.num_envs / env_groups)."""
-    want = max(1, cpus - 1)
-    return max(n for n in range(1, min(want, envs_per_group_split) + 1) if envs_per_group_split % n == 0)
-
-
 class SharedParams:
-    """The learner's newest parameters in shared memory: a tensor per state-dict entry, the policy version, a lock."""
+    """The learner's newest parameters in shared memory: a tensor per state-dict entry and the policy version, under a
+    sequence lock (no lock an actor could die holding): the learner makes the sequence odd, writes, makes it even; an
+    actor copies and keeps the copy only when the sequence was even and unchanged across it (else copies again)."""
 
     def __init__(self, net: torch.nn.Module, ctx: Any):
         self.tensors = {k: v.detach().to("cpu", copy=True).share_memory_() for k, v in net.state_dict().items()}
         self.version = ctx.Value("q", -1, lock=False)
-        self.lock = ctx.Lock()
+        self.seq = ctx.Value("q", 0, lock=False)
 
     def publish(self, net: torch.nn.Module, version: int) -> None:
-        with self.lock, torch.no_grad():
+        self.seq.value += 1  # odd: being written
+        with torch.no_grad():
             for k, v in net.state_dict().items():
                 self.tensors[k].copy_(v)
-            self.version.value = version
+        self.version.value = version
+        self.seq.value += 1  # even: whole
 
     def pull(self, net: torch.nn.Module, have_version: int) -> int:
         """Load the newest parameters into `net` when they are newer than `have_version`; return its version."""
-        if self.version.value <= have_version:
-            return have_version
-        with self.lock:
-            net.load_state_dict(self.tensors)
-            return int(self.version.value)
+        while True:
+            before = self.seq.value
+            version = int(self.version.value)
+            if before % 2 == 0 and version <= have_version:
+                return have_version
+            if before % 2 == 0:
+                net.load_state_dict(self.tensors)
+                if self.seq.value == before:
+                    return version
+            time.sleep(0.0005)  # the learner is writing: copy again once it is done
 
 
 class RolloutSlots:
@@ -89,6 +101,7 @@ class RolloutSlots:
         self.slot_bytes = (size + 63) // 64 * 64
         self.owner = name is None
         if self.owner:
+            _check_room(self.slot_bytes * count)
             self.shm = shared_memory.SharedMemory(create=True, size=max(1, self.slot_bytes * count))
         else:
             self.shm = _attach(name)
@@ -111,6 +124,22 @@ class RolloutSlots:
         if self.owner:
             with contextlib.suppress(FileNotFoundError):
                 self.shm.unlink()
+
+
+def _check_room(nbytes: int, where: str = "/dev/shm") -> None:
+    """Shared memory is only reserved when created; an actor writing past what `where` has left dies of SIGBUS. Say
+    so before anything starts instead."""
+    try:
+        st = os.statvfs(where)
+    except OSError:  # not Linux: nothing to check
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise MemoryError(
+            f"processes mode needs {nbytes / 2**20:.0f} MB of shared memory for an actor's rollout slots, and {where} "
+            f"has {free / 2**20:.0f} MB free: lower runner.queue_size or env.num_envs, use runner.mode=async, or give "
+            "the machine more shared memory (Docker: --shm-size=2g)"
+        )
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:
@@ -141,7 +170,10 @@ def _actor_main(
     conn: Connection,
 ) -> None:
     """An actor process: act rollouts into free slots until told to stop (None) or the learner's pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the learner's to handle: it stops the actors
+    # a session of its own: Ctrl-C in a terminal and a SIGTERM to the run's process group are the learner's to
+    # handle (it stops the actors and writes its checkpoint); a learner that is gone closes this actor's pipe
+    os.setsid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     slots = None
     worker = None
     try:
@@ -183,6 +215,23 @@ def _actor_main(
                 worker.close()
 
 
+def _side_by_side(rollouts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rollouts of several actors as one: their columns side by side (a copy), their core states likewise, every
+    finished episode, the oldest policy version that acted (the lag the learner reports)."""
+    if len(rollouts) == 1:
+        return rollouts[0]
+    first = rollouts[0]
+    return {
+        "data": {k: np.concatenate([r["data"][k] for r in rollouts], axis=1) for k in first["data"]},
+        "initial_state": [np.concatenate(parts, axis=0) for parts in zip(*(r["initial_state"] for r in rollouts))],
+        "policy_version": min(int(r["policy_version"]) for r in rollouts),
+        "episodes": {k: [x for r in rollouts for x in r["episodes"][k]] for k in first["episodes"]},
+        "overlap": first.get("overlap", 0),
+        "actor_id": first["actor_id"],
+        "actor_ids": [r["actor_id"] for r in rollouts],
+    }
+
+
 class ProcessRollouts:
     """Actor processes feeding the learner through shared memory: the interface of `AsyncRollouts` (start, publish,
     next, check, actor_state, env_restarts, close). The processes start with the learner's first parameters.
@@ -200,14 +249,21 @@ class ProcessRollouts:
         self.layout = layout
         self.ctx = torch.multiprocessing.get_context("spawn")
         self.params: SharedParams | None = None
-        self.slots = [RolloutSlots(layout, self.num_slots) for _ in range(self.num_actors)]
+        self.slots: list[RolloutSlots] = []
+        try:
+            for _ in range(self.num_actors):
+                self.slots.append(RolloutSlots(layout, self.num_slots))
+        except BaseException:
+            for made in self.slots:
+                made.close()
+            raise
         self.procs: list[Any] = [None] * self.num_actors
         self.conns: list[Connection | None] = [None] * self.num_actors
         self.deaths = [0] * self.num_actors
         self.heard_from = [time.monotonic()] * self.num_actors
         self.seed_offset = 0
         self.started = False
-        self._held: tuple[int, int] | None = None  # (actor, slot) the learner's current rollout lives in
+        self._held: list[tuple[int, int, dict]] = []  # (actor, slot, message) of the batch being built or trained on
         self._next_actor = 0  # round robin over actors with a message ready
         self._env_restarts_done = [0] * self.num_actors  # of processes that died
         self._env_restarts_now = [0] * self.num_actors
@@ -254,9 +310,18 @@ class ProcessRollouts:
         pass  # a failed actor's error surfaces in next(), from its pipe
 
     def next(self) -> dict[str, Any]:
+        """The next learner batch: `runner.num_actors` rollouts (whichever arrive first) side by side, env.num_envs
+        columns whatever the actor count, as a batch of several actors' unrolls in IMPALA. With one actor the batch
+        is the slot itself (no copy); its slots go back to the actors at the next call."""
         if not self.started:
             raise RuntimeError("publish the learner's parameters before asking for rollouts")
         self._release()
+        while len(self._held) < self.num_actors:
+            self._held.append(self._receive())
+        return _side_by_side([out for _, _, out in self._held])
+
+    def _receive(self) -> tuple[int, int, dict[str, Any]]:
+        """(actor, slot, message) of the next rollout an actor finished; dead and hung actors are replaced."""
         while True:
             ready = wait([c for c in self.conns if c is not None], timeout=0.25)
             order = [(self._next_actor + k) % self.num_actors for k in range(self.num_actors)]
@@ -277,9 +342,8 @@ class ProcessRollouts:
                 _, slot, out = msg
                 self._account(i, out)
                 out["data"] = self.slots[i].slots[slot]
-                self._held = (i, slot)
                 self._next_actor = (i + 1) % self.num_actors
-                return out
+                return i, slot, out
             now = time.monotonic()
             for i, proc in enumerate(self.procs):
                 if proc is not None and not proc.is_alive() and self.conns[i] not in ready:
@@ -288,15 +352,13 @@ class ProcessRollouts:
                     self._replace(i, f"it sent nothing for {ROLLOUT_TIMEOUT_S:.0f} s (a hung env?)")
 
     def _release(self) -> None:
-        """Give the slot of the learner's previous rollout back to its actor."""
-        if self._held is None:
-            return
-        i, slot = self._held
-        self._held = None
-        conn = self.conns[i]
-        if conn is not None:
-            with contextlib.suppress(OSError):  # a dead actor: its replacement starts with every slot free
-                conn.send(slot)
+        """Give the slots of the learner's previous batch back to their actors."""
+        held, self._held = self._held, []
+        for i, slot, _ in held:
+            conn = self.conns[i]
+            if conn is not None:
+                with contextlib.suppress(OSError):  # a dead actor: its replacement starts with every slot free
+                    conn.send(slot)
 
     def _account(self, i: int, out: dict[str, Any]) -> None:
         perf = out.pop("perf", {})
@@ -313,8 +375,11 @@ class ProcessRollouts:
 
     def _replace(self, i: int, why: str) -> None:
         """Actor i is dead or hung: a new process with new episodes, or the run's end after too many deaths."""
-        self.deaths[i] += 1  # (called from next() after its _release: the learner holds no slot of it)
+        self.deaths[i] += 1
         self._stop_process(i, timeout_s=0.0)
+        # rollouts of it collected for the batch being built: its new process starts with every slot free and may
+        # write them before the learner reads them, so they are dropped
+        self._held = [h for h in self._held if h[0] != i]
         self._env_restarts_done[i] += self._env_restarts_now[i]
         self._env_restarts_now[i] = 0
         self._timing_done[i] = {k: self._timing_done[i][k] + self._timing_now[i][k] for k in RolloutPerf.KEYS}
@@ -365,6 +430,8 @@ class ProcessRollouts:
                 proc.join(timeout=5.0)
         if conn is not None:
             conn.close()
+        if proc is not None and proc.is_alive():  # a replacement would share its slots with it
+            raise RuntimeError(f"actor process {i} (pid {proc.pid}) did not end after SIGKILL")
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the actor processes (each closes its envs), then free the shared memory."""
@@ -375,8 +442,11 @@ class ProcessRollouts:
                     conn.send(None)
         deadline = time.monotonic() + timeout_s
         for i in range(self.num_actors):
-            self._stop_process(i, timeout_s=max(0.0, deadline - time.monotonic()))
-        self._held = None
+            try:
+                self._stop_process(i, timeout_s=max(0.0, deadline - time.monotonic()))
+            except RuntimeError as e:  # stuck in the kernel (e.g. a hung device): nothing more to do from here
+                print(f"{e}; leaving it", file=sys.stderr, flush=True)
+        self._held = []
         for s in self.slots:
             s.close()
         self.slots = []

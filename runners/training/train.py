@@ -43,7 +43,7 @@ from decoupled.runners.training.checkpoint import (  # load_run_checkpoint: re-e
     check_writable,
     load_run_checkpoint,
 )
-from decoupled.runners.training.config import ConfigBase, dump_config, load_config
+from decoupled.runners.training.config import ConfigBase, dump_config, load_config, usable_cpus
 from decoupled.runners.training.logger import Logger, TensorBoardSink, WandbSink, truncate_metrics
 from decoupled.runners.training.preflight import preflight
 from decoupled.runners.training.watchdog import (  # noqa: F401 - StopFlag re-exported
@@ -197,6 +197,8 @@ def train(
     device = pick_device(r.device)
     if r.torch_threads:
         torch.set_num_threads(r.torch_threads)
+    elif r.mode == "processes" and device.type == "cpu":  # the cores the actor processes leave to the learner
+        torch.set_num_threads(max(1, usable_cpus() - r.num_actors * r.actor_threads))
     if r.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(r.seed)
@@ -262,6 +264,7 @@ def _train_with_env(
     settings["num_envs"] = cfg.env.num_envs  # over all actors and groups (the settings above are one group's)
     # where each side runs: Ray actors always act on their process's CPU, actor threads share the learner's device
     settings["devices"] = {"learner": str(device), "actors": "cpu" if r.mode in ("ray", "processes") else str(device)}
+    settings["learner_torch_threads"] = torch.get_num_threads()
 
     def write_run_files() -> None:
         """The run's config and env settings; on a resume only once the checkpoint is restored under them, so that
@@ -382,7 +385,6 @@ def _train_loop(
         final_eval.clear()
         final_eval.update({k: v for k, v in result.items() if k != "eval/video"})
 
-    source.publish(net, learner.version)  # async: the actor threads start with these parameters
     progress = Progress(r.total_env_frames, r.progress_every_seconds, env.spec.frame_skip)
     progress.last_frames = counters["env_frames"]  # a resumed run's rates count its own frames only
     window = _LogWindow(counters["env_frames"])
@@ -416,6 +418,9 @@ def _train_loop(
     )
     print(f"training {cfg.agent_name} on {cfg.env.backend}:{cfg.env.id} -> {run_dir}", flush=True)
     try:
+        # the actors (threads, processes, Ray actors) start with these parameters; a failure to start them ends the
+        # run through the same path as any crash (logs closed)
+        source.publish(net, learner.version)
         with state_lock:
             while counters["env_frames"] < r.total_env_frames and not stop.requested and not out_of_time:
                 # one update: a rollout from the actors, a learner step, the new parameters back to the actors

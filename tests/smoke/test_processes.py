@@ -11,13 +11,8 @@ import torch
 
 from decoupled.runners.training import train as train_mod
 from decoupled.runners.training.checkpoint import CheckpointManager
-from decoupled.runners.training.config import ConfigError, load_config
-from decoupled.runners.training.process_actors import (
-    ProcessRollouts,
-    RolloutSlots,
-    SharedParams,
-    default_actor_processes,
-)
+from decoupled.runners.training.config import ConfigError, default_actor_processes, load_config, usable_cpus
+from decoupled.runners.training.process_actors import ProcessRollouts, RolloutSlots, SharedParams, _side_by_side
 
 ROOT = Path(__file__).resolve().parents[2]
 CATCH = ROOT / "configs" / "impala" / "catch.yaml"
@@ -45,7 +40,7 @@ def test_catch_trains_with_actor_processes_and_resumes(tmp_path):
     out = train_mod.train(cfg, tmp_path)
     assert out["status"] == "finished" and out["env_frames"] == 9600
     recs = _records(tmp_path)
-    assert recs[-1]["train/updates"] == 60 and recs[-1]["actor/restarts"] == 0  # half the envs per rollout
+    assert recs[-1]["train/updates"] == 30 and recs[-1]["actor/restarts"] == 0  # both actors in every batch
     assert all(0 <= r["train/policy_lag"] <= 6 for r in recs)  # 2 actors x (queue 1 + acting + held)
     for rec in recs:  # the actors' timings come back from their processes; their CPU time counts in the share
         assert rec["perf/actor_act_ms"] > 0 and rec["perf/actor_env_wait_ms"] >= 0
@@ -53,6 +48,7 @@ def test_catch_trains_with_actor_processes_and_resumes(tmp_path):
         assert 0 < rec["perf/process_cpu_share"] <= (os.cpu_count() or 1) + 0.5
     settings = json.loads((tmp_path / "env_settings.json").read_text())
     assert settings["devices"]["actors"] == "cpu"
+    assert settings["learner_torch_threads"] == max(1, usable_cpus() - 2)  # the cores the 2 actors leave
     assert _our_blocks() <= before  # the shared memory of the rollout slots is freed at the end
     longer = load_config(CATCH, [*SMALL, "runner.total_env_frames=12800"])
     resumed = train_mod.train(longer, tmp_path, resume=True, resume_overrides=["runner.total_env_frames=12800"])
@@ -102,8 +98,9 @@ def test_auto_actor_count_follows_the_cores_and_splits_the_envs():
     assert default_actor_processes(16, 16) == 8
     assert default_actor_processes(64, 16) == 16
     assert default_actor_processes(1, 16) == 1
+    assert default_actor_processes(256, 128) == 64  # at most runner.num_actors' upper bound
     cfg = load_config(CATCH, ["runner.mode=processes"])
-    want = default_actor_processes(os.cpu_count() or 1, cfg.env.num_envs)
+    want = default_actor_processes(usable_cpus(), cfg.env.num_envs)
     assert cfg.runner.num_actors == want and cfg.to_dict()["runner"]["num_actors"] == want  # config.yaml keeps it
     assert load_config(CATCH, ["runner.mode=async"]).runner.num_actors == 1
     with pytest.raises(ConfigError, match="runner.num_actors"):
@@ -142,3 +139,22 @@ def _fill_slot(name, layout, count, params):
     slots.slots[1]["obs"][:] = 7
     slots.slots[1]["reward"][:] = 0.5
     slots.close()
+
+
+def test_a_batch_puts_the_actors_rollouts_side_by_side():
+    def rollout(actor, value, version, returns):
+        data = {"obs": np.full((3, 2, 4), value, np.uint8), "reward": np.full((3, 2), value, np.float32)}
+        state = [np.full((2, 5), value, np.float32), np.full((2, 5), -value, np.float32)]
+        episodes = {"returns": returns, "frames": [10] * len(returns)}
+        return {"data": data, "initial_state": state, "policy_version": version, "episodes": episodes,
+                "overlap": 0, "actor_id": actor}  # fmt: skip
+
+    one = rollout(0, 1, 7, [1.0])
+    assert _side_by_side([one]) is one  # one actor: the slot itself, no copy
+    both = _side_by_side([one, rollout(1, 2, 5, [2.0, 3.0])])
+    assert both["data"]["obs"].shape == (3, 4, 4) and both["data"]["reward"].shape == (3, 4)
+    assert (both["data"]["obs"][:, :2] == 1).all() and (both["data"]["obs"][:, 2:] == 2).all()
+    assert both["initial_state"][0].shape == (4, 5) and (both["initial_state"][1][2:] == -2).all()
+    assert both["policy_version"] == 5  # the oldest acting policy: the lag the learner reports
+    assert both["episodes"] == {"returns": [1.0, 2.0, 3.0], "frames": [10, 10, 10]}
+    assert both["actor_ids"] == [0, 1]
