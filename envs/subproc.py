@@ -307,6 +307,8 @@ class ProcessVecEnv(VecEnv):
         while not conn.poll(0.5):
             waited += 0.5
             if not proc.is_alive():
+                if conn.poll(0.1):  # its last words (an error it raised) arrived as it exited: read them
+                    break
                 raise _WorkerDied(f"died during {what} (exit code {proc.exitcode})")
             if waited >= limit:
                 raise _WorkerDied(f"did not answer {what} within {limit:.0f}s")
