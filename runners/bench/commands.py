@@ -502,24 +502,38 @@ def _die_with_parent() -> None:
 
 
 class _Neighbours:
-    """`n` processes that each keep one CPU core busy (a Python loop) for as long as the block runs: a machine shared
-    with other work, the same for every measurement of the round robin."""
+    """`n` other processes busy for as long as the block runs: a machine shared with other work, the same for every
+    measurement of the round robin. `kind` "spin": each keeps one CPU core busy with a Python loop; "train": each is a
+    second training of THROUGHPUT_CONFIG (our async mode: an actor thread, envpool's threads and torch's), the kind of
+    neighbour a researcher's own other run is."""
 
-    def __init__(self, n: int):
-        self.n, self.procs = n, []
+    def __init__(self, n: int, kind: str = "spin"):
+        self.n, self.kind, self.procs = n, kind, []
+        self.tmp: str | None = None
 
     def __enter__(self) -> _Neighbours:
         import subprocess
+        import tempfile
 
-        cmd = [sys.executable, "-c", NEIGHBOUR_CODE]
-        start = [cmd] * self.n
-        self.procs = [subprocess.Popen(c, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent) for c in start]
+        cmds = [[sys.executable, "-c", NEIGHBOUR_CODE]] * self.n
+        if self.kind == "train" and self.n:
+            self.tmp = tempfile.mkdtemp(prefix="decoupled-bench-neighbour-")
+            train = [sys.executable, "-m", "decoupled", "train", _config_path(THROUGHPUT_CONFIG), "wandb.mode=disabled"]
+            train += ["runner.total_env_frames=1000000000000", "runner.checkpoint_every_env_frames=1000000000000"]
+            train += ["runner.checkpoint_every_seconds=null", "logger.tensorboard=false"]
+            cmds = [[*train, "--run-dir", f"{self.tmp}/run{i}"] for i in range(self.n)]
+        quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.procs = [subprocess.Popen(c, preexec_fn=_die_with_parent, **quiet) for c in cmds]
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import shutil
+
         for proc in self.procs:
             proc.kill()
             proc.wait(timeout=10)
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _run_worker(a: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -563,7 +577,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs: dict[str, list[dict[str, Any]]] = {w: [] for w in whats}
     base = {"game": args.game, "num_envs": args.num_envs, "seconds": args.seconds, "warmup": args.warmup}
     base["config"] = args.config
-    with _Neighbours(args.neighbours):
+    with _Neighbours(args.neighbours, args.neighbour_kind):
         for r in range(args.repeats):
             for what in whats:
                 result = _run_worker({**base, "what": what}, timeout_s=args.warmup + args.seconds + 300)
@@ -612,6 +626,8 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         ratios[f"{ours}/sf_best"] = round(medians[ours] / max(medians[w] for w in sf), 3)
     game = "nav_maze_static_01" if all(w in OWN_ENV for w in whats) else args.game
     summary = {"bench": "throughput", "what": "ratios", "game": game, **ratios, "neighbours": args.neighbours}
+    if args.neighbours:
+        summary["neighbour_kind"] = args.neighbour_kind
     summary["machine"] = f"{platform.machine()}, {os.cpu_count()} cpus"
     summary["repeats"], summary["seconds"], summary["warmup"] = args.repeats, args.seconds, args.warmup
     out.append(emit(summary))
@@ -668,7 +684,14 @@ def add_parser(sub: Any) -> None:
         "--neighbours",
         type=non_negative_int,
         default=0,
-        help="keep this many CPU cores busy with other processes during every measurement (a shared machine)",
+        help="keep this many other processes busy during every measurement (a shared machine)",
+    )
+    tp.add_argument(
+        "--neighbour-kind",
+        choices=("spin", "train"),
+        default="spin",
+        help="spin: each neighbour keeps one core busy (a Python loop); train: each is a second training of the "
+        "throughput config",
     )
     tp.set_defaults(func=lambda a: (bench_throughput(a), 0)[1])
     from decoupled.runners.bench import peer

@@ -85,6 +85,24 @@ def test_bench_throughput_measures_actor_processes_on_a_shared_machine(tmp_path)
     assert subprocess.run(["pgrep", "-f", "decoupled bench neighbour"], capture_output=True).returncode != 0
 
 
+def test_a_training_neighbour_runs_while_the_block_does_and_leaves_nothing():
+    """`--neighbour-kind train`: a second training of the throughput config, started for the block and gone after
+    it with its run dir."""
+    pytest.importorskip("envpool")
+    import time
+    from pathlib import Path
+
+    from decoupled.runners.bench.commands import _Neighbours
+
+    with _Neighbours(1, "train") as neighbours:
+        time.sleep(3.0)
+        (proc,) = neighbours.procs
+        assert proc.poll() is None  # training
+        tmp = Path(neighbours.tmp)
+        assert "train" in proc.args and tmp.is_dir()
+    assert proc.poll() is not None and not tmp.exists()
+
+
 @pytest.mark.slow
 def test_bench_throughput_measures_the_nav_agent_on_the_labyrinth(tmp_path):
     pytest.importorskip("vizdoom")
