@@ -307,10 +307,9 @@ def _measure_train(a: dict[str, Any]) -> dict[str, Any]:
         values = [r[key] for r in recs if key in r]
         if values:
             out[key.removeprefix("perf/")] = round(float(np.median(values)), 3)
-    if cfg.runner.mode == "processes":
+    if cfg.runner.mode in ("processes", "ray"):
         out["num_actors"] = cfg.runner.num_actors
     if cfg.runner.mode == "ray":  # a record per update, one rollout each: medians per rollout (per version: put)
-        out["num_actors"] = cfg.runner.num_actors
         out["num_cpus_per_actor"] = cfg.runner.ray.num_cpus_per_actor
         for key in RAY_PERF_METRICS:
             values = [r[key] for r in recs if key in r]

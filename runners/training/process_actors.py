@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from decoupled.runners.training.async_actors import RolloutPerf
-from decoupled.runners.training.ray_actors import ROLLOUT_TIMEOUT_S, _derived_seed
+from decoupled.runners.training.ray_actors import ROLLOUT_TIMEOUT_S, ActorProcessCounts, _derived_seed
 
 
 class SharedParams:
@@ -92,7 +92,6 @@ class RolloutSlots:
     attached by name in the actor process."""
 
     def __init__(self, layout: dict[str, tuple[tuple, Any]], count: int, name: str | None = None):
-        self.layout, self.count = layout, count
         offsets, size = {}, 0
         for key, (shape, dtype) in layout.items():
             size = (size + 63) // 64 * 64  # each array 64-byte aligned
@@ -232,7 +231,7 @@ def _side_by_side(rollouts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class ProcessRollouts:
+class ProcessRollouts(ActorProcessCounts):
     """Actor processes feeding the learner through shared memory: the interface of `AsyncRollouts` (start, publish,
     next, check, actor_state, env_restarts, close). The processes start with the learner's first parameters.
     `layout`: one actor's rollout arrays (`actor_learner.rollout_layout` for its share of the envs)."""
@@ -242,8 +241,9 @@ class ProcessRollouts:
 
     def __init__(self, cfg: Any, seeds: list[int], layout: dict[str, tuple[tuple, Any]], resume: bool = False):
         r = cfg.runner
-        self.cfg, self.config, self.seeds, self.resume = cfg, cfg.to_dict(), list(seeds), resume
+        self.config, self.seeds, self.resume = cfg.to_dict(), list(seeds), resume
         self.num_actors, self.max_restarts = r.actor_count, r.max_env_restarts
+        self._init_counts(self.num_actors)
         self.num_threads = r.actor_threads
         self.num_slots = r.queue_size + 2  # acting, waiting (queue_size), held by the learner
         self.layout = layout
@@ -259,32 +259,15 @@ class ProcessRollouts:
             raise
         self.procs: list[Any] = [None] * self.num_actors
         self.conns: list[Connection | None] = [None] * self.num_actors
-        self.deaths = [0] * self.num_actors
         self.heard_from = [time.monotonic()] * self.num_actors
-        self.seed_offset = 0
         self.started = False
         self._held: list[tuple[int, int, dict]] = []  # (actor, slot, message) of the batch being built or trained on
         self._next_actor = 0  # round robin over actors with a message ready
-        self._env_restarts_done = [0] * self.num_actors  # of processes that died
-        self._env_restarts_now = [0] * self.num_actors
         self._timing_done = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
         self._timing_now = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
         self._perf = RolloutPerf()
 
     # -------------------------------------------------------------------------------------------- the interface
-    def start(self, seed_offset: int = 0) -> None:
-        """The actors start new episodes (seeded with this offset) when their processes start, at the first publish."""
-        self.seed_offset = seed_offset
-
-    @property
-    def env_restarts(self) -> int:
-        return sum(self._env_restarts_done) + sum(self._env_restarts_now)
-
-    @property
-    def actor_restarts(self) -> int:
-        """Actor processes that died (or hung) and were replaced during this run's session."""
-        return sum(self.deaths)
-
     def publish(self, net: torch.nn.Module, version: int) -> None:
         if self.params is None:
             self.params = SharedParams(net, self.ctx)
@@ -368,6 +351,8 @@ class ProcessRollouts:
 
     def _exit_reason(self, i: int) -> str:
         proc = self.procs[i]
+        if proc is not None:
+            proc.join(timeout=1.0)  # its pipe can close a moment before its exit code is there
         code = None if proc is None else proc.exitcode
         if code is not None and code < 0:
             return f"killed by signal {-code}"
@@ -380,8 +365,7 @@ class ProcessRollouts:
         # rollouts of it collected for the batch being built: its new process starts with every slot free and may
         # write them before the learner reads them, so they are dropped
         self._held = [h for h in self._held if h[0] != i]
-        self._env_restarts_done[i] += self._env_restarts_now[i]
-        self._env_restarts_now[i] = 0
+        self._process_ended(i)
         self._timing_done[i] = {k: self._timing_done[i][k] + self._timing_now[i][k] for k in RolloutPerf.KEYS}
         self._timing_now[i] = dict.fromkeys(RolloutPerf.KEYS, 0.0)
         if self.deaths[i] > self.max_restarts:
@@ -409,10 +393,6 @@ class ProcessRollouts:
 
     def actor_state(self) -> None:
         return None  # episodes in other processes are not snapshotted: a resume starts new episodes
-
-    def actor_pids(self) -> list[int | None]:
-        """The process id of each actor (for tests and diagnostics)."""
-        return [None if p is None else p.pid for p in self.procs]
 
     def _stop_process(self, i: int, timeout_s: float) -> None:
         proc, conn = self.procs[i], self.conns[i]

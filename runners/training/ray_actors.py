@@ -275,7 +275,37 @@ def _writable(rollout: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class RayRollouts:
+class ActorProcessCounts:
+    """What the rollout sources whose actors are processes (Ray actors, `process_actors.ProcessRollouts`) keep alike:
+    the seed offset new episodes start from, each actor's process deaths, and the env restarts of its processes that
+    died and of its current one."""
+
+    def _init_counts(self, num_actors: int) -> None:
+        self.seed_offset = 0
+        self.deaths = [0] * num_actors
+        self._env_restarts_done = [0] * num_actors  # of processes that died
+        self._env_restarts_now = [0] * num_actors  # of each actor's current process
+
+    def _process_ended(self, i: int) -> None:
+        """Actor i's process is gone: its env restarts stay counted, its successor's start at 0."""
+        self._env_restarts_done[i] += self._env_restarts_now[i]
+        self._env_restarts_now[i] = 0
+
+    def start(self, seed_offset: int = 0) -> None:
+        """The actors start new episodes (seeded with this offset) when their processes start, at the first publish."""
+        self.seed_offset = seed_offset
+
+    @property
+    def env_restarts(self) -> int:
+        return sum(self._env_restarts_done) + sum(self._env_restarts_now)
+
+    @property
+    def actor_restarts(self) -> int:
+        """Actor processes that died (and were restarted or replaced) during this run's session."""
+        return sum(self.deaths)
+
+
+class RayRollouts(ActorProcessCounts):
     """Ray actors feeding the learner: the interface of `AsyncRollouts` (start, publish, next, check, actor_state,
     env_restarts, close). Joins or starts Ray when built and fails fast when the cluster has fewer CPUs than the
     actors ask for; the actors start with the learner's first parameters."""
@@ -295,19 +325,16 @@ class RayRollouts:
         r = cfg.runner
         self.ray_cfg = rc = r.ray
         self.num_actors, self.queue_size, self.max_restarts = r.num_actors, r.queue_size, r.max_env_restarts
-        self.seed_offset = 0
+        self._init_counts(self.num_actors)
         self.started_ray = False
         self.temp_link: Path | None = None  # a short link to Ray's temp dir, removed at close
         self.actors: list[Any] = []
         self.inflight: dict[Any, tuple[int, int]] = {}  # rollout ref -> (actor, its deaths counted when sent)
-        self.deaths = [0] * self.num_actors
         # an actor whose death was counted and whose new process has sent nothing yet: calls sent to it meanwhile can
         # fail too (ActorUnavailableError while Ray restarts it, more often on a loaded machine), and are no new death
         self.restarting = [False] * self.num_actors
         self.heard_from = [time.monotonic()] * self.num_actors  # the last rollout (or start, or death) of each actor
         self.pids: list[int | None] = [None] * self.num_actors
-        self._env_restarts_done = [0] * self.num_actors  # of processes that died
-        self._env_restarts_now = [0] * self.num_actors  # of each actor's current process
         self.params_ref: Any = None
         self.version = -1
         self.started = False
@@ -352,19 +379,6 @@ class RayRollouts:
             raise
 
     # -------------------------------------------------------------------------------------------- the interface
-    def start(self, seed_offset: int = 0) -> None:
-        """The actors start new episodes (seeded with this offset) when they are created, at the first publish."""
-        self.seed_offset = seed_offset
-
-    @property
-    def env_restarts(self) -> int:
-        return sum(self._env_restarts_done) + sum(self._env_restarts_now)
-
-    @property
-    def actor_restarts(self) -> int:
-        """Actor processes that died (and were restarted by Ray) during this run's session."""
-        return sum(self.deaths)
-
     def publish(self, net: torch.nn.Module, version: int) -> None:
         import ray
 
@@ -443,7 +457,7 @@ class RayRollouts:
             self.heard_from[i] = time.monotonic()
             self.restarting[i] = False
             if out["actor_pid"] != self.pids[i]:  # a new process: its own env restart count starts at 0
-                self._env_restarts_done[i] += self._env_restarts_now[i]
+                self._process_ended(i)
                 self.pids[i] = out["actor_pid"]
             self._env_restarts_now[i] = out["env_restarts"]
             t0 = time.perf_counter()
