@@ -64,8 +64,8 @@ class RolloutPerf:
     - `perf/actor_act_ms`: the rest of an unroll: the net's forward pass, sampling, buffer writes, the rollout copy;
     - async only: `perf/actor_param_pull_ms` (loading the learner's newest parameters) and `perf/actor_queue_put_ms`
       (blocked on a full queue: the learner is the bottleneck);
-    - `perf/process_cpu_share`: CPU seconds this process (and its actor processes) got per wall-clock second (up to
-      the core count), and
+    - `perf/process_cpu_share`: CPU seconds this process (and, in processes mode, its actor processes with their env
+      worker processes) got per wall-clock second (up to the core count), and
       `perf/machine_load_1min`: the machine's 1-minute load average, ours included. A speed that falls while the
       load rises beyond our own threads while our CPU share falls is the machine being shared, not our code.
 

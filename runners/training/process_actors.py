@@ -49,6 +49,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 
 from decoupled.runners.training.async_actors import RolloutPerf
@@ -182,7 +183,6 @@ def _actor_main(
         slots = RolloutSlots(layout, num_slots, name=slots_name)
         free = list(range(num_slots))
         totals = {"pull_s": 0.0, "put_s": 0.0}
-        cpu_at_start = time.process_time()  # its start-up (imports, envs) is not part of the training's CPU share
         conn.send(("ready", os.getpid()))
         while True:
             while conn.poll() or not free:  # slots the learner gave back; wait for one when none is free
@@ -199,7 +199,7 @@ def _actor_main(
             slot = free.pop(0)
             out = worker.rollout(None, worker.version, into=slots.slots[slot])
             del out["data"]  # in the slot
-            out["perf"] = {**worker.actor.timing, **totals, "cpu_s": time.process_time() - cpu_at_start}
+            out["perf"] = {**worker.actor.timing, **totals}
             conn.send(("rollout", slot, out))
     except (EOFError, BrokenPipeError):  # the learner is gone
         return
@@ -266,6 +266,8 @@ class ProcessRollouts(ActorProcessCounts):
         self._timing_done = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
         self._timing_now = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
         self._perf = RolloutPerf()
+        self._cpu_seen: dict[int, tuple[psutil.Process, float]] = {}  # pid: (process, CPU seconds last read)
+        self._cpu_ended = 0.0  # CPU seconds of processes that are gone, as last read
 
     # -------------------------------------------------------------------------------------------- the interface
     def publish(self, net: torch.nn.Module, version: int) -> None:
@@ -386,10 +388,37 @@ class ProcessRollouts(ActorProcessCounts):
         """The perf/ metrics of RolloutPerf since the last call, over every actor process (their CPU time
         included in `perf/process_cpu_share`)."""
         timings = [
-            {k: done[k] + now[k] for k in RolloutPerf.KEYS}
+            {k: done[k] + now[k] for k in RolloutPerf.KEYS if k != "cpu_s"}
             for done, now in zip(self._timing_done, self._timing_now, strict=True)
         ]
-        return self._perf.metrics(timings, with_queue=True)
+        return self._perf.metrics([*timings, {"cpu_s": self.actor_cpu_seconds()}], with_queue=True)
+
+    def actor_cpu_seconds(self) -> float:
+        """CPU seconds the actor processes and their children (env worker processes) have used, read now from the
+        OS (so the learner's CPU share covers the same wall-clock window for every process; a time an actor sent with
+        its last rollout would lag by up to an unroll). A process that ended counts with its last reading."""
+        live: dict[int, tuple[psutil.Process, float]] = {}
+        for proc in self.procs:
+            if proc is None or proc.pid is None:
+                continue
+            try:
+                top = self._cpu_seen.get(proc.pid, (None, 0.0))[0] or psutil.Process(proc.pid)
+                family = [top, *top.children(recursive=True)]
+            except psutil.Error:  # gone since the last look
+                continue
+            for p in family:
+                seen = self._cpu_seen.get(p.pid)
+                p = seen[0] if seen is not None else p  # the same object: psutil then notices a reused pid
+                try:
+                    t = p.cpu_times()
+                    live[p.pid] = (p, t.user + t.system)
+                except psutil.Error:
+                    pass
+        for pid, (_, seconds) in self._cpu_seen.items():
+            if pid not in live:
+                self._cpu_ended += seconds
+        self._cpu_seen = live
+        return self._cpu_ended + sum(seconds for _, seconds in live.values())
 
     def actor_state(self) -> None:
         return None  # episodes in other processes are not snapshotted: a resume starts new episodes

@@ -158,3 +158,36 @@ def test_a_batch_puts_the_actors_rollouts_side_by_side():
     assert both["policy_version"] == 5  # the oldest acting policy: the lag the learner reports
     assert both["episodes"] == {"returns": [1.0, 2.0, 3.0], "frames": [10, 10, 10]}
     assert both["actor_ids"] == [0, 1]
+
+
+def test_actor_cpu_counts_their_env_workers_and_keeps_what_ended_processes_used():
+    """The actors' CPU time is read from the OS when the metrics are made (not the lagging figure an actor sent with
+    its last rollout), over each actor process and its children (env worker processes), and what a process used
+    stays counted after it ends."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
+    parent = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {spin!r}])\ntime.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", parent])  # an "actor" that idles while its "env worker" spins
+    rollouts = SimpleNamespace(procs=[proc], _cpu_seen={}, _cpu_ended=0.0)
+    try:
+        readings, deadline = [], time.monotonic() + 20
+        while time.monotonic() < deadline:
+            readings.append(ProcessRollouts.actor_cpu_seconds(rollouts))
+            if readings[-1] >= 0.6:
+                break
+            time.sleep(0.1)
+        assert readings[-1] >= 0.6, readings  # the spinning grandchild's CPU counts (the actor alone uses ~0.05 s)
+        assert readings == sorted(readings)
+        assert len(rollouts._cpu_seen) == 2  # the actor and its worker
+    finally:
+        for child in __import__("psutil").Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.wait()
+    time.sleep(0.2)
+    after = ProcessRollouts.actor_cpu_seconds(rollouts)
+    assert after >= readings[-1] and rollouts._cpu_seen == {}  # gone, and what they used still counted
