@@ -200,7 +200,7 @@ for _name, _config in OWN_ENV.items():
 # the actor-side perf/ metrics of async_actors.RolloutPerf whose medians a training measurement reports
 ACTOR_PERF_METRICS = (
     "perf/actor_env_wait_ms", "perf/actor_act_ms", "perf/actor_param_pull_ms", "perf/actor_queue_put_ms",
-    "perf/process_cpu_share", "perf/machine_load_1min",
+    "perf/process_cpu_share", "perf/machine_load_1min", "perf/cpu_steal_fraction",
 )  # fmt: skip
 # last, other projects' trainers, each in a virtual environment of its own (runners/bench/foreign.py; `make peers`)
 THROUGHPUT_MEASUREMENTS = ("env", *TRAIN_VARIANTS, "sb3_a2c", "sb3_ppo", "breakdown", *FOREIGN_PEERS)

@@ -67,7 +67,10 @@ class RolloutPerf:
     - `perf/process_cpu_share`: CPU seconds this process (and, in processes mode, its actor processes with their env
       worker processes) got per wall-clock second (up to the core count), and
       `perf/machine_load_1min`: the machine's 1-minute load average, ours included. A speed that falls while the
-      load rises beyond our own threads while our CPU share falls is the machine being shared, not our code.
+      load rises beyond our own threads while our CPU share falls is the machine being shared, not our code;
+    - `perf/cpu_steal_fraction` (Linux): the share of the machine's CPU time the hypervisor gave to other virtual
+      machines (`steal` in /proc/stat), which no load average inside this one shows: a speed that falls with the
+      load steady and this rising is the host being shared.
 
     With several actor threads the times are summed over them and divided by their summed steps."""
 
@@ -75,6 +78,7 @@ class RolloutPerf:
 
     def __init__(self) -> None:
         self._last = self._now({k: 0.0 for k in self.KEYS})
+        self._last_cpu_times = cpu_times()
 
     @staticmethod
     def _now(totals: dict[str, float]) -> dict[str, float]:
@@ -99,7 +103,24 @@ class RolloutPerf:
             out["perf/machine_load_1min"] = os.getloadavg()[0]
         except OSError:  # not on this platform
             pass
+        times, last = cpu_times(), self._last_cpu_times
+        self._last_cpu_times = times
+        if times is not None and last is not None and sum(times) > sum(last):
+            out["perf/cpu_steal_fraction"] = (times[7] - last[7]) / (sum(times) - sum(last))
         return out
+
+
+def cpu_times(stat: str = "/proc/stat") -> tuple[int, ...] | None:
+    """The machine's CPU time so far in clock ticks, all cores: user, nice, system, idle, iowait, irq, softirq, steal
+    (the first line of /proc/stat; guest time is inside user already), or None where there is no such file."""
+    try:
+        with open(stat) as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    return tuple(int(x) for x in fields[1:9])
 
 
 class SerialRollouts:

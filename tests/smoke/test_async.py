@@ -58,6 +58,9 @@ def test_async_mode_trains_with_bounded_policy_lag(tmp_path):
         assert all(p >= 0 for p in parts) and rec["perf/actor_act_ms"] > 0, parts
         assert 0 < rec["perf/process_cpu_share"] <= (os.cpu_count() or 1) + 0.5
         assert rec["perf/machine_load_1min"] >= 0
+        assert 0 <= rec.get("perf/cpu_steal_fraction", 0.0) <= 1
+    if Path("/proc/stat").is_file():  # Linux: the host's steal time is in (nearly) every record
+        assert sum("perf/cpu_steal_fraction" in r for r in recs) >= len(recs) - 1
     state, _ = CheckpointManager(tmp_path / "checkpoints").load_latest()
     assert state["actor"] is None  # async rollouts in flight are not snapshotted
 
