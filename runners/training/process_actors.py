@@ -388,7 +388,7 @@ class ProcessRollouts(ActorProcessCounts):
         """The perf/ metrics of RolloutPerf since the last call, over every actor process (their CPU time
         included in `perf/process_cpu_share`)."""
         timings = [
-            {k: done[k] + now[k] for k in RolloutPerf.KEYS if k != "cpu_s"}
+            {k: done[k] + now[k] for k in RolloutPerf.KEYS}
             for done, now in zip(self._timing_done, self._timing_now, strict=True)
         ]
         return self._perf.metrics([*timings, {"cpu_s": self.actor_cpu_seconds()}], with_queue=True)
@@ -402,13 +402,13 @@ class ProcessRollouts(ActorProcessCounts):
             if proc is None or proc.pid is None:
                 continue
             try:
-                top = self._cpu_seen.get(proc.pid, (None, 0.0))[0] or psutil.Process(proc.pid)
+                top = psutil.Process(proc.pid)
                 family = [top, *top.children(recursive=True)]
             except psutil.Error:  # gone since the last look
                 continue
             for p in family:
                 seen = self._cpu_seen.get(p.pid)
-                p = seen[0] if seen is not None else p  # the same object: psutil then notices a reused pid
+                p = seen[0] if seen is not None else p  # the object read before: psutil then notices a reused pid
                 try:
                     t = p.cpu_times()
                     live[p.pid] = (p, t.user + t.system)

@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -184,7 +185,7 @@ def test_actor_cpu_counts_their_env_workers_and_keeps_what_ended_processes_used(
         assert readings == sorted(readings)
         assert len(rollouts._cpu_seen) == 2  # the actor and its worker
     finally:
-        for child in __import__("psutil").Process(proc.pid).children(recursive=True):
+        for child in psutil.Process(proc.pid).children(recursive=True):
             child.kill()
         proc.kill()
         proc.wait()
