@@ -31,9 +31,9 @@ Faults: an env that raises is rebuilt inside the actor (`actor/env_restarts`); a
 out of memory, a segfault in an env) or sends nothing for ROLLOUT_TIMEOUT_S is replaced by a new process with new
 episodes (`actor/restarts`); after `runner.max_env_restarts` deaths of one actor the run stops with an error, which
 the training loop turns into a checkpoint to resume from. A Python error inside an actor stops the run with that
-actor's traceback. An actor whose learner is gone (killed with SIGKILL) ends at its next rollout, when its pipe is
-found closed; its envs' step timeout is its own (`env_step_timeout_s` for envs in worker processes), the learner's
-env-step watchdog does not see it.
+actor's traceback, also one sent after the learner's last batch (`check()` at the run's end). An actor whose learner
+is gone (killed with SIGKILL) ends at its next rollout, when its pipe is found closed; its envs' step timeout is its
+own (`env_step_timeout_s` for envs in worker processes), the learner's env-step watchdog does not see it.
 """
 
 from __future__ import annotations
@@ -263,6 +263,7 @@ class ProcessRollouts(ActorProcessCounts):
         self.started = False
         self._held: list[tuple[int, int, dict]] = []  # (actor, slot, message) of the batch being built or trained on
         self._next_actor = 0  # round robin over actors with a message ready
+        self._inbox: list[tuple[int, tuple]] = []  # (actor, message) read ahead by check()
         self._timing_done = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
         self._timing_now = [dict.fromkeys(RolloutPerf.KEYS, 0.0) for _ in range(self.num_actors)]
         self._perf = RolloutPerf()
@@ -292,7 +293,17 @@ class ProcessRollouts(ActorProcessCounts):
         self.heard_from[i] = time.monotonic()
 
     def check(self) -> None:
-        pass  # a failed actor's error surfaces in next(), from its pipe
+        """Raise the error of an actor process that failed after the learner's last batch (the training loop asks at
+        its end, as it does of actor threads); during training next() raises it. Rollouts read here wait for next()."""
+        for i, conn in enumerate(self.conns):
+            if conn is None:
+                continue
+            with contextlib.suppress(EOFError, OSError):  # an ended process: next() replaces it
+                while conn.poll():
+                    msg = conn.recv()
+                    if msg[0] == "error":
+                        raise RuntimeError(f"actor process {i} failed:\n{msg[1]}")
+                    self._inbox.append((i, msg))
 
     def next(self) -> dict[str, Any]:
         """The next learner batch: `runner.num_actors` rollouts (whichever arrive first) side by side, env.num_envs
@@ -307,6 +318,10 @@ class ProcessRollouts(ActorProcessCounts):
 
     def _receive(self) -> tuple[int, int, dict[str, Any]]:
         """(actor, slot, message) of the next rollout an actor finished; dead and hung actors are replaced."""
+        while self._inbox:  # read ahead by check()
+            i, msg = self._inbox.pop(0)
+            if msg[0] == "rollout":
+                return self._accept(i, msg)
         while True:
             ready = wait([c for c in self.conns if c is not None], timeout=0.25)
             order = [(self._next_actor + k) % self.num_actors for k in range(self.num_actors)]
@@ -324,17 +339,20 @@ class ProcessRollouts(ActorProcessCounts):
                     raise RuntimeError(f"actor process {i} failed:\n{msg[1]}")
                 if msg[0] == "ready":
                     continue
-                _, slot, out = msg
-                self._account(i, out)
-                out["data"] = self.slots[i].slots[slot]
-                self._next_actor = (i + 1) % self.num_actors
-                return i, slot, out
+                return self._accept(i, msg)
             now = time.monotonic()
             for i, proc in enumerate(self.procs):
                 if proc is not None and not proc.is_alive() and self.conns[i] not in ready:
                     self._replace(i, f"its process ended ({self._exit_reason(i)})")
                 elif now - self.heard_from[i] > ROLLOUT_TIMEOUT_S:
                     self._replace(i, f"it sent nothing for {ROLLOUT_TIMEOUT_S:.0f} s (a hung env?)")
+
+    def _accept(self, i: int, msg: tuple) -> tuple[int, int, dict[str, Any]]:
+        _, slot, out = msg
+        self._account(i, out)
+        out["data"] = self.slots[i].slots[slot]
+        self._next_actor = (i + 1) % self.num_actors
+        return i, slot, out
 
     def _release(self) -> None:
         """Give the slots of the learner's previous batch back to their actors."""
@@ -367,6 +385,7 @@ class ProcessRollouts(ActorProcessCounts):
         # rollouts of it collected for the batch being built: its new process starts with every slot free and may
         # write them before the learner reads them, so they are dropped
         self._held = [h for h in self._held if h[0] != i]
+        self._inbox = [m for m in self._inbox if m[0] != i]
         self._process_ended(i)
         self._timing_done[i] = {k: self._timing_done[i][k] + self._timing_now[i][k] for k in RolloutPerf.KEYS}
         self._timing_now[i] = dict.fromkeys(RolloutPerf.KEYS, 0.0)

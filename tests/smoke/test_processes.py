@@ -1,6 +1,7 @@
 """Processes mode: actor processes handing rollouts and parameters to the learner in shared memory, small and real."""
 
 import json
+import multiprocessing
 import os
 import signal
 from pathlib import Path
@@ -192,3 +193,31 @@ def test_actor_cpu_counts_their_env_workers_and_keeps_what_ended_processes_used(
     time.sleep(0.2)
     after = ProcessRollouts.actor_cpu_seconds(rollouts)
     assert after >= readings[-1] and rollouts._cpu_seen == {}  # gone, and what they used still counted
+
+
+def test_check_raises_an_actor_error_sent_after_the_last_batch_and_keeps_rollouts_for_next():
+    """The training loop's check() at a run's end sees an actor process's late error, as it sees an actor thread's;
+    a rollout check() reads on the way stays for next()."""
+    rollouts = object.__new__(ProcessRollouts)
+    layout = {"reward": ((3, 2), np.dtype(np.float32))}
+    rollouts.slots = [RolloutSlots(layout, 2), RolloutSlots(layout, 2)]
+    pipes = [multiprocessing.Pipe(duplex=True) for _ in range(2)]
+    try:
+        rollouts.conns = [ours for ours, _ in pipes]
+        rollouts.num_actors, rollouts._next_actor, rollouts._inbox = 2, 0, []
+        rollouts._timing_now, rollouts._env_restarts_now = [{}, {}], [0, 0]
+        rollouts.check()  # nothing sent: nothing to raise
+        pipes[1][1].send(("rollout", 1, {"episodes": {}, "perf": {}}))
+        rollouts.check()
+        assert rollouts._inbox and rollouts._inbox[0][0] == 1
+        actor, slot, out = rollouts._receive()  # the read-ahead rollout, without waiting on the pipes
+        assert (actor, slot) == (1, 1) and out["data"] is rollouts.slots[1].slots[1]
+        pipes[0][1].send(("error", "Traceback ...\nValueError: late"))
+        with pytest.raises(RuntimeError, match="(?s)actor process 0 failed:.*ValueError: late"):
+            rollouts.check()
+    finally:
+        for ours, theirs in pipes:
+            ours.close()
+            theirs.close()
+        for s in rollouts.slots:
+            s.close()
