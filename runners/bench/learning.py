@@ -121,10 +121,12 @@ def run_job(
     eval_episodes: int,
     ablations: tuple[str, ...] = (),
     nav_eval: bool = False,
+    torch_threads: int = 1,
 ) -> dict[str, Any]:
     """One training run (in a worker process), then an evaluation of its final policy (and, for each of
     `ablations`, of the same policy with the Manager's goals replaced: FeUdal Networks; with `nav_eval`, the
-    navigation evaluation of `bench nav` instead, nav_checks.py `nav_evaluation`); returns its curve."""
+    navigation evaluation of `bench nav` instead, nav_checks.py `nav_evaluation`); returns its curve.
+    `torch_threads` 0 keeps torch's default (a run alone on the machine), unless the config sets its own."""
     import shutil
 
     import torch
@@ -134,7 +136,8 @@ def run_job(
     from decoupled.runners.training.config import load_config
     from decoupled.runners.training.train import has_checkpoints, train
 
-    torch.set_num_threads(1)
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
     path = Path(run_dir)
     t0 = time.time()
     if not finished_run(path, frames):
@@ -216,8 +219,9 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def run_all(jobs: dict[tuple[str, str, int], tuple], args: argparse.Namespace) -> dict:
-    """Run every job, (config, overrides, run_dir[, ablations]) by (name, method, seed), `--jobs` at a time."""
+def run_all(jobs: dict[tuple[str, str, int], tuple], args: argparse.Namespace, torch_threads: int = 1) -> dict:
+    """Run every job, (config, overrides, run_dir[, ablations]) by (name, method, seed), `--jobs` at a time, each
+    with `torch_threads` torch threads (0: torch's default)."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
@@ -232,7 +236,16 @@ def run_all(jobs: dict[tuple[str, str, int], tuple], args: argparse.Namespace) -
     )  # fmt: skip
     try:
         futures = {
-            key: pool.submit(run_job, config, overrides, run_dir, args.frames, args.eval_episodes, *extra)
+            key: pool.submit(
+                run_job,
+                config,
+                overrides,
+                run_dir,
+                args.frames,
+                args.eval_episodes,
+                *extra,
+                torch_threads=torch_threads,
+            )
             for key, (config, overrides, run_dir, *extra) in jobs.items()
         }
         results = {}
@@ -685,8 +698,10 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     src_frames = args.source_frames or load_config(config).runner.total_env_frames
     target_frames, args.frames = args.frames, src_frames
-    sources = run_all(source_jobs, args)
-    args.frames = target_frames
+    parallel_targets, args.jobs = args.jobs, args.source_jobs or args.jobs
+    # alone on the machine (--source-jobs 1), a source trains with torch's default threads, as `decoupled train` does
+    sources = run_all(source_jobs, args, torch_threads=0 if args.jobs == 1 else 1)
+    args.frames, args.jobs = target_frames, parallel_targets
     # phase 2: every method on every target, seed s on source seed s
     jobs = {}
     for t in targets:
@@ -915,6 +930,8 @@ def plot_transfer_matrix(matrix: dict, targets: list[str], methods: list[str], p
 
 
 def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
+    from decoupled.runners.evaluation import positive_int
+
     if which == "distill":
         p.add_argument("--config", default="configs/distill/minatar_breakout.yaml", help="the students' config")
         p.add_argument("--teacher", required=True, help="the teacher: a run dir, checkpoint dir or SB3 .zip")
@@ -934,6 +951,11 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
     elif which == "transfer":
         p.add_argument("--source", default="configs/impala/minatar_breakout.yaml", help="the source column's config")
         p.add_argument("--source-frames", type=int, default=None, help="source frames (default: its config's)")
+        p.add_argument(
+            "--source-jobs", type=positive_int, default=None,
+            help="source runs in parallel (default: --jobs); 1 trains each alone with torch's default threads, as "
+            "`decoupled train` does: what a time-limited source recipe (the 60-minute Pong) was measured with",
+        )  # fmt: skip
         p.add_argument(
             "--targets", default="hflip,vflip,noisy,white",
             help="env transforms (envs/transforms.py) and/or id:<env id>, another game (MinAtar: with --override "
@@ -980,8 +1002,6 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
         p.add_argument("--methods", default="base,unreal", help="base (every auxiliary weight 0) and/or unreal")
         p.add_argument("--threshold", type=float, help="also report the env frames each run took to reach this return")
         p.add_argument("--out", default="runs/bench_unreal")
-    from decoupled.runners.evaluation import positive_int
-
     p.add_argument("--seeds", type=positive_int, default=3)
     p.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (one torch thread each)")
     p.set_defaults(bench=which)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 try:
     from tests.smoke.cli_helpers import cli as _cli
@@ -63,7 +64,8 @@ def test_pong_soup_configs_train_from_the_pong_recipe(tmp_path: Path):
 @pytest.mark.slow
 def test_bench_transfer_prints_and_draws_the_transfer_matrix(tmp_path: Path):
     r = _cli("bench", "transfer", "--source", "impala/catch", "--source-frames", "1600", "--frames", "1600",
-             "--targets", "hflip", "--seeds", "1", "--jobs", "1", "--out", str(tmp_path))  # fmt: skip
+             "--targets", "hflip", "--seeds", "1", "--jobs", "2", "--source-jobs", "1", "--out",
+             str(tmp_path), "--override", "runner.torch_threads=null")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     summary = next(x for x in lines if x.get("what") == "summary")
@@ -74,6 +76,11 @@ def test_bench_transfer_prints_and_draws_the_transfer_matrix(tmp_path: Path):
     # the progressive run's first column is the source run's
     init = json.loads((tmp_path / "catch" / "hflip" / "progressive_s0" / "init_sources.json").read_text())
     assert "source_s0" in init["columns"][0]
+    # the source alone on the machine (--source-jobs 1) with torch's default threads (the catch config's own 1
+    # overridden), the targets one thread each
+    threads = {run: json.loads((tmp_path / "catch" / run / "env_settings.json").read_text())["learner_torch_threads"]
+               for run in ("source_s0", "hflip/b1_s0", "hflip/progressive_s0")}  # fmt: skip
+    assert threads == {"source_s0": torch.get_num_threads(), "hflip/b1_s0": 1, "hflip/progressive_s0": 1}
 
 
 @pytest.mark.slow
