@@ -689,8 +689,11 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = Path(args.out) / src
     common = ["wandb.mode=disabled", "runner.progress_every_seconds=60", *args.override]
     # phase 1: the source columns, for the source config's own frames unless --source-frames
+    n_sources = args.source_seeds or args.seeds
+    if n_sources > args.seeds:
+        raise SystemExit(f"bench transfer: --source-seeds {n_sources} is more than --seeds {args.seeds}")
     source_jobs = {}
-    for s in range(args.seeds):
+    for s in range(n_sources):
         frames = [f"runner.total_env_frames={args.source_frames}"] if args.source_frames else []
         source_jobs[(src, "source", s)] = (config, [f"runner.seed={s}", *frames, *common], str(out / f"source_s{s}"))
     t0 = time.time()
@@ -702,7 +705,7 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
     # alone on the machine (--source-jobs 1), a source trains with torch's default threads, as `decoupled train` does
     sources = run_all(source_jobs, args, torch_threads=0 if args.jobs == 1 else 1)
     args.frames, args.jobs = target_frames, parallel_targets
-    # phase 2: every method on every target, seed s on source seed s
+    # phase 2: every method on every target, target seed s on source seed s % --source-seeds
     jobs = {}
     for t in targets:
         for s in range(args.seeds):
@@ -714,7 +717,7 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
                     *common,
                 ]
                 if m != "b1":
-                    overrides.append(f"agent.columns=[{out / f'source_s{s}'}]")
+                    overrides.append(f"agent.columns=[{out / f'source_s{s % n_sources}'}]")
                 jobs[(t, m, s)] = (
                     config,
                     overrides + TRANSFER_METHODS[m],
@@ -745,7 +748,7 @@ def bench_transfer(args: argparse.Namespace) -> list[dict[str, Any]]:
                     f"{src} -> {t}: progressive net vs baselines 1-4, {args.frames:,} frames")  # fmt: skip
     plot_transfer_matrix(matrix, targets, methods, Path(args.out) / f"{src}.png", f"{src}: transfer (AUC / AUC b1)")
     summary = {"bench": "transfer", "what": "summary", "source": src, "frames": args.frames, "seeds": args.seeds,
-               "score_offset": args.score_offset,
+               "source_seeds": n_sources, "score_offset": args.score_offset,
                "matrix": matrix, "seconds": round(time.time() - t0, 1), "out": str(out)}  # fmt: skip
     print(json.dumps(summary), flush=True)
     return [*records, summary]
@@ -955,6 +958,11 @@ def add_arguments(p: argparse.ArgumentParser, which: str) -> None:
             "--source-jobs", type=positive_int, default=None,
             help="source runs in parallel (default: --jobs); 1 trains each alone with torch's default threads, as "
             "`decoupled train` does: what a time-limited source recipe (the 60-minute Pong) was measured with",
+        )  # fmt: skip
+        p.add_argument(
+            "--source-seeds", type=positive_int, default=None,
+            help="source columns trained (default: --seeds); target seed s builds on source seed s modulo this, so 1 "
+            "gives every target seed the same source column (one hour of Pong instead of three)",
         )  # fmt: skip
         p.add_argument(
             "--targets", default="hflip,vflip,noisy,white",

@@ -65,7 +65,7 @@ def test_pong_soup_configs_train_from_the_pong_recipe(tmp_path: Path):
 @pytest.mark.slow
 def test_bench_transfer_prints_and_draws_the_transfer_matrix(tmp_path: Path):
     r = _cli("bench", "transfer", "--source", "impala/catch", "--source-frames", "1600", "--frames", "1600",
-             "--targets", "hflip", "--seeds", "1", "--jobs", "2", "--source-jobs", "1", "--out",
+             "--targets", "hflip", "--seeds", "2", "--source-seeds", "1", "--jobs", "2", "--source-jobs", "1", "--out",
              str(tmp_path), "--override", "runner.torch_threads=null")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
@@ -75,8 +75,12 @@ def test_bench_transfer_prints_and_draws_the_transfer_matrix(tmp_path: Path):
     assert all(isinstance(v["transfer"], float) for v in row.values())
     assert (tmp_path / "catch.png").is_file() and (tmp_path / "catch" / "catch_hflip.png").is_file()
     # the progressive run's first column is the source run's
-    init = json.loads((tmp_path / "catch" / "hflip" / "progressive_s0" / "init_sources.json").read_text())
-    assert "source_s0" in init["columns"][0]
+    # (--source-seeds 1: both target seeds build on source seed 0, and no second source is trained)
+    for s in (0, 1):
+        init = json.loads((tmp_path / "catch" / "hflip" / f"progressive_s{s}" / "init_sources.json").read_text())
+        assert "source_s0" in init["columns"][0]
+    assert not (tmp_path / "catch" / "source_s1").exists()
+    assert summary["source_seeds"] == 1 and len(row["progressive"]["per_seed"]) == 2
     # the source alone on the machine (--source-jobs 1) with torch's default threads (the catch config's own 1
     # overridden), the targets one thread each
     threads = {run: json.loads((tmp_path / "catch" / run / "env_settings.json").read_text())["learner_torch_threads"]
