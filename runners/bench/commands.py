@@ -594,8 +594,10 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         for k, v in runs[what][-1].items():
             if k in ("steps_per_s", "peak_rss_mb"):
                 continue
-            numeric = all(isinstance(x.get(k), int | float) and not isinstance(x.get(k), bool) for x in runs[what])
-            extras[k] = round(statistics.median(x[k] for x in runs[what]), 4) if numeric else v
+            values = [x.get(k) for x in runs[what]]
+            nums = [x for x in values if isinstance(x, int | float) and not isinstance(x, bool)]
+            numeric = bool(nums) and all(x is None or x in nums for x in values)  # None: a repeat could not tell
+            extras[k] = round(statistics.median(nums), 4) if numeric else v
         record.update(extras)
         if what in OWN_ENV:
             record["game"], record["num_envs"] = "nav_maze_static_01", 4

@@ -150,8 +150,8 @@ def rate_after(points: list[tuple[float, int]], warmup: float) -> dict[str, floa
         return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
     first, last = window(t0, t0 + third), window(t1 - third, t1)
-    if first and last:
-        out["last_third_over_first"] = round(last / first, 3)
+    # None: a third of the window held fewer than two progress reports (a short window on a loaded machine)
+    out["last_third_over_first"] = round(last / first, 3) if first and last else None
     return out
 
 

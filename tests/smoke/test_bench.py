@@ -76,7 +76,10 @@ def test_bench_throughput_measures_actor_processes_on_a_shared_machine(tmp_path)
     assert ours["peak_rss_mb_max"] > 300  # the learner's process and its actor process(es): a net and 16 envs each
     assert ours["actor_act_ms"] > 0 and ours["process_cpu_share"] > 0
     for what in ("impala_ff_proc", "impala_ff"):
-        assert by_what[what]["last_third_over_first"] > 0
+        # None where a third of the 6-second window saw fewer than two updates (a loaded machine: seen in the full
+        # suite beside a benchmark); the ratio itself is checked in tests/unit/test_bench_foreign.py
+        steadiness = by_what[what]["last_third_over_first"]
+        assert steadiness is None or steadiness > 0
     assert by_what["ratios"]["neighbours"] == 1
     assert by_what["ratios"]["impala_ff_proc/impala_ff"] == pytest.approx(
         ours["median_steps_per_s"] / by_what["impala_ff"]["median_steps_per_s"], rel=1e-2

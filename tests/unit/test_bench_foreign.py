@@ -35,6 +35,9 @@ def test_rate_after_the_warmup_and_the_last_third_against_the_first():
     out = foreign.rate_after(points, warmup=10.0)
     assert out["steps_per_s"] == pytest.approx((points[60][1] - points[10][1]) / 50.0)
     assert out["last_third_over_first"] == pytest.approx(0.5, abs=1e-3)
+    # three reports: a rate, but no third of the window holds two of them, so its steadiness is unknown (None)
+    sparse = foreign.rate_after([(10.0, 0), (20.0, 1000), (30.0, 1500)], warmup=0.0)
+    assert sparse["steps_per_s"] == pytest.approx(75.0) and sparse["last_third_over_first"] is None
     with pytest.raises(RuntimeError, match="fewer than two progress reports after the 59.5-second warm-up"):
         foreign.rate_after(points, warmup=59.5)  # one point left (60 s)
     with pytest.raises(RuntimeError, match="raise --seconds"):
