@@ -596,7 +596,7 @@ def bench_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
                 continue
             values = [x.get(k) for x in runs[what]]
             nums = [x for x in values if isinstance(x, int | float) and not isinstance(x, bool)]
-            numeric = bool(nums) and all(x is None or x in nums for x in values)  # None: a repeat could not tell
+            numeric = bool(nums) and len(nums) + values.count(None) == len(values)  # None: a repeat could not tell
             extras[k] = round(statistics.median(nums), 4) if numeric else v
         record.update(extras)
         if what in OWN_ENV:
