@@ -104,13 +104,24 @@ def _repo_path(name: str) -> Path:
 
 
 def finished_run(run_dir: Path, frames: int) -> bool:
+    """A run that needs no more training: checkpointed, and either its last record reached `frames` or it ended on
+    its own wall-clock limit (`runner.max_wall_seconds`, summary status "time_limit"), which a resume would only
+    reach again at once."""
     from decoupled.runners.evaluation.plot import read_metrics
 
+    if not (run_dir / "checkpoints").is_dir():
+        return False
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):  # none yet, or cut short by a crash: go by the frames
+        status = None
+    if status == "time_limit":
+        return True
     try:
         recs = read_metrics(run_dir)
     except FileNotFoundError:
         return False
-    return bool(recs) and recs[-1]["env_frames"] >= frames and (run_dir / "checkpoints").is_dir()
+    return bool(recs) and recs[-1]["env_frames"] >= frames
 
 
 def run_job(

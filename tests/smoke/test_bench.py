@@ -343,6 +343,28 @@ def test_an_interrupted_benchmark_run_resumes_from_its_checkpoint(tmp_path, caps
     assert frames == sorted(set(frames))  # no records written twice across the resume
 
 
+def test_a_benchmark_run_that_ended_on_its_wall_clock_limit_is_reused_not_resumed(tmp_path, capsys):
+    """A run stopped by `runner.max_wall_seconds` short of its frames (as the 60-minute Pong source column is) is
+    finished: running its job again reads it as it is, instead of resuming it only to stop again at once."""
+    from decoupled.runners.bench.learning import finished_run, run_job
+    from decoupled.runners.evaluation.plot import read_metrics
+
+    config = str(ROOT / "configs/impala/catch.yaml")
+    overrides = ["wandb.mode=disabled", "runner.log_every_env_frames=400", "runner.total_env_frames=100000000",
+                 "runner.max_wall_seconds=3"]  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_job(config, overrides, str(run_dir), 100_000_000, 0)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "time_limit"
+    before = read_metrics(run_dir)
+    assert before[-1]["env_frames"] < 100_000_000 and finished_run(run_dir, 100_000_000)
+    capsys.readouterr()
+    out = run_job(config, overrides, str(run_dir), 100_000_000, 0)
+    assert "resumed" not in capsys.readouterr().out
+    assert read_metrics(run_dir) == before and out["curve"][-1][0] == max(f for f, _, _ in out["curve"])
+    (run_dir / "summary.json").write_text("{cut short")  # a summary a crash cut: the frames decide again
+    assert not finished_run(run_dir, 100_000_000) and finished_run(run_dir, before[-1]["env_frames"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
 def test_killing_the_benchmark_stops_its_workers_with_a_checkpoint_and_starts_no_queued_run(tmp_path, sig):
