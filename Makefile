@@ -25,7 +25,7 @@ demo: install
 	$(BIN)/decoupled plot $(DEMO_DIR)
 	@echo "demo done: curve $(DEMO_DIR)/learning_curve.png, scores $(DEMO_DIR)/eval/scores.json"
 
-# Every test, learning tests included (953 tests; about 24 minutes on 2 cores with the install).
+# Every test, learning tests included (955 tests; about 24 minutes on 2 cores with the install).
 test: install
 	WANDB_MODE=offline WANDB_BASE_URL=http://127.0.0.1:9 $(BIN)/pytest -q
 

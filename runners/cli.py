@@ -212,7 +212,7 @@ def _add_eval_arguments(e: argparse.ArgumentParser) -> None:
 # Commands whose arguments are defined by modules that import torch (the analyses, the benchmarks): their parsers
 # are built only when one of them runs, so that `decoupled config` and a bad config's error stay well under a second.
 HEAVY_COMMANDS = {
-    "analyze": "which columns a progressive net uses: afs (Fisher), aps (perturbation)",
+    "analyze": "which columns a progressive net uses: afs (Fisher), aps (perturbation), laterals (scale)",
     "bench": "speed and learning benchmarks (JSON lines; record them in BENCHMARKS.md)",
 }
 

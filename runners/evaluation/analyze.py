@@ -22,6 +22,13 @@ added to one layer of one column after its ReLU, fresh on every forward pass, of
 unit's (or map's) activation standard deviation; sigma is bisected (in log10 between 1e-3 and 1e3, the same episodes'
 seeds every time) to the value that halves the return over `--episodes` episodes (above `--score-offset`), and
 Lambda = 1 / sigma^2; APS(i, k) = Lambda_i^(k) / sum_k Lambda_i^(k). Written: `aps.json` and `aps.png`.
+
+    decoupled analyze laterals RUN [--steps 200] [--num-envs 8] [--seed 0] [--out DIR]
+
+How much the laterals carry, on the policy's own states: for every adapter of every column k >= 2 (the torso layers
+but the first, the LSTM core's input, the two heads), the standard deviation of the lateral term
+U relu(V (alpha * h_{i-1}^(<k))) beside that of the column's own pre-activation (W h_{i-1}^(k), the torso features
+for the core, the column's head for the heads), their ratio, and the learned alpha. Written: `laterals.json`.
 """
 
 from __future__ import annotations
@@ -179,6 +186,79 @@ def perturbation_sensitivity(
     return out
 
 
+def lateral_scale(net: Any, env: Any, steps: int, seed: int) -> dict[str, Any]:
+    """Play `steps` steps of `env` with `net`'s sampled actions and return, per column k >= 2 and adapter, the spread of
+    the lateral term beside the column's own pre-activation (module docstring)."""
+    import torch
+    from torch import nn
+
+    from decoupled.runners.training.actor_learner import net_inputs
+
+    if not hasattr(net, "adapters") or len(net.columns) < 2 or getattr(net, "transfer", "") != "progressive":
+        raise ValueError("the laterals need a progressive net of 2 or more columns with agent.transfer progressive")
+    names = net.layer_names()
+    moments: dict[tuple[int, str, str], list] = {}  # (column, adapter, own | lateral) -> [sum, sum of squares, n]
+    seen: dict[tuple[int, str], torch.Tensor] = {}
+
+    def keep(key: tuple[int, str, str]) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            m = moments.setdefault(key, [0.0, 0.0, 0])
+            o = output.detach().double()
+            m[0], m[1], m[2] = m[0] + float(o.sum()), m[1] + float((o**2).sum()), m[2] + o.numel()
+            seen[key[:2]] = o
+
+        return hook
+
+    handles = []
+    alphas: dict[tuple[int, str], float] = {}
+    for k in range(1, len(net.columns)):
+        ad = net.adapters[k]
+        pairs = [(names[i], net._layers[k][i], ad.torso[i - 1]) for i in range(1, len(net._layers[k]))]
+        if k == len(net.columns) - 1:  # only the newest column's heads act
+            heads = net.columns[k].heads
+            pairs += [("policy", heads.policy, ad.policy), ("baseline", heads.baseline, ad.baseline)]
+        for label, own, lateral in pairs:
+            handles.append(own.register_forward_hook(keep((k, label, "own"))))
+            handles.append(lateral.register_forward_hook(keep((k, label, "lateral"))))
+            alphas[(k, label)] = float(lateral.alpha.detach())
+        if ad.core is not None:
+            handles.append(ad.core.register_forward_hook(keep((k, "core", "lateral"))))
+            alphas[(k, "core")] = float(ad.core.alpha.detach())
+    gen = torch.Generator().manual_seed(seed)
+    n = env.num_envs
+    obs, state = env.reset(seed=seed), net.initial_state(n)
+    first, prev_a, prev_r = np.ones(n, bool), np.zeros(n, np.int64), np.zeros(n, np.float32)
+    net.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(steps):
+                inputs = net_inputs(obs[None], first[None], prev_a[None], prev_r[None], torch.device("cpu"))
+                out, acts, state = net.forward_with_activations(inputs, state)
+                for k in range(1, len(net.columns)):  # the core's own input: the column's torso features
+                    if net.adapters[k].core is not None:
+                        keep((k, "core", "own"))(None, None, acts[(k, names[len(net._layers[k]) - 1])])
+                action = torch.multinomial(torch.softmax(out["policy_logits"][0], -1), 1, generator=gen).squeeze(-1)
+                obs, reward, terminated, truncated, _ = env.step(action.numpy())
+                first = np.asarray(terminated | truncated, bool)
+                prev_a, prev_r = action.numpy().astype(np.int64), np.asarray(reward, np.float32)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def std(key: tuple[int, str, str]) -> float:
+        s1, s2, c = moments[key]
+        return float(max(s2 / c - (s1 / c) ** 2, 0.0) ** 0.5)
+
+    result: dict[str, Any] = {"steps": steps, "num_envs": n, "columns": {}}
+    for k, label in alphas:
+        own, lateral = std((k, label, "own")), std((k, label, "lateral"))
+        result["columns"].setdefault(str(k), {})[label] = {
+            "own_std": own, "lateral_std": lateral, "ratio": lateral / own if own > 0 else float("inf"),
+            "alpha": alphas[(k, label)],
+        }  # fmt: skip
+    return result
+
+
 def plot_afs(result: dict[str, Any], path: Path, title: str, key: str = "afs") -> None:
     import matplotlib
 
@@ -250,8 +330,34 @@ def analyze_aps(args: argparse.Namespace) -> int:
     return 0
 
 
+def analyze_laterals(args: argparse.Namespace) -> int:
+    from decoupled.envs import make_vec_env
+    from decoupled.runners.evaluation.evaluate import load_checkpoint, make_policy_net
+
+    run = Path(args.run)
+    cfg, state, ckpt = load_checkpoint(run)
+    env = make_vec_env(cfg.env.backend, cfg.env.id, args.num_envs, args.seed, mode="eval", options=cfg.env.options())
+    try:
+        net = make_policy_net(cfg, state, env.spec)
+        result = lateral_scale(net, env, args.steps, args.seed)
+    finally:
+        env.close()
+    result.update({"run": str(run), "checkpoint": ckpt, "env": env.spec.name})
+    out = Path(args.out) if args.out else run / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "laterals.json").write_text(json.dumps(result, indent=2))
+    for k, adapters in result["columns"].items():
+        for label, v in adapters.items():
+            print(f"column {int(k) + 1} {label}: lateral / own std {v['ratio']:.2f} ({v['lateral_std']:.4g} / "
+                  f"{v['own_std']:.4g}), alpha {v['alpha']:.3f}")  # fmt: skip
+    print(json.dumps({"out": str(out / "laterals.json")}), flush=True)
+    return 0
+
+
 def add_arguments(sub: Any) -> None:
-    a = sub.add_parser("analyze", help="which columns a progressive net uses: afs (Fisher), aps (perturbation)")
+    a = sub.add_parser(
+        "analyze", help="which columns a progressive net uses: afs (Fisher), aps (perturbation), laterals (scale)"
+    )
     asub = a.add_subparsers(dest="analysis", required=True)
     f = asub.add_parser("afs", help="Average Fisher Sensitivity of a progressive net per layer and column")
     f.add_argument("run", help="a progressive run dir or checkpoint dir")
@@ -268,6 +374,13 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output dir (default RUN/analysis)")
     p.set_defaults(func=lambda a: _run(analyze_aps, a))
+    lat = asub.add_parser("laterals", help="how much each adapter's lateral carries beside the column's own input")
+    lat.add_argument("run", help="a progressive run dir or checkpoint dir")
+    lat.add_argument("--steps", type=int, default=200, help="agent steps of every env copy (default 200)")
+    lat.add_argument("--num-envs", type=int, default=8)
+    lat.add_argument("--seed", type=int, default=0)
+    lat.add_argument("--out", help="output dir (default RUN/analysis)")
+    lat.set_defaults(func=lambda a: _run(analyze_laterals, a))
 
 
 def _run(fn: Any, args: argparse.Namespace) -> int:

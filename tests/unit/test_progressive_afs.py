@@ -12,7 +12,7 @@ import torch
 
 from decoupled.agents.progressive import ProgressiveConfig, ProgressiveNet
 from decoupled.envs import make_vec_env
-from decoupled.runners.evaluation.analyze import fisher_sensitivity
+from decoupled.runners.evaluation.analyze import fisher_sensitivity, lateral_scale
 
 
 def _net(spec, core: str = "none") -> ProgressiveNet:
@@ -64,6 +64,29 @@ def test_a_column_the_policy_cannot_see_scores_0_and_one_it_reads_alone_scores_1
             assert sum(r["per_layer"][name]["share"]) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("core", ["none", "lstm"])
+def test_laterals_measure_the_lateral_term_beside_the_own_pre_activation(core):
+    """With the policy fixed (its weights and its adapter's at 0, so the same states come every time), scaling one
+    adapter's U by 3 scales its lateral spread by 3 and leaves the own spread alone; U at 0 gives a ratio of 0."""
+    with make_vec_env("catch", "catch", 4, 0) as env:
+        net = _net(env.spec, core)
+        ad = net.adapters[1]
+        with torch.no_grad():
+            net.columns[1].heads.policy.weight.zero_()
+            ad.policy.u.weight.zero_()
+        before = lateral_scale(net, env, steps=15, seed=0)["columns"]["1"]
+        with torch.no_grad():
+            ad.torso[0].u.weight.mul_(3.0)
+        after = lateral_scale(net, env, steps=15, seed=0)["columns"]["1"]
+    labels = ["fc2", "policy", "baseline"] + (["core"] if core == "lstm" else [])
+    assert sorted(before) == sorted(labels)
+    assert after["fc2"]["lateral_std"] == pytest.approx(3 * before["fc2"]["lateral_std"], rel=1e-5)
+    assert after["fc2"]["own_std"] == pytest.approx(before["fc2"]["own_std"], rel=1e-6)
+    assert before["fc2"]["lateral_std"] > 0 and before["fc2"]["own_std"] > 0
+    assert before["policy"]["lateral_std"] == 0.0 and before["policy"]["ratio"] == 0.0
+    assert before["fc2"]["alpha"] == pytest.approx(float(ad.torso[0].alpha.detach()))
+
+
 def test_analyze_afs_and_aps_write_their_json_and_figures(tmp_path):
     import decoupled
     from decoupled.runners.cli import main
@@ -85,6 +108,11 @@ def test_analyze_afs_and_aps_write_their_json_and_figures(tmp_path):
     aps = json.loads((run / "analysis" / "aps.json").read_text())
     assert aps["layers"] == ["fc1", "fc2"] and all(np.isclose(sum(v["aps"]), 1.0) for v in aps["per_layer"].values())
     assert (run / "analysis" / "aps.png").stat().st_size > 0
+    assert main(["analyze", "laterals", str(run), "--steps", "10", "--num-envs", "2"]) == 0
+    lat = json.loads((run / "analysis" / "laterals.json").read_text())
+    assert sorted(lat["columns"]["1"]) == ["baseline", "fc2", "policy"]
+    assert all(v["own_std"] > 0 and v["ratio"] >= 0 for v in lat["columns"]["1"].values())
+    assert main(["analyze", "laterals", str(src)]) == 2  # one column: no laterals
 
 
 def test_aps_and_afs_give_everything_to_the_column_the_policy_copies(tmp_path):
