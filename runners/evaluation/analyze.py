@@ -285,7 +285,8 @@ def plot_afs(result: dict[str, Any], path: Path, title: str, key: str = "afs") -
     plt.close(fig)
 
 
-def analyze_afs(args: argparse.Namespace) -> int:
+def _analyze_on_own_states(args: argparse.Namespace, measure: Any, name: str) -> tuple[dict[str, Any], Path]:
+    """Load RUN's net, let `measure(net, env, steps, seed)` play its own task, write `<out>/<name>.json`."""
     from decoupled.envs import make_vec_env
     from decoupled.runners.evaluation.evaluate import load_checkpoint, make_policy_net
 
@@ -294,14 +295,20 @@ def analyze_afs(args: argparse.Namespace) -> int:
     env = make_vec_env(cfg.env.backend, cfg.env.id, args.num_envs, args.seed, mode="eval", options=cfg.env.options())
     try:
         net = make_policy_net(cfg, state, env.spec)
-        result = fisher_sensitivity(net, env, args.steps, args.seed)
+        result = measure(net, env, args.steps, args.seed)
     finally:
         env.close()
     result.update({"run": str(run), "checkpoint": ckpt, "env": env.spec.name})
     out = Path(args.out) if args.out else run / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "afs.json").write_text(json.dumps(result, indent=2))
-    plot_afs(result, out / "afs.png", f"{run.name}: AFS per layer and column ({env.spec.name}, {args.steps} steps)")
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    return result, out
+
+
+def analyze_afs(args: argparse.Namespace) -> int:
+    result, out = _analyze_on_own_states(args, fisher_sensitivity, "afs")
+    title = f"{Path(args.run).name}: AFS per layer and column ({result['env']}, {args.steps} steps)"
+    plot_afs(result, out / "afs.png", title)
     print(json.dumps({"afs": {n: v["afs"] for n, v in result["per_layer"].items()}, "out": str(out)}), flush=True)
     return 0
 
@@ -331,21 +338,7 @@ def analyze_aps(args: argparse.Namespace) -> int:
 
 
 def analyze_laterals(args: argparse.Namespace) -> int:
-    from decoupled.envs import make_vec_env
-    from decoupled.runners.evaluation.evaluate import load_checkpoint, make_policy_net
-
-    run = Path(args.run)
-    cfg, state, ckpt = load_checkpoint(run)
-    env = make_vec_env(cfg.env.backend, cfg.env.id, args.num_envs, args.seed, mode="eval", options=cfg.env.options())
-    try:
-        net = make_policy_net(cfg, state, env.spec)
-        result = lateral_scale(net, env, args.steps, args.seed)
-    finally:
-        env.close()
-    result.update({"run": str(run), "checkpoint": ckpt, "env": env.spec.name})
-    out = Path(args.out) if args.out else run / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "laterals.json").write_text(json.dumps(result, indent=2))
+    result, out = _analyze_on_own_states(args, lateral_scale, "laterals")
     for k, adapters in result["columns"].items():
         for label, v in adapters.items():
             print(f"column {int(k) + 1} {label}: lateral / own std {v['ratio']:.2f} ({v['lateral_std']:.4g} / "
@@ -359,13 +352,17 @@ def add_arguments(sub: Any) -> None:
         "analyze", help="which columns a progressive net uses: afs (Fisher), aps (perturbation), laterals (scale)"
     )
     asub = a.add_subparsers(dest="analysis", required=True)
-    f = asub.add_parser("afs", help="Average Fisher Sensitivity of a progressive net per layer and column")
-    f.add_argument("run", help="a progressive run dir or checkpoint dir")
-    f.add_argument("--steps", type=int, default=500, help="agent steps of every env copy (default 500)")
-    f.add_argument("--num-envs", type=int, default=8)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", help="output dir (default RUN/analysis)")
-    f.set_defaults(func=lambda a: _run(analyze_afs, a))
+
+    def own_states(name: str, help: str, steps: int, fn: Any) -> None:  # the analyses that play the net's own task
+        p = asub.add_parser(name, help=help)
+        p.add_argument("run", help="a progressive run dir or checkpoint dir")
+        p.add_argument("--steps", type=int, default=steps, help=f"agent steps of every env copy (default {steps})")
+        p.add_argument("--num-envs", type=int, default=8)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", help="output dir (default RUN/analysis)")
+        p.set_defaults(func=lambda a: _run(fn, a))
+
+    own_states("afs", "Average Fisher Sensitivity of a progressive net per layer and column", 500, analyze_afs)
     p = asub.add_parser("aps", help="Average Perturbation Sensitivity (noise that halves the return), slower than afs")
     p.add_argument("run", help="a progressive run dir or checkpoint dir")
     p.add_argument("--episodes", type=int, default=10, help="episodes per evaluation (default 10, as the paper)")
@@ -374,13 +371,7 @@ def add_arguments(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output dir (default RUN/analysis)")
     p.set_defaults(func=lambda a: _run(analyze_aps, a))
-    lat = asub.add_parser("laterals", help="how much each adapter's lateral carries beside the column's own input")
-    lat.add_argument("run", help="a progressive run dir or checkpoint dir")
-    lat.add_argument("--steps", type=int, default=200, help="agent steps of every env copy (default 200)")
-    lat.add_argument("--num-envs", type=int, default=8)
-    lat.add_argument("--seed", type=int, default=0)
-    lat.add_argument("--out", help="output dir (default RUN/analysis)")
-    lat.set_defaults(func=lambda a: _run(analyze_laterals, a))
+    own_states("laterals", "how much each adapter's lateral carries beside its column's own", 200, analyze_laterals)
 
 
 def _run(fn: Any, args: argparse.Namespace) -> int:
