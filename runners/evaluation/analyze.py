@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +111,9 @@ def fisher_sensitivity(net: Any, env: Any, steps: int, seed: int) -> dict[str, A
     return out
 
 
-def activation_std(net: Any, env: Any, steps: int, seed: int) -> dict[tuple[int, int], torch.Tensor]:
-    """Per unit (or map) standard deviation of every column's activations on the policy's own states."""
+def _own_states(net: Any, env: Any, steps: int, seed: int) -> Iterator[tuple[dict, dict]]:
+    """Play `steps` steps of `env` (all its copies) with `net`'s sampled actions, without gradients, yielding each
+    step's `forward_with_activations` outputs and activations before its action is drawn."""
     import torch
 
     from decoupled.runners.training.actor_learner import net_inputs
@@ -120,20 +122,26 @@ def activation_std(net: Any, env: Any, steps: int, seed: int) -> dict[tuple[int,
     n = env.num_envs
     obs, state = env.reset(seed=seed), net.initial_state(n)
     first, prev_a, prev_r = np.ones(n, bool), np.zeros(n, np.int64), np.zeros(n, np.float32)
-    names = net.layer_names()
-    moments: dict[tuple[int, int], list] = {}
     with torch.no_grad():
         for _ in range(steps):
             inputs = net_inputs(obs[None], first[None], prev_a[None], prev_r[None], torch.device("cpu"))
             out, acts, state = net.forward_with_activations(inputs, state)
-            for (k, name), a in acts.items():
-                dims = (0, 2, 3) if a.dim() == 4 else (0,)
-                m = moments.setdefault((k, names.index(name)), [0.0, 0.0, 0])
-                m[0], m[1], m[2] = m[0] + a.sum(dims), m[1] + (a**2).sum(dims), m[2] + a.numel() // a.shape[1]
+            yield out, acts
             action = torch.multinomial(torch.softmax(out["policy_logits"][0], -1), 1, generator=gen).squeeze(-1)
             obs, reward, terminated, truncated, _ = env.step(action.numpy())
             first = np.asarray(terminated | truncated, bool)
             prev_a, prev_r = action.numpy().astype(np.int64), np.asarray(reward, np.float32)
+
+
+def activation_std(net: Any, env: Any, steps: int, seed: int) -> dict[tuple[int, int], torch.Tensor]:
+    """Per unit (or map) standard deviation of every column's activations on the policy's own states."""
+    names = net.layer_names()
+    moments: dict[tuple[int, int], list] = {}
+    for _, acts in _own_states(net, env, steps, seed):
+        for (k, name), a in acts.items():
+            dims = (0, 2, 3) if a.dim() == 4 else (0,)
+            m = moments.setdefault((k, names.index(name)), [0.0, 0.0, 0])
+            m[0], m[1], m[2] = m[0] + a.sum(dims), m[1] + (a**2).sum(dims), m[2] + a.numel() // a.shape[1]
     return {key: ((s2 / c - (s1 / c) ** 2).clamp_min(0.0)).sqrt() for key, (s1, s2, c) in moments.items()}
 
 
@@ -189,25 +197,18 @@ def perturbation_sensitivity(
 def lateral_scale(net: Any, env: Any, steps: int, seed: int) -> dict[str, Any]:
     """Play `steps` steps of `env` with `net`'s sampled actions and return, per column k >= 2 and adapter, the spread of
     the lateral term beside the column's own pre-activation (module docstring)."""
-    import torch
-    from torch import nn
-
-    from decoupled.runners.training.actor_learner import net_inputs
-
     if not hasattr(net, "adapters") or len(net.columns) < 2 or getattr(net, "transfer", "") != "progressive":
         raise ValueError("the laterals need a progressive net of 2 or more columns with agent.transfer progressive")
     names = net.layer_names()
     moments: dict[tuple[int, str, str], list] = {}  # (column, adapter, own | lateral) -> [sum, sum of squares, n]
-    seen: dict[tuple[int, str], torch.Tensor] = {}
 
-    def keep(key: tuple[int, str, str]) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            m = moments.setdefault(key, [0.0, 0.0, 0])
-            o = output.detach().double()
-            m[0], m[1], m[2] = m[0] + float(o.sum()), m[1] + float((o**2).sum()), m[2] + o.numel()
-            seen[key[:2]] = o
+    def add(key: tuple[int, str, str], output: torch.Tensor) -> None:
+        m = moments.setdefault(key, [0.0, 0.0, 0])
+        o = output.detach().double()
+        m[0], m[1], m[2] = m[0] + float(o.sum()), m[1] + float((o**2).sum()), m[2] + o.numel()
 
-        return hook
+    def hook(key: tuple[int, str, str]) -> Any:
+        return lambda _module, _inputs, output: add(key, output)
 
     handles = []
     alphas: dict[tuple[int, str], float] = {}
@@ -218,29 +219,18 @@ def lateral_scale(net: Any, env: Any, steps: int, seed: int) -> dict[str, Any]:
             heads = net.columns[k].heads
             pairs += [("policy", heads.policy, ad.policy), ("baseline", heads.baseline, ad.baseline)]
         for label, own, lateral in pairs:
-            handles.append(own.register_forward_hook(keep((k, label, "own"))))
-            handles.append(lateral.register_forward_hook(keep((k, label, "lateral"))))
+            handles.append(own.register_forward_hook(hook((k, label, "own"))))
+            handles.append(lateral.register_forward_hook(hook((k, label, "lateral"))))
             alphas[(k, label)] = float(lateral.alpha.detach())
         if ad.core is not None:
-            handles.append(ad.core.register_forward_hook(keep((k, "core", "lateral"))))
+            handles.append(ad.core.register_forward_hook(hook((k, "core", "lateral"))))
             alphas[(k, "core")] = float(ad.core.alpha.detach())
-    gen = torch.Generator().manual_seed(seed)
-    n = env.num_envs
-    obs, state = env.reset(seed=seed), net.initial_state(n)
-    first, prev_a, prev_r = np.ones(n, bool), np.zeros(n, np.int64), np.zeros(n, np.float32)
     net.eval()
     try:
-        with torch.no_grad():
-            for _ in range(steps):
-                inputs = net_inputs(obs[None], first[None], prev_a[None], prev_r[None], torch.device("cpu"))
-                out, acts, state = net.forward_with_activations(inputs, state)
-                for k in range(1, len(net.columns)):  # the core's own input: the column's torso features
-                    if net.adapters[k].core is not None:
-                        keep((k, "core", "own"))(None, None, acts[(k, names[len(net._layers[k]) - 1])])
-                action = torch.multinomial(torch.softmax(out["policy_logits"][0], -1), 1, generator=gen).squeeze(-1)
-                obs, reward, terminated, truncated, _ = env.step(action.numpy())
-                first = np.asarray(terminated | truncated, bool)
-                prev_a, prev_r = action.numpy().astype(np.int64), np.asarray(reward, np.float32)
+        for _, acts in _own_states(net, env, steps, seed):
+            for k in range(1, len(net.columns)):  # the core's own input: the column's torso features
+                if net.adapters[k].core is not None:
+                    add((k, "core", "own"), acts[(k, names[len(net._layers[k]) - 1])])
     finally:
         for h in handles:
             h.remove()
@@ -249,7 +239,7 @@ def lateral_scale(net: Any, env: Any, steps: int, seed: int) -> dict[str, Any]:
         s1, s2, c = moments[key]
         return float(max(s2 / c - (s1 / c) ** 2, 0.0) ** 0.5)
 
-    result: dict[str, Any] = {"steps": steps, "num_envs": n, "columns": {}}
+    result: dict[str, Any] = {"steps": steps, "num_envs": env.num_envs, "columns": {}}
     for k, label in alphas:
         own, lateral = std((k, label, "own")), std((k, label, "lateral"))
         result["columns"].setdefault(str(k), {})[label] = {
